@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the Debian packages hpcgate's tests and sandbox need, only those missing.
+# Needs root (CI and the sandbox run as root); a non-root user gets a clear message.
+set -euo pipefail
+pkgs=(
+  chromium                       # browser tests (playwright drives /usr/bin/chromium)
+  openssh-server openssh-client  # sandbox login host, tunnels
+  munge slurm-wlm                # sandbox scheduler
+  bubblewrap                     # app isolation in the lab
+  iproute2 procps psmisc         # namespaces, process checks
+  xvfb xterm xpra tigervnc-standalone-server websockify novnc  # desktop apps
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  case "$p" in \#*) continue;; esac
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+[ ${#missing[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" != 0 ]; then
+  echo "hpcgate: these Debian packages are missing and installing them needs root: ${missing[*]}" >&2
+  exit 1
+fi
+echo "hpcgate: installing ${missing[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -q
+apt-get install -y -q --no-install-recommends "${missing[@]}"
