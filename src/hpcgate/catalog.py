@@ -1,0 +1,676 @@
+"""The resource catalog: systems, partitions, projects, groups (VOs) and defaults.
+
+An admin writes the catalog as YAML. :func:`parse_catalog` validates it with pydantic and
+returns a :class:`Catalog`; every error names the file, the key path and what is wrong.
+:class:`CatalogStore` reloads the file when it changes and keeps the last good catalog
+when a new version is broken.
+
+The catalog answers two questions and knows nothing of JupyterHub:
+
+- :meth:`Catalog.offer` -- what may this user launch where (systems, partitions with
+  their limits after group caps, projects);
+- :meth:`Catalog.validate` -- turn raw launch options (a form post or REST
+  ``user_options``) into a :class:`LaunchRequest`, or raise :class:`LaunchError` with a
+  sentence the user can act on. Nothing a user typed reaches a script or a command line
+  before it passed through here.
+
+Units: ``memory`` is in GiB, ``runtime`` in minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+log = logging.getLogger("hpcgate.catalog")
+
+#: Names of systems, partitions, projects and groups: safe in a URL, a shell word, a
+#: Slurm option and an HTML attribute without escaping (we escape anyway).
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+#: Host names and addresses as they may appear in a catalog.
+HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$"
+Host = Annotated[str, Field(pattern=HOST_PATTERN)]
+
+RESOURCES = ("nodes", "cpus", "memory", "gpus", "runtime")
+OPTION_KEYS = ("system", "partition", "project", *RESOURCES)
+UNITS = {"nodes": "", "cpus": "", "memory": " GiB", "gpus": "", "runtime": " min"}
+#: Anything above this is rejected before it is compared with a limit.
+ABSOLUTE_MAX = 10**7
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Range(_Model):
+    """Bounds of one resource in a partition: ``min <= default <= max``."""
+
+    min: int = Field(0, ge=0, le=ABSOLUTE_MAX)
+    default: int = Field(ge=0, le=ABSOLUTE_MAX)
+    max: int = Field(ge=0, le=ABSOLUTE_MAX)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Range:
+        if not self.min <= self.default <= self.max:
+            raise ValueError(
+                f"needs min <= default <= max, got min={self.min}, "
+                f"default={self.default}, max={self.max}"
+            )
+        return self
+
+    def capped(self, cap: int | None) -> Range:
+        if cap is None or cap >= self.max:
+            return self
+        top = max(cap, self.min)
+        return Range(min=self.min, default=min(self.default, top), max=top)
+
+
+def _fixed(value: int) -> Range:
+    return Range(min=value, default=value, max=value)
+
+
+class Limits(_Model):
+    """What one launch may ask for in a partition. Memory in GiB, runtime in minutes."""
+
+    nodes: Range = _fixed(1)
+    cpus: Range = Range(min=1, default=1, max=1)
+    memory: Range = Range(min=1, default=1, max=1)
+    gpus: Range = _fixed(0)
+    runtime: Range = Range(min=1, default=60, max=60)
+
+
+class Partition(_Model):
+    description: str = ""
+    limits: Limits = Limits()
+    #: Shell lines run before the lab starts (module loads), after the system's.
+    setup: list[str] = []
+    #: Job script template overriding the system's (slurm), a path.
+    template: str | None = None
+
+
+class Identity(_Model):
+    """How the hub authenticates on a system's hosts.
+
+    ``user_key``: per-user key (and certificate) files found through a path template
+    with ``{account}``. ``service_account``: one account whose key the hub holds, which
+    runs each user's commands through ``runuser -u``/``sudo -u`` (``switch_user``).
+    """
+
+    mode: Literal["user_key", "service_account"] = "user_key"
+    key_path: str | None = None
+    cert_path: str | None = None
+    service_account: Name | None = None
+    service_key: str | None = None
+    switch_user: list[str] = ["sudo", "-n", "-u", "{account}", "--"]
+
+    @model_validator(mode="after")
+    def _complete(self) -> Identity:
+        if self.mode == "user_key" and not self.key_path:
+            raise ValueError("mode 'user_key' needs key_path (a template with {account})")
+        if self.mode == "service_account" and not (self.service_account and self.service_key):
+            raise ValueError("mode 'service_account' needs service_account and service_key")
+        return self
+
+
+class AccountMapping(_Model):
+    """Where a hub user's account name on the system comes from."""
+
+    source: Literal["hub_name", "auth_state", "map_file"] = "hub_name"
+    #: ``auth_state`` key holding the account name (source ``auth_state``).
+    key: str | None = None
+    #: YAML/JSON file mapping hub names to account names (source ``map_file``).
+    map_file: str | None = None
+
+    @model_validator(mode="after")
+    def _complete(self) -> AccountMapping:
+        if self.source == "auth_state" and not self.key:
+            raise ValueError("source 'auth_state' needs key")
+        if self.source == "map_file" and not self.map_file:
+            raise ValueError("source 'map_file' needs map_file")
+        return self
+
+
+class SSHSettings(_Model):
+    port: int = Field(22, ge=1, le=65535)
+    #: known_hosts file checked for every host; ``null`` disables host key checks.
+    known_hosts: str | None = None
+    identity: Identity
+    #: Account and key of the connection that carries the tunnels (one per system).
+    tunnel_account: Name | None = None
+    tunnel_key: str | None = None
+    keepalive_interval: float = Field(15, gt=0)
+    connect_timeout: float = Field(10, gt=0)
+    command_timeout: float = Field(30, gt=0)
+
+
+class System(_Model):
+    kind: Literal["local", "ssh", "slurm"]
+    description: str = ""
+    #: Login hosts: where labs run (ssh) or where jobs are submitted (slurm).
+    hosts: list[Host] = []
+    #: Host the tunnels go through; default: the first of ``hosts``.
+    jump_host: Host | None = None
+    ssh: SSHSettings | None = None
+    accounts: AccountMapping = AccountMapping()
+    #: Carry a remote forward so jobs reach the hub API through the jump host.
+    hub_api_forward: bool = True
+    #: argv that starts hpcgate-singleuser on the system's hosts.
+    singleuser_command: list[str] = ["hpcgate-singleuser"]
+    #: Working directory of a server; ``{account}`` is replaced. ``~`` = home.
+    workdir: str = "~"
+    #: Shell lines run before the lab starts (module loads, venv activation).
+    setup: list[str] = []
+    #: Job script template (slurm), a path; default: hpcgate's built-in one.
+    template: str | None = None
+    #: Seconds between status queries for this system's jobs (StatusCache).
+    status_interval: float = Field(10, gt=0)
+    partitions: dict[Name, Partition]
+
+    @model_validator(mode="after")
+    def _complete(self) -> System:
+        if not self.partitions:
+            raise ValueError("a system needs at least one partition")
+        if self.kind in ("ssh", "slurm"):
+            if not self.hosts:
+                raise ValueError(f"kind '{self.kind}' needs hosts (its login hosts)")
+            if self.ssh is None:
+                raise ValueError(f"kind '{self.kind}' needs an ssh section")
+        return self
+
+    @property
+    def tunnel_host(self) -> str | None:
+        return self.jump_host or (self.hosts[0] if self.hosts else None)
+
+
+class Project(_Model):
+    description: str = ""
+
+
+class Caps(_Model):
+    """Upper bounds a group puts on top of the partition limits."""
+
+    nodes: int | None = Field(None, ge=0)
+    cpus: int | None = Field(None, ge=0)
+    memory: int | None = Field(None, ge=0)
+    gpus: int | None = Field(None, ge=0)
+    runtime: int | None = Field(None, ge=0)
+
+
+class Grant(_Model):
+    system: Name
+    #: Allowed partitions; omitted: all of the system's.
+    partitions: list[Name] | None = None
+    #: Projects the group may charge on this system; omitted or empty: none needed.
+    projects: list[Name] = []
+    caps: Caps = Caps()
+
+
+class Group(_Model):
+    description: str = ""
+    #: Applies to every logged-in user, whatever their JupyterHub groups.
+    all_users: bool = False
+    grants: list[Grant] = []
+
+
+class Defaults(_Model):
+    system: Name | None = None
+
+
+class CatalogModel(_Model):
+    """The whole catalog file."""
+
+    systems: dict[Name, System]
+    projects: dict[Name, Project] = {}
+    groups: dict[Name, Group] = {}
+    defaults: Defaults = Defaults()
+
+    @model_validator(mode="after")
+    def _references(self) -> CatalogModel:
+        problems = []
+        for gname, group in self.groups.items():
+            for i, grant in enumerate(group.grants):
+                where = f"groups.{gname}.grants.{i}"
+                system = self.systems.get(grant.system)
+                if system is None:
+                    problems.append(f"{where}.system: unknown system '{grant.system}'")
+                    continue
+                for p in grant.partitions or []:
+                    if p not in system.partitions:
+                        problems.append(
+                            f"{where}.partitions: system '{grant.system}' has no partition '{p}'"
+                        )
+                for p in grant.projects:
+                    if p not in self.projects:
+                        problems.append(f"{where}.projects: unknown project '{p}'")
+        if self.defaults.system and self.defaults.system not in self.systems:
+            problems.append(f"defaults.system: unknown system '{self.defaults.system}'")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class CatalogError(ValueError):
+    """A catalog file that cannot be used; the message names file, key path and problem."""
+
+
+class LaunchError(ValueError):
+    """Launch options the user must change; the message is a sentence for the user."""
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """Who asks: the hub name and the JupyterHub groups the user belongs to."""
+
+    name: str
+    groups: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class PartitionOffer:
+    name: str
+    description: str
+    limits: dict[str, Range]
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "limits": {k: r.model_dump() for k, r in self.limits.items()},
+        }
+
+
+@dataclass(frozen=True)
+class SystemOffer:
+    name: str
+    kind: str
+    description: str
+    partitions: list[PartitionOffer]
+    projects: list[tuple[str, str]]
+
+    def partition(self, name: str) -> PartitionOffer | None:
+        return next((p for p in self.partitions if p.name == name), None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "description": self.description,
+            "partitions": [p.as_json() for p in self.partitions],
+            "projects": [{"name": n, "description": d} for n, d in self.projects],
+        }
+
+
+@dataclass(frozen=True)
+class Offer:
+    systems: list[SystemOffer]
+    default_system: str | None = None
+
+    def system(self, name: str) -> SystemOffer | None:
+        return next((s for s in self.systems if s.name == name), None)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "systems": [s.as_json() for s in self.systems],
+            "default_system": self.default_system,
+        }
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    """A validated launch: every value is within what the user's groups allow."""
+
+    system: str
+    partition: str
+    project: str | None
+    nodes: int
+    cpus: int
+    memory: int
+    gpus: int
+    runtime: int
+    system_config: System = field(repr=False, compare=False)
+    partition_config: Partition = field(repr=False, compare=False)
+
+    def as_options(self) -> dict[str, Any]:
+        """The request as JSON-able ``user_options``."""
+        return {k: getattr(self, k) for k in OPTION_KEYS}
+
+
+class Catalog:
+    """A validated catalog and the questions it answers."""
+
+    def __init__(self, model: CatalogModel, source: str = "<memory>"):
+        self.model = model
+        self.source = source
+
+    @property
+    def systems(self) -> dict[str, System]:
+        return self.model.systems
+
+    def groups_of(self, user: UserInfo) -> list[tuple[str, Group]]:
+        return [
+            (name, g)
+            for name, g in self.model.groups.items()
+            if g.all_users or name in user.groups
+        ]
+
+    def offer(self, user: UserInfo) -> Offer:
+        """What ``user`` may launch: the union over the user's catalog groups.
+
+        Where several groups grant the same partition, the most generous cap wins.
+        Systems and partitions keep the catalog's order.
+        """
+        partitions: dict[str, dict[str, dict[str, int | None]]] = {}
+        projects: dict[str, set[str]] = {}
+        for _, group in self.groups_of(user):
+            for grant in group.grants:
+                system = self.systems[grant.system]
+                names = grant.partitions if grant.partitions is not None else list(system.partitions)
+                for pname in names:
+                    caps = partitions.setdefault(grant.system, {}).setdefault(pname, {})
+                    for res in RESOURCES:
+                        cap = getattr(grant.caps, res)
+                        if res not in caps:
+                            caps[res] = cap
+                        elif caps[res] is not None:
+                            caps[res] = None if cap is None else max(caps[res], cap)
+                projects.setdefault(grant.system, set()).update(grant.projects)
+        systems = []
+        for sname, system in self.systems.items():
+            if sname not in partitions:
+                continue
+            allowed = partitions[sname]
+            offers = [
+                PartitionOffer(
+                    name=pname,
+                    description=part.description,
+                    limits={
+                        res: getattr(part.limits, res).capped(allowed[pname][res])
+                        for res in RESOURCES
+                    },
+                )
+                for pname, part in system.partitions.items()
+                if pname in allowed
+            ]
+            systems.append(
+                SystemOffer(
+                    name=sname,
+                    kind=system.kind,
+                    description=system.description,
+                    partitions=offers,
+                    projects=[
+                        (p, self.model.projects[p].description)
+                        for p in self.model.projects
+                        if p in projects.get(sname, ())
+                    ],
+                )
+            )
+        default = self.model.defaults.system
+        if default not in {s.name for s in systems}:
+            default = systems[0].name if systems else None
+        return Offer(systems=systems, default_system=default)
+
+    def validate(self, user: UserInfo, options: Mapping[str, Any] | None) -> LaunchRequest:
+        """Turn raw options into a :class:`LaunchRequest` or raise :class:`LaunchError`.
+
+        ``options`` may come from the form (strings, or lists of one string) or from the
+        REST API (JSON values). Missing keys take the offer's defaults.
+        """
+        options = dict(options or {})
+        unknown = sorted(k for k in options if k not in OPTION_KEYS)
+        if unknown:
+            shown = ", ".join(_show(k) for k in unknown[:5])
+            raise LaunchError(
+                f"Unknown option {shown}. Allowed options are: {', '.join(OPTION_KEYS)}."
+            )
+        offer = self.offer(user)
+        if not offer.systems:
+            raise LaunchError(
+                "Your account may not launch on any system. "
+                "Ask your centre's support to add you to a project group."
+            )
+        sname = _text(options, "system") or offer.default_system
+        system = offer.system(sname)
+        if system is None:
+            names = ", ".join(s.name for s in offer.systems)
+            raise LaunchError(f"You may not launch on system {_show(sname)}. Choose one of: {names}.")
+        pname = _text(options, "partition") or system.partitions[0].name
+        partition = system.partition(pname)
+        if partition is None:
+            names = ", ".join(p.name for p in system.partitions)
+            raise LaunchError(
+                f"You may not use partition {_show(pname)} on {system.name}. Choose one of: {names}."
+            )
+        project = _text(options, "project")
+        project_names = [n for n, _ in system.projects]
+        if project_names:
+            if project is None and len(project_names) == 1:
+                project = project_names[0]
+            if project not in project_names:
+                what = "Choose a project" if project is None else f"You may not charge project {_show(project)}"
+                raise LaunchError(
+                    f"{what} on {system.name}. Your projects there are: {', '.join(project_names)}."
+                )
+        elif project is not None:
+            raise LaunchError(f"System {system.name} takes no project; leave the project empty.")
+        values = {
+            res: _bounded(res, options.get(res), partition.limits[res], partition.name)
+            for res in RESOURCES
+        }
+        full = self.systems[system.name]
+        return LaunchRequest(
+            system=system.name,
+            partition=partition.name,
+            project=project,
+            system_config=full,
+            partition_config=full.partitions[partition.name],
+            **values,
+        )
+
+    def describe(self) -> str:
+        """Human-readable summary: what each group may launch (``hpcgate check``)."""
+        lines = [f"catalog {self.source}: {len(self.systems)} system(s), {len(self.model.groups)} group(s)"]
+        for gname, group in self.model.groups.items():
+            who = "every user" if group.all_users else f"members of JupyterHub group '{gname}'"
+            lines.append(f"group {gname} ({who}):")
+            # only this group's grants, not those of all_users groups as well
+            offer = _only_group(self, gname)
+            if not offer.systems:
+                lines.append("  nothing")
+            for s in offer.systems:
+                projects = ", ".join(n for n, _ in s.projects) or "no project needed"
+                lines.append(f"  {s.name} ({s.kind}) -- projects: {projects}")
+                for p in s.partitions:
+                    limits = ", ".join(
+                        f"{res} {r.min}-{r.max}{UNITS[res]} (default {r.default})"
+                        for res, r in p.limits.items()
+                    )
+                    lines.append(f"    {p.name}: {limits}")
+        return "\n".join(lines)
+
+
+def _only_group(catalog: Catalog, gname: str) -> Offer:
+    group = catalog.model.groups[gname]
+    solo = catalog.model.model_copy(
+        update={"groups": {gname: group.model_copy(update={"all_users": True})}}
+    )
+    return Catalog(solo).offer(UserInfo(name="-"))
+
+
+def _show(value: object) -> str:
+    """A user value quoted for an error message, shortened and made printable."""
+    text = str(value)
+    if len(text) > 40:
+        text = text[:40] + "..."
+    return repr(text)
+
+
+def _single(options: Mapping[str, Any], key: str) -> Any:
+    value = options.get(key)
+    if isinstance(value, list):
+        if len(value) != 1:
+            raise LaunchError(f"Give exactly one value for {key}.")
+        value = value[0]
+    return value
+
+
+def _text(options: Mapping[str, Any], key: str) -> str | None:
+    value = _single(options, key)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise LaunchError(f"The {key} must be a name, not {_show(value)}.")
+    value = value.strip()
+    if not re.fullmatch(NAME_PATTERN, value):
+        raise LaunchError(
+            f"The {key} {_show(value)} is not a valid name: use letters, digits, '.', '_' and '-'."
+        )
+    return value
+
+
+def _bounded(res: str, raw: Any, limit: Range, partition: str) -> int:
+    if isinstance(raw, list):
+        raw = _single({res: raw}, res)
+    if raw is None or raw == "":
+        return limit.default
+    if isinstance(raw, bool):
+        raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
+    if isinstance(raw, float):
+        if not raw.is_integer():
+            raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
+        raw = int(raw)
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not re.fullmatch(r"[0-9]{1,9}", text):
+            raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
+        raw = int(text)
+    if not isinstance(raw, int):
+        raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
+    if not limit.min <= raw <= limit.max:
+        unit = UNITS[res]
+        raise LaunchError(
+            f"Partition {partition} allows {res} from {limit.min} to {limit.max}{unit}; "
+            f"you asked for {raw}{unit}."
+        )
+    return raw
+
+
+# --- loading -------------------------------------------------------------------------
+
+
+def _key_path(loc: Iterable[Any]) -> str:
+    return ".".join(str(p) for p in loc) or "(top level)"
+
+
+def parse_catalog(text: str, source: str = "<memory>") -> Catalog:
+    """Parse and validate catalog YAML; raise :class:`CatalogError` naming the problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise CatalogError(f"{source}:{where}: not valid YAML: {problem}") from exc
+    if not isinstance(data, dict):
+        raise CatalogError(f"{source}: the catalog must be a mapping with a 'systems' key")
+    try:
+        model = CatalogModel.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        raise CatalogError(f"{source}: " + "; ".join(problems)) from exc
+    return Catalog(model, source)
+
+
+def load_catalog(path: str | os.PathLike[str]) -> Catalog:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CatalogError(f"{path}: cannot read the catalog: {exc.strerror}") from exc
+    return parse_catalog(text, str(path))
+
+
+def default_catalog_text() -> str:
+    return resources.files("hpcgate.data").joinpath("default-catalog.yaml").read_text("utf-8")
+
+
+def default_catalog() -> Catalog:
+    """The built-in catalog of ``hpcgate up``: this machine, two partitions."""
+    return parse_catalog(default_catalog_text(), "<built-in default catalog>")
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema of the catalog file, for editors (yaml-language-server)."""
+    schema = CatalogModel.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "hpcgate catalog"
+    return schema
+
+
+def json_schema_text() -> str:
+    return json.dumps(json_schema(), indent=2, sort_keys=True) + "\n"
+
+
+class CatalogStore:
+    """The current catalog of a file, reloaded when the file changes.
+
+    :meth:`get` stats the file at most once per ``check_interval`` seconds and reparses
+    it when its modification time, size or inode changed. A broken new version is logged
+    with the reason and the last good catalog stays in use. ``path=None`` serves the
+    built-in default catalog.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None = None, check_interval: float = 1.0):
+        self.path = Path(path) if path else None
+        self.check_interval = check_interval
+        self.last_error: str | None = None
+        # one lock: reload swaps catalog and fingerprint together
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        if self.path is None:
+            self._catalog = default_catalog()
+            self._fingerprint: tuple[int, int, int] | None = None
+        else:
+            self._fingerprint = self._stat()
+            self._catalog = load_catalog(self.path)
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()  # type: ignore[union-attr]
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+    def get(self) -> Catalog:
+        if self.path is None:
+            return self._catalog
+        now = time.monotonic()
+        with self._lock:
+            if now - self._checked < self.check_interval:
+                return self._catalog
+            self._checked = now
+            fingerprint = self._stat()
+            if fingerprint == self._fingerprint:
+                return self._catalog
+            self._fingerprint = fingerprint
+            try:
+                self._catalog = load_catalog(self.path)
+            except CatalogError as exc:
+                self.last_error = str(exc)
+                log.error("Keeping the last good catalog: %s", exc)
+            else:
+                self.last_error = None
+                log.info("Reloaded catalog %s", self.path)
+            return self._catalog

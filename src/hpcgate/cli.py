@@ -1,0 +1,229 @@
+"""The ``hpcgate`` command: ``up``, ``check``, ``schema`` and ``sandbox``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+from . import __version__
+from .catalog import CatalogError, json_schema_text, load_catalog
+
+CONFIG_TEMPLATE = '''\
+# Written by `hpcgate up`; settings come from hpcgate-up.json beside this file.
+import json, pathlib
+import hpcgate.hub
+
+c = get_config()  # noqa: F821
+here = pathlib.Path(__file__).parent
+settings = json.loads((here / "hpcgate-up.json").read_text())
+
+c.JupyterHub.ip = settings["ip"]
+c.JupyterHub.port = settings["port"]
+c.JupyterHub.hub_ip = "127.0.0.1"
+c.JupyterHub.hub_port = settings["hub_port"]
+c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+c.JupyterHub.db_url = "sqlite:///" + str(here / "jupyterhub.sqlite")
+c.JupyterHub.cookie_secret_file = str(here / "jupyterhub_cookie_secret")
+c.JupyterHub.pid_file = str(here / "jupyterhub.pid")
+c.JupyterHub.cleanup_servers = not settings["keep_servers"]
+c.ConfigurableHTTPProxy.command = [settings["proxy"]]
+c.ConfigurableHTTPProxy.pid_file = str(here / "proxy.pid")
+
+c.JupyterHub.authenticator_class = "shared-password"
+c.SharedPasswordAuthenticator.user_password = (here / "demo-password").read_text().strip()
+c.Authenticator.allow_all = True
+c.Authenticator.admin_users = set(settings["admins"])
+
+c.JupyterHub.spawner_class = "hpcgate"
+c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
+c.HPCGate.catalog_path = settings["catalog"]
+c.HPCGate.state_dir = str(here)
+
+for extra in settings["extra_config"]:
+    load_subconfig(extra)  # noqa: F821
+'''
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return os.path.join(base, "hpcgate", "up")
+
+
+def _private(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    os.chmod(path, 0o700)
+    return path
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_password(state_dir: Path) -> str:
+    """The demo login's password: generated once, kept 0600 in the state directory."""
+    path = state_dir / "demo-password"
+    if path.exists():
+        os.chmod(path, 0o600)
+        return path.read_text().strip()
+    password = secrets.token_urlsafe(12)
+    _write_private(path, password + "\n")
+    return password
+
+
+def find_proxy() -> str | None:
+    here = Path(__file__).resolve()
+    candidates = [shutil.which("configurable-http-proxy")]
+    candidates += [str(p / "node_modules/.bin/configurable-http-proxy") for p in here.parents]
+    return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    state_dir = _private(Path(args.state_dir).expanduser().resolve())
+    proxy = find_proxy()
+    if proxy is None:
+        print(
+            "hpcgate up: configurable-http-proxy not found. Run `make demo`, or "
+            "`npm install configurable-http-proxy` and put its bin directory on PATH.",
+            file=sys.stderr,
+        )
+        return 2
+    catalog = ""
+    if args.catalog:
+        catalog = str(Path(args.catalog).expanduser().resolve())
+        try:
+            load_catalog(catalog)
+        except CatalogError as exc:
+            print(f"hpcgate up: {exc}", file=sys.stderr)
+            return 2
+    previous = _read_json(state_dir / "hpcgate-up.json")
+    settings = {
+        # servers that outlive the hub keep its API address: reuse the ports
+        "hub_port": previous.get("hub_port") or _free_port(),
+        "proxy_api_port": previous.get("proxy_api_port") or _free_port(),
+        "ip": args.ip,
+        "port": args.port,
+        "proxy": proxy,
+        "catalog": catalog,
+        "keep_servers": args.keep_servers,
+        "admins": args.admin,
+        "extra_config": [str(Path(p).expanduser().resolve()) for p in args.config],
+    }
+    (state_dir / "hpcgate-up.json").write_text(json.dumps(settings, indent=2))
+    config = state_dir / "jupyterhub_config.py"
+    config.write_text(CONFIG_TEMPLATE)
+    password = demo_password(state_dir)
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    hub = subprocess.Popen(
+        [sys.executable, "-m", "jupyterhub", "-f", str(config), f"--log-level={args.log_level}"],
+        cwd=state_dir,
+        env=env,
+    )
+    host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
+    print(
+        f"\nhpcgate {__version__}: JupyterHub on http://{host}:{args.port}/\n"
+        f"  log in with any user name and the password: {password}\n"
+        f"  (kept in {state_dir / 'demo-password'}, mode 0600)\n"
+        f"  catalog: {catalog or 'built-in default (this machine)'}\n"
+        f"  state:   {state_dir}\n"
+        f"  servers {'keep running' if args.keep_servers else 'stop'} when the hub stops; Ctrl-C stops the hub.\n",
+        flush=True,
+    )
+
+    def forward(signum: int, frame: object) -> None:
+        if hub.poll() is None:
+            hub.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    return hub.wait()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        catalog = load_catalog(args.catalog)
+    except CatalogError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(catalog.describe())
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
+def cmd_sandbox(args: argparse.Namespace) -> int:
+    from .sandbox.cli import main as sandbox_main
+
+    return sandbox_main(args.sandbox_args)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hpcgate", description="JupyterHub as a gateway to HPC systems.")
+    p.add_argument("--version", action="version", version=f"hpcgate {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="run JupyterHub with hpcgate (the embedded default)")
+    up.add_argument("--ip", default="127.0.0.1", help="address the hub listens on (default 127.0.0.1)")
+    up.add_argument("--port", type=int, default=8000, help="port the hub listens on (default 8000)")
+    up.add_argument("--state-dir", default=default_state_dir(), help="SQLite, secrets, logs (default %(default)s)")
+    up.add_argument("--catalog", default="", help="catalog YAML (default: built-in, this machine only)")
+    up.add_argument(
+        "--keep-servers",
+        action="store_true",
+        help="leave users' servers running when the hub stops; the next `hpcgate up` adopts them",
+    )
+    up.add_argument("--admin", action="append", default=[], help="a user name with admin rights (repeatable)")
+    up.add_argument(
+        "--config", action="append", default=[], help="extra jupyterhub_config.py loaded last (repeatable)"
+    )
+    up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARN", "ERROR"])
+    up.set_defaults(func=cmd_up)
+
+    check = sub.add_parser("check", help="validate a catalog and print what each group may launch")
+    check.add_argument("catalog")
+    check.set_defaults(func=cmd_check)
+
+    schema = sub.add_parser("schema", help="print the catalog's JSON Schema (for editors)")
+    schema.set_defaults(func=cmd_schema)
+
+    sandbox = sub.add_parser("sandbox", help="a mini HPC cluster on this machine (root): up | down | status")
+    sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)
+    sandbox.set_defaults(func=cmd_sandbox)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""The backend interface: what every kind of system (local, ssh, slurm, ...) provides.
+
+A backend is created once per catalog system by :class:`hpcgate.hub.runtime.HPCGate`
+and shared by every spawner of that system. It never keeps per-user state in class
+attributes; per-launch state lives in :class:`JobHandle`, which the spawner stores in its
+JupyterHub state so a hub restart loses nothing.
+
+Contract:
+
+- :meth:`Backend.submit` starts a server (a process, a detached SSH process, a batch
+  job) and returns its handle as soon as the system has accepted it -- it does not wait
+  for the server to run.
+- :meth:`Backend.status` answers for many handles in one query (one ``squeue`` for all
+  jobs of a system, one ``ps`` per host). A handle missing from the answer has ended.
+  A failed query raises :class:`StatusUnavailable`; callers treat that as UNKNOWN,
+  never as "stopped".
+- :meth:`Backend.cancel` ends a server; cancelling one that has already ended is no
+  error.
+- :meth:`Backend.log_tail` returns the last bytes of the server's output, or ``""``.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from ...catalog import LaunchRequest, System
+
+
+class JobState(enum.Enum):
+    PENDING = "pending"   # accepted, waiting for resources
+    RUNNING = "running"
+    DONE = "done"         # ended (any reason); exit_code says how if known
+    UNKNOWN = "unknown"   # the system could not be asked; keep the server
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    state: JobState
+    #: The scheduler's reason (Resources, Priority, ...) or an error text.
+    reason: str = ""
+    #: Node the job runs on, once known.
+    node: str | None = None
+    exit_code: int | None = None
+
+
+class StatusUnavailable(RuntimeError):
+    """The system could not be asked for status (controller down, host unreachable)."""
+
+
+class SubmitError(RuntimeError):
+    """The system refused a server; the message is shown to the user."""
+
+
+@dataclass
+class JobSpec:
+    """What the spawner asks a backend to run.
+
+    ``env`` holds secrets (the server's API token): backends pass it through a process
+    environment, stdin or a 0600 file -- never through argv, a URL or a log line.
+    """
+
+    request: LaunchRequest
+    hub_user: str
+    account: str
+    server_name: str
+    env: dict[str, str]
+    command: list[str]
+    workdir: str
+
+
+@dataclass
+class JobHandle:
+    """A started server, as stored in the spawner state (JSON-able)."""
+
+    job_id: str
+    #: The host the backend talks to for this job (login host, or None when local).
+    host: str | None = None
+    #: Backend-specific details (pid start time, log path, ...), JSON-able.
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_state(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any] | None) -> JobHandle | None:
+        if not data or "job_id" not in data:
+            return None
+        return cls(job_id=str(data["job_id"]), host=data.get("host"), extra=dict(data.get("extra") or {}))
+
+
+@dataclass
+class BackendContext:
+    """Hub-wide facts a backend may need."""
+
+    state_dir: str
+    #: Hub API URL as the hub itself sees it.
+    hub_api_url: str = ""
+
+
+class Backend(ABC):
+    """Base class of every backend; one instance per catalog system."""
+
+    kind: ClassVar[str]
+    #: Whether servers of this backend are reached through the TunnelManager.
+    needs_tunnel: ClassVar[bool] = True
+
+    def __init__(self, name: str, system: System, context: BackendContext):
+        self.name = name
+        self.system = system
+        self.context = context
+
+    @abstractmethod
+    async def submit(self, spec: JobSpec) -> JobHandle: ...
+
+    @abstractmethod
+    async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]: ...
+
+    @abstractmethod
+    async def cancel(self, handle: JobHandle) -> None: ...
+
+    async def confirm_ended(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
+        """Ask once more about jobs missing from a :meth:`status` answer.
+
+        Returns the status of those still known (e.g. from accounting, ``sacct``), and
+        leaves out those that really ended. The default asks :meth:`status` again.
+        """
+        return await self.status(handles)
+
+    async def log_tail(self, handle: JobHandle, nbytes: int = 4096) -> str:
+        return ""
+
+    async def read_connection_file(self, handle: JobHandle) -> tuple[str, int] | None:
+        """The address a server wrote to its connection file, or None if not there yet.
+
+        Used where a node cannot reach the hub API. The file is removed once read.
+        """
+        return None
+
+    async def close(self) -> None:
+        """Release connections; called when the system leaves the catalog or the hub stops."""

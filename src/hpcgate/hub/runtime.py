@@ -1,0 +1,99 @@
+"""HPCGate: the hub-wide owner of shared things (catalog, backends, status caches, tunnels).
+
+One instance per JupyterHub process (:meth:`HPCGate.instance`). Spawners and handlers
+reach shared objects only through it; nothing per-user lives here and nothing shared
+lives in class attributes of the spawner.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from traitlets import Float, Unicode, default
+from traitlets.config import SingletonConfigurable
+
+from ..catalog import Catalog, CatalogStore, System
+from .backends import backend_class
+from .backends.base import Backend, BackendContext
+from .paths import private_dir
+from .status import StatusCache
+
+
+class HPCGate(SingletonConfigurable):
+    """Hub-wide hpcgate settings and the shared objects built from them."""
+
+    catalog_path = Unicode(
+        "",
+        help="""Path of the catalog YAML (systems, partitions, projects, groups).
+
+        Empty: hpcgate's built-in default catalog (this machine only). The file is
+        re-read when it changes; a broken new version keeps the last good catalog and
+        logs why.
+        """,
+    ).tag(config=True)
+
+    catalog_check_interval = Float(
+        2.0,
+        help="Seconds between checks whether the catalog file changed.",
+    ).tag(config=True)
+
+    state_dir = Unicode(
+        help="""Directory for hpcgate's hub-side state: server logs and (for the local
+        backend) users' working directories. Created 0700.""",
+    ).tag(config=True)
+
+    @default("state_dir")
+    def _default_state_dir(self) -> str:
+        base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+        return os.path.join(base, "hpcgate")
+
+    hub_api_url = Unicode(
+        "",
+        help="Hub API URL as seen from the hub host (set from the spawner's environment).",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self._store: CatalogStore | None = None
+        self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
+
+    @property
+    def store(self) -> CatalogStore:
+        if self._store is None:
+            private_dir(self.state_dir)
+            self._store = CatalogStore(self.catalog_path or None, self.catalog_check_interval)
+        return self._store
+
+    def catalog(self) -> Catalog:
+        return self.store.get()
+
+    def _entry(self, system_name: str, system: System | None = None) -> tuple[System, Backend, StatusCache]:
+        system = system or self.catalog().systems.get(system_name)
+        entry = self._backends.get(system_name)
+        if system is None:
+            if entry is None:
+                raise KeyError(f"system '{system_name}' is not in the catalog")
+            # removed from the catalog: keep serving the servers that still run there
+            return entry
+        if entry is None or entry[0] != system:
+            # a changed system definition gets a new backend; servers started on the old
+            # one are still answered by the handle they stored, not by backend state
+            backend = backend_class(system.kind)(
+                system_name,
+                system,
+                BackendContext(state_dir=str(Path(self.state_dir)), hub_api_url=self.hub_api_url),
+            )
+            cache = StatusCache(backend, system.status_interval)
+            if entry is not None:
+                for handle in list(entry[2]._watched.values()):
+                    cache.watch(handle)
+            entry = (system, backend, cache)
+            self._backends[system_name] = entry
+        return entry
+
+    def backend(self, system_name: str) -> Backend:
+        return self._entry(system_name)[1]
+
+    def status_cache(self, system_name: str) -> StatusCache:
+        return self._entry(system_name)[2]

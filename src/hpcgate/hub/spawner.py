@@ -1,0 +1,349 @@
+"""HPCSpawner: the only JupyterHub-facing class of hpcgate.
+
+It is thin on purpose: the catalog validates, a backend submits/queries/cancels, the
+StatusCache answers ``poll()``, the TunnelManager connects. The spawner strings them
+together, keeps the state JupyterHub persists, and tells the user what is happening.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import sys
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from jupyterhub.spawner import Spawner
+from tornado import web
+from traitlets import Float, Integer, Unicode, default
+
+from ..catalog import LaunchError, LaunchRequest, UserInfo
+from .backends.base import JobHandle, JobSpec, JobState, SubmitError
+from .form import render_form
+from .paths import check_account
+from .runtime import HPCGate
+
+#: Version of the state layout written by :meth:`HPCSpawner.get_state`.
+STATE_VERSION = 1
+
+
+class SpawnFailed(Exception):
+    """A spawn that failed for a reason the user should read, with the log tail."""
+
+    def __init__(self, message: str, log_tail: str = ""):
+        super().__init__(message)
+        self.jupyterhub_message = message
+        tail = f"<pre class='hpcgate-log'>{html.escape(log_tail)}</pre>" if log_tail.strip() else ""
+        self.jupyterhub_html_message = f"<p>{html.escape(message)}</p>{tail}"
+        self.log_tail = log_tail
+
+
+def migrate_state(state: dict[str, Any]) -> dict[str, Any]:
+    """Bring a stored state of any earlier layout to :data:`STATE_VERSION`.
+
+    Layout 0 (no ``hpcgate_state_version``) kept the job fields at the top level:
+    ``{"job_id", "host", "system"}``.
+    """
+    version = state.get("hpcgate_state_version", 0)
+    if version == 0 and "job_id" in state:
+        state = {
+            "hpcgate_state_version": 1,
+            "system": state.get("system"),
+            "job": {"job_id": state["job_id"], "host": state.get("host"), "extra": {}},
+        }
+    return state
+
+
+class HPCSpawner(Spawner):
+    """Launch JupyterLab on the systems of the hpcgate catalog.
+
+    ``start()`` validates the user's options against the catalog, submits through the
+    system's backend, waits for the server to report its address and returns the
+    address JupyterHub routes to. ``poll()`` returns None while the job is pending,
+    running or of unknown status (a scheduler error never stops a server), and an exit
+    status once the job has really ended.
+    """
+
+    progress_poll_interval = Float(
+        1.0,
+        help="Seconds between status checks while a server is starting.",
+    ).tag(config=True)
+
+    log_tail_bytes = Integer(
+        4096,
+        help="How much of a failed server's output to show the user, in bytes.",
+    ).tag(config=True)
+
+    account_source_note = Unicode(
+        "",
+        help="Extra sentence shown under the form (e.g. where to apply for a project).",
+    ).tag(config=True)
+
+    @default("start_timeout")
+    def _default_start_timeout(self) -> int:
+        # batch queues and cold nodes are slow; JupyterHub's 60 s is not enough
+        return 600
+
+    @default("http_timeout")
+    def _default_http_timeout(self) -> int:
+        return 120
+
+    @default("default_url")
+    def _default_default_url(self) -> str:
+        return "/lab"
+
+    @default("options_form")
+    def _default_options_form(self):
+        return self._render_options_form
+
+    @default("options_from_form")
+    def _default_options_from_form(self):
+        return self._options_from_form_checked
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.system: str | None = None
+        self.job: JobHandle | None = None
+        self.last_log = ""
+        self._events: list[dict[str, Any]] = []
+        self._event_added = asyncio.Event()
+        self._address: asyncio.Future[tuple[str, int]] | None = None
+        self._started_at = 0.0
+
+    # --- shared objects -------------------------------------------------------------
+
+    @property
+    def hpcgate(self) -> HPCGate:
+        return HPCGate.instance(config=self.config)
+
+    def user_info(self) -> UserInfo:
+        groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
+        return UserInfo(name=self.user.name, groups=groups)
+
+    # --- form -----------------------------------------------------------------------
+
+    def _render_options_form(self, spawner: Spawner) -> str:
+        offer = self.hpcgate.catalog().offer(self.user_info())
+        return render_form(offer, self.user_options or {}, note=self.account_source_note)
+
+    def _options_from_form_checked(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        """Form fields to ``user_options``; invalid choices come back on the form page."""
+        options = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in formdata.items()}
+        options = {k: v for k, v in options.items() if v not in ("", None)}
+        try:
+            request = self.hpcgate.catalog().validate(self.user_info(), options)
+        except LaunchError as exc:
+            raise web.HTTPError(400, str(exc), reason="Invalid launch options") from exc
+        return request.as_options()
+
+    def validated_request(self) -> LaunchRequest:
+        try:
+            return self.hpcgate.catalog().validate(self.user_info(), self.user_options)
+        except LaunchError as exc:
+            raise _bad_request(str(exc)) from exc
+
+    # --- state ----------------------------------------------------------------------
+
+    def get_state(self) -> dict[str, Any]:
+        state = super().get_state()
+        state["hpcgate_state_version"] = STATE_VERSION
+        if self.system:
+            state["system"] = self.system
+        if self.job:
+            state["job"] = self.job.to_state()
+        if self.last_log:
+            state["last_log"] = self.last_log
+        return state
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        super().load_state(state)
+        state = migrate_state(dict(state or {}))
+        self.system = state.get("system")
+        self.job = JobHandle.from_state(state.get("job"))
+        self.last_log = state.get("last_log", "")
+        if self.job and self.system:
+            try:
+                self.hpcgate.status_cache(self.system).watch(self.job)
+            except KeyError:
+                self.log.warning("System %s of %s is no longer in the catalog", self.system, self._log_name)
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.system = None
+        self.job = None
+
+    def _save_state(self) -> None:
+        """Persist the state now (mid-start), so a hub restart loses no job."""
+        orm = getattr(self, "orm_spawner", None)
+        if orm is None:
+            return
+        orm.state = self.get_state()
+        db = getattr(self, "db", None)
+        if db is not None:
+            db.commit()
+
+    # --- progress -------------------------------------------------------------------
+
+    def _emit(self, progress: int, message: str, html_message: str | None = None) -> None:
+        elapsed = time.monotonic() - self._started_at if self._started_at else 0.0
+        event: dict[str, Any] = {"progress": progress, "message": f"[{elapsed:5.1f} s] {message}"}
+        if html_message:
+            event["html_message"] = f"[{elapsed:5.1f} s] {html_message}"
+        self._events.append(event)
+        self._event_added.set()
+        self.log.info("%s: %s", self._log_name, message)
+
+    async def progress(self) -> AsyncIterator[dict[str, Any]]:
+        """Events of the current start: submitted, queued, running, address, tunnel."""
+        sent = 0
+        while True:
+            while sent < len(self._events):
+                yield self._events[sent]
+                sent += 1
+            if self._spawn_done():
+                break
+            self._event_added.clear()
+            try:
+                await asyncio.wait_for(self._event_added.wait(), 1.0)
+            except TimeoutError:
+                pass
+
+    def _spawn_done(self) -> bool:
+        future = getattr(self, "_spawn_future", None)
+        return future is not None and future.done()
+
+    # --- start ----------------------------------------------------------------------
+
+    def account_for(self, request: LaunchRequest) -> str:
+        """The user's account name on the request's system (validated)."""
+        try:
+            return check_account(self.user.name)
+        except ValueError as exc:
+            raise _bad_request(
+                f"Your user name {self.user.name!r} cannot be used as an account name on "
+                f"{request.system}; ask the hub's admins for an account mapping."
+            ) from exc
+
+    def report_address(self, host: str, port: int) -> None:
+        """Called by the ready handler when the server reported where it listens."""
+        if self._address is not None and not self._address.done():
+            self._address.set_result((host, port))
+
+    async def start(self) -> tuple[str, int]:
+        self._events = []
+        self._started_at = time.monotonic()
+        self.last_log = ""
+        request = self.validated_request()
+        gate = self.hpcgate
+        backend = gate.backend(request.system)
+        account = self.account_for(request)
+        self._address = asyncio.get_running_loop().create_future()
+        env = self.get_env()
+        env["HPCGATE_SERVER_NAME"] = self.name
+        command = list(request.system_config.singleuser_command)
+        if request.system_config.kind == "local" and command == ["hpcgate-singleuser"]:
+            command = [sys.executable, "-m", "hpcgate.singleuser"]
+        spec = JobSpec(
+            request=request,
+            hub_user=self.user.name,
+            account=account,
+            server_name=self.name,
+            env=env,
+            command=command + list(self.get_args()),
+            workdir=request.system_config.workdir,
+        )
+        where = request.system_config.description or request.system
+        self._emit(5, f"Submitting to {where}, partition {request.partition}")
+        try:
+            handle = await backend.submit(spec)
+        except SubmitError as exc:
+            raise SpawnFailed(str(exc)) from exc
+        self.system, self.job = request.system, handle
+        self._save_state()
+        self._emit(20, f"Submitted: job {handle.job_id}")
+        host, port = await self._wait_for_address(handle)
+        self._emit(80, f"Server started on {host}, port {port}")
+        self._emit(90, "Waiting for JupyterLab to answer")
+        return host, port
+
+    async def _wait_for_address(self, handle: JobHandle) -> tuple[str, int]:
+        assert self.system and self._address is not None
+        gate = self.hpcgate
+        cache = gate.status_cache(self.system)
+        backend = gate.backend(self.system)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(self.start_timeout - 5, 1)
+        last_shown = None
+        while True:
+            try:
+                return await asyncio.wait_for(asyncio.shield(self._address), self.progress_poll_interval)
+            except TimeoutError:
+                pass
+            found = await backend.read_connection_file(handle)
+            if found:
+                return found
+            status = await cache.get(handle, max_age=self.progress_poll_interval)
+            shown = (status.state, status.reason, status.node)
+            if status.state is JobState.DONE:
+                self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
+                code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
+                reason = f": {status.reason}" if status.reason else ""
+                raise SpawnFailed(
+                    f"The server ended before it reported its address{code}{reason}. "
+                    "Check the log below, fix the cause and start again.",
+                    self.last_log,
+                )
+            if shown != last_shown:
+                last_shown = shown
+                if status.state is JobState.PENDING:
+                    why = f" ({status.reason})" if status.reason else ""
+                    self._emit(30, f"Queued{why}")
+                elif status.state is JobState.RUNNING:
+                    node = f" on {status.node}" if status.node else ""
+                    self._emit(50, f"Running{node}; starting JupyterLab")
+                elif status.state is JobState.UNKNOWN:
+                    self._emit(40, f"Status unknown for now ({status.reason}); still waiting")
+            if loop.time() > deadline:
+                self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
+                raise SpawnFailed(
+                    f"The server did not report its address within {self.start_timeout} s. "
+                    "The system may be busy: try again later or choose a smaller request.",
+                    self.last_log,
+                )
+
+    # --- poll and stop ----------------------------------------------------------------
+
+    async def poll(self) -> int | None:
+        """None while the job is pending, running or unknown; its exit status once ended."""
+        if not self.job or not self.system:
+            return 0
+        try:
+            cache = self.hpcgate.status_cache(self.system)
+        except KeyError:
+            return None
+        status = await cache.get(self.job)
+        if status.state is JobState.DONE:
+            return status.exit_code if status.exit_code is not None else 1
+        return None
+
+    async def stop(self, now: bool = False) -> None:
+        if not self.job or not self.system:
+            return
+        try:
+            backend = self.hpcgate.backend(self.system)
+        except KeyError:
+            self.log.warning("Cannot stop %s: system %s is gone from the catalog", self._log_name, self.system)
+            return
+        await backend.cancel(self.job)
+        tail = await backend.log_tail(self.job, self.log_tail_bytes)
+        if tail:
+            self.last_log = tail
+        self.hpcgate.status_cache(self.system).forget(self.job.job_id)
+        self.job = None
+
+
+def _bad_request(message: str) -> web.HTTPError:
+    error = web.HTTPError(400, message, reason="Invalid launch options")
+    error.jupyterhub_message = message  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,117 @@
+"""StatusCache: one batched status query per system per interval, shared by all spawners.
+
+The kubespawner "reflector" idea for batch systems: N servers on a system cost one
+``squeue`` per interval, not N. Spawners ask :meth:`StatusCache.get`; whoever asks when
+the answer is stale triggers one refresh that every concurrent caller awaits.
+
+Rules (they are the point of this class):
+
+- A failed or timed-out query makes every watched job UNKNOWN. UNKNOWN never stops a
+  server. Failures back off exponentially (with jitter) up to ``max_backoff``.
+- A job missing from an answer is asked about once more through
+  :meth:`Backend.confirm_ended` before it is reported DONE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Callable
+
+from .backends.base import Backend, JobHandle, JobState, JobStatus, StatusUnavailable
+
+log = logging.getLogger("hpcgate.status")
+
+
+class StatusCache:
+    def __init__(
+        self,
+        backend: Backend,
+        interval: float,
+        *,
+        query_timeout: float = 30.0,
+        max_backoff: float = 300.0,
+        clock: Callable[[], float] | None = None,
+    ):
+        self.backend = backend
+        self.interval = interval
+        self.query_timeout = query_timeout
+        self.max_backoff = max_backoff
+        self._clock = clock or (lambda: asyncio.get_running_loop().time())
+        self._watched: dict[str, JobHandle] = {}
+        self._statuses: dict[str, JobStatus] = {}
+        self._refreshed_at: float | None = None
+        self._failures = 0
+        self._not_before = 0.0
+        #: Number of backend queries made (for tests and benchmarks).
+        self.queries = 0
+        # One refresh at a time: concurrent callers wait for the same answer
+        # instead of each sending their own query.
+        self._lock = asyncio.Lock()
+
+    def watch(self, handle: JobHandle) -> None:
+        self._watched[handle.job_id] = handle
+
+    def forget(self, job_id: str) -> None:
+        self._watched.pop(job_id, None)
+        self._statuses.pop(job_id, None)
+
+    def _fresh(self, max_age: float) -> bool:
+        return self._refreshed_at is not None and self._clock() - self._refreshed_at < max_age
+
+    async def get(self, handle: JobHandle, max_age: float | None = None) -> JobStatus:
+        """The status of ``handle`` no older than ``max_age`` (default: the interval).
+
+        During a failure backoff the last answer (UNKNOWN) is returned without a query.
+        """
+        self.watch(handle)
+        max_age = self.interval if max_age is None else max_age
+        if handle.job_id not in self._statuses or not self._fresh(max_age):
+            async with self._lock:
+                if handle.job_id not in self._statuses or not self._fresh(max_age):
+                    if self._clock() >= self._not_before:
+                        await self._refresh()
+        return self._statuses.get(handle.job_id, JobStatus(JobState.UNKNOWN, "not asked yet"))
+
+    async def _refresh(self) -> None:
+        handles = list(self._watched.values())
+        if not handles:
+            return
+        try:
+            answer = await self._query(handles)
+            missing = [h for h in handles if h.job_id not in answer]
+            if missing:
+                confirmed = await self._query(missing, confirm=True)
+                answer.update(confirmed)
+        except StatusUnavailable as exc:
+            self._failures += 1
+            delay = min(self.interval * 2**self._failures, self.max_backoff)
+            self._not_before = self._clock() + delay * random.uniform(0.8, 1.2)
+            log.warning(
+                "Status of %d job(s) on %s unknown (%s); next query in %.0f s",
+                len(handles), self.backend.name, exc, delay,
+            )
+            unknown = JobStatus(JobState.UNKNOWN, reason=str(exc))
+            for h in handles:
+                previous = self._statuses.get(h.job_id)
+                self._statuses[h.job_id] = JobStatus(
+                    JobState.UNKNOWN, unknown.reason, node=previous.node if previous else None
+                )
+        else:
+            self._failures = 0
+            # jitter keeps many hubs (or a restarted hub) from querying in lockstep
+            self._not_before = self._clock() + self.interval * random.uniform(0.0, 0.1)
+            for h in handles:
+                self._statuses[h.job_id] = answer.get(h.job_id, JobStatus(JobState.DONE))
+        self._refreshed_at = self._clock()
+
+    async def _query(self, handles: list[JobHandle], confirm: bool = False) -> dict[str, JobStatus]:
+        self.queries += 1
+        call = self.backend.confirm_ended(handles) if confirm else self.backend.status(handles)
+        try:
+            return await asyncio.wait_for(call, self.query_timeout)
+        except TimeoutError as exc:
+            raise StatusUnavailable(f"no answer within {self.query_timeout:.0f} s") from exc
+        except OSError as exc:
+            raise StatusUnavailable(str(exc)) from exc

@@ -1,0 +1,124 @@
+"""hpcgate-singleuser: what a job runs on the node.
+
+1. Pick a free port on the bind address (``HPCGATE_BIND_IP``, default: all interfaces
+   of this node's host name).
+2. Report ``{host, port}``: to the hub API (``$JUPYTERHUB_API_URL/hpcgate/ready``,
+   authenticated by this server's own token from the environment) and/or to a connection
+   file (``HPCGATE_CONNECTION_FILE``, written 0600) that the hub reads over SSH where the
+   node cannot reach the hub.
+3. Exec the Jupyter single-user server on that address (``JUPYTERHUB_SERVICE_URL`` is
+   rewritten to it), passing the remaining arguments through.
+
+The token is read from the environment only; it never appears in argv or a URL.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+
+def log(message: str) -> None:
+    print(f"[hpcgate-singleuser] {message}", file=sys.stderr, flush=True)
+
+
+def bind_address() -> str:
+    ip = os.environ.get("HPCGATE_BIND_IP")
+    if ip:
+        return ip
+    try:
+        return socket.gethostbyname(socket.gethostname())
+    except OSError:
+        return "127.0.0.1"
+
+
+def free_port(ip: str) -> int:
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((ip, 0))
+        return s.getsockname()[1]
+
+
+def report_to_hub(host: str, port: int, attempts: int = 5) -> bool:
+    api = os.environ.get("JUPYTERHUB_API_URL")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN")
+    if not api or not token:
+        log("no JUPYTERHUB_API_URL/JUPYTERHUB_API_TOKEN: not reporting to the hub")
+        return False
+    body = json.dumps(
+        {"host": host, "port": port, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", "")}
+    ).encode()
+    request = urllib.request.Request(
+        api.rstrip("/") + "/hpcgate/ready",
+        data=body,
+        method="POST",
+        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+    )
+    delay = 0.5
+    for attempt in range(1, attempts + 1):
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                if response.status in (200, 204):
+                    log(f"reported {host}:{port} to the hub")
+                    return True
+        except urllib.error.HTTPError as exc:
+            log(f"the hub refused the address report: HTTP {exc.code} {exc.reason}")
+            if exc.code in (400, 403, 404):
+                return False
+        except (OSError, urllib.error.URLError) as exc:
+            log(f"cannot reach the hub API at {api} (attempt {attempt}/{attempts}): {exc}")
+        time.sleep(delay)
+        delay *= 2
+    return False
+
+
+def write_connection_file(path: str, host: str, port: int) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = target.with_name(target.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({"host": host, "port": port}, f)
+    os.replace(tmp, target)
+    log(f"wrote connection file {target}")
+
+
+def service_url(ip: str, port: int) -> str:
+    current = urlparse(os.environ.get("JUPYTERHUB_SERVICE_URL") or "http://127.0.0.1:8888/")
+    host = f"[{ip}]" if ":" in ip else ip
+    return urlunparse(current._replace(netloc=f"{host}:{port}"))
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ip = bind_address()
+    port = free_port(ip)
+    host = os.environ.get("HPCGATE_REPORT_HOST") or ip
+    os.environ["JUPYTERHUB_SERVICE_URL"] = service_url(ip, port)
+    connection_file = os.environ.get("HPCGATE_CONNECTION_FILE")
+    if connection_file:
+        write_connection_file(connection_file, host, port)
+    if os.environ.get("HPCGATE_REPORT_TO_HUB", "1") != "0":
+        reported = report_to_hub(host, port)
+        if not reported and not connection_file:
+            log("could not report the address; the hub will not find this server")
+            sys.exit(3)
+    program = os.environ.get("HPCGATE_SINGLEUSER_APP") or "jupyterhub-singleuser"
+    executable = shutil.which(program) or shutil.which(program, path=os.path.dirname(sys.executable))
+    if executable is None:
+        log(f"cannot find {program} on PATH")
+        sys.exit(127)
+    log(f"starting {program} on {ip}:{port}")
+    os.execv(executable, [executable, *argv])
+
+
+if __name__ == "__main__":
+    main()
