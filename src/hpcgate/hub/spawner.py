@@ -101,6 +101,11 @@ class HPCSpawner(Spawner):
     def _default_options_from_form(self):
         return self._options_from_form_checked
 
+    @default("apply_user_options")
+    def _default_apply_user_options(self):
+        # user_options are validated against the catalog in start(), every time
+        return _options_validated_in_start
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.system: str | None = None
@@ -130,7 +135,8 @@ class HPCSpawner(Spawner):
     def _options_from_form_checked(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         """Form fields to ``user_options``; invalid choices come back on the form page."""
         options = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in formdata.items()}
-        options = {k: v for k, v in options.items() if v not in ("", None)}
+        # _xsrf is JupyterHub's own form field, not a launch option
+        options = {k: v for k, v in options.items() if v not in ("", None) and k != "_xsrf"}
         try:
             request = self.hpcgate.catalog().validate(self.user_info(), options)
         except LaunchError as exc:
@@ -341,6 +347,10 @@ class HPCSpawner(Spawner):
             self.last_log = tail
         self.hpcgate.status_cache(self.system).forget(self.job.job_id)
         self.job = None
+
+
+def _options_validated_in_start(spawner: Spawner, user_options: dict[str, Any]) -> None:
+    """HPCSpawner reads user_options itself (:meth:`HPCSpawner.validated_request`)."""
 
 
 def _bad_request(message: str) -> web.HTTPError:

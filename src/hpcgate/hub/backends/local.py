@@ -68,9 +68,13 @@ class LocalBackend(Backend):
         log_path = self._log_path(spec.account, spec.server_name)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         env = {**spec.env, "HPCGATE_BIND_IP": "127.0.0.1", "HPCGATE_REPORT_HOST": "127.0.0.1"}
+        command = list(spec.command)
+        if os.geteuid() == 0 and "--allow-root" not in command:
+            # a hub run as root (containers, CI) runs its local servers as root too
+            command.append("--allow-root")
         try:
             proc = await asyncio.create_subprocess_exec(
-                *spec.command,
+                *command,
                 env=env,
                 cwd=workdir,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -1,0 +1,20 @@
+"""Shared pytest set-up: where test artefacts (screenshots, logs) go."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(scope="session")
+def artifacts_dir() -> Path:
+    """Where tests save artefacts; CI keeps the folder (HPCGATE_ARTIFACTS overrides)."""
+    path = Path(os.environ.get("HPCGATE_ARTIFACTS", ROOT / "artifacts"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path

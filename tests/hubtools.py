@@ -1,0 +1,208 @@
+"""A real JupyterHub + configurable-http-proxy for tests, started through `hpcgate up`.
+
+The hub runs as a subprocess on free ports with its state in a temporary directory.
+A test-only service token (in a 0600 extra config file) gives the tests admin rights
+over users and servers; user-facing paths are exercised with real logins.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+HPCGATE = [sys.executable, "-m", "hpcgate.cli"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
+    """Poll ``predicate`` until it returns a truthy value; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    last_error = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+        except (requests.RequestException, OSError) as exc:
+            last_error, value = exc, None
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last error: {last_error})")
+
+
+EXTRA_CONFIG = """
+c = get_config()  # noqa: F821
+c.JupyterHub.services = [{{"name": "hpcgate-tests", "api_token": {token!r}}}]
+c.JupyterHub.load_roles = [{{
+    "name": "hpcgate-tests",
+    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "tokens"],
+    "services": ["hpcgate-tests"],
+}}]
+c.HPCSpawner.progress_poll_interval = 0.5
+{extra}
+"""
+
+
+class Hub:
+    def __init__(self, state_dir: Path, catalog: str | None = None, extra: str = "", keep_servers: bool = True):
+        self.state_dir = Path(state_dir)
+        self.catalog = catalog
+        self.extra = extra
+        self.keep_servers = keep_servers
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.token = secrets.token_hex(32)
+        self.proc: subprocess.Popen | None = None
+        self.log_path = self.state_dir / "hub.log"
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self, timeout: float = 60) -> Hub:
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        config = self.state_dir / "tests_config.py"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(EXTRA_CONFIG.format(token=self.token, extra=self.extra))
+        argv = [*HPCGATE, "up", "--state-dir", str(self.state_dir), "--port", str(self.port), "--config", str(config)]
+        if self.catalog:
+            argv += ["--catalog", self.catalog]
+        if self.keep_servers:
+            argv.append("--keep-servers")
+        env = dict(os.environ)
+        env["PATH"] = os.pathsep.join([str(ROOT / "node_modules/.bin"), str(Path(sys.executable).parent), env["PATH"]])
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.state_dir)
+        log.close()
+        wait_for(lambda: self._alive() and self.get("/hub/api/").ok, timeout, "the hub to answer")
+        return self
+
+    def _alive(self) -> bool:
+        if self.proc and self.proc.poll() is not None:
+            raise AssertionError(f"hpcgate up exited with {self.proc.returncode}:\n{self.log_tail()}")
+        return True
+
+    def stop(self, timeout: float = 60) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+
+    def log_tail(self, nbytes: int = 6000) -> str:
+        try:
+            return self.log_path.read_bytes()[-nbytes:].decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    @property
+    def password(self) -> str:
+        return (self.state_dir / "demo-password").read_text().strip()
+
+    # --- API -------------------------------------------------------------------------
+
+    def request(self, method: str, path: str, **kw) -> requests.Response:
+        headers = {"Authorization": f"token {self.token}", **kw.pop("headers", {})}
+        return requests.request(method, self.url + path, headers=headers, timeout=kw.pop("timeout", 30), **kw)
+
+    def get(self, path: str, **kw) -> requests.Response:
+        return self.request("GET", path, **kw)
+
+    def user_model(self, user: str) -> dict:
+        r = self.get(f"/hub/api/users/{user}")
+        r.raise_for_status()
+        return r.json()
+
+    def create_user(self, user: str) -> None:
+        r = self.request("POST", f"/hub/api/users/{user}")
+        assert r.status_code in (201, 409), r.text
+
+    def spawn(self, user: str, options: dict | None = None) -> requests.Response:
+        self.create_user(user)
+        return self.request("POST", f"/hub/api/users/{user}/server", json={"user_options": options or {}})
+
+    def wait_ready(self, user: str, timeout: float = 120) -> dict:
+        def ready():
+            server = self.user_model(user)["servers"].get("")
+            if server and server.get("ready"):
+                return server
+            if not server or not server.get("pending"):
+                raise AssertionError(f"{user}'s server is gone while waiting:\n{self.log_tail()}")
+            return None
+
+        return wait_for(ready, timeout, f"{user}'s server to be ready")
+
+    def stop_server(self, user: str, timeout: float = 60) -> None:
+        r = self.request("DELETE", f"/hub/api/users/{user}/server")
+        assert r.status_code in (202, 204), r.text
+        wait_for(lambda: "" not in self.user_model(user)["servers"], timeout, f"{user}'s server to stop")
+
+    def spawn_with_progress(self, user: str, options: dict | None = None) -> tuple[requests.Response, list[dict]]:
+        """Spawn through the REST API and read the whole progress stream meanwhile.
+
+        The POST blocks for up to JupyterHub's slow_spawn_timeout, so it runs in a
+        thread while this one opens the progress stream as soon as the spawn is pending.
+        """
+        self.create_user(user)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            posted = pool.submit(self.spawn, user, options)
+            events = wait_for(
+                lambda: posted.done() and not self._pending(user) and ["post-done"] or (self._pending(user) and self.progress(user)),
+                60,
+                f"{user}'s progress stream",
+                interval=0.05,
+            )
+            response = posted.result()
+        if events == ["post-done"]:
+            raise AssertionError(f"the spawn of {user} ended before its progress could be read: {response.text}")
+        return response, events
+
+    def _pending(self, user: str) -> bool:
+        server = self.user_model(user)["servers"].get("")
+        return bool(server and server.get("pending") == "spawn")
+
+    def progress(self, user: str, timeout: float = 120) -> list[dict]:
+        """All events of the user's progress stream until it ends."""
+        events = []
+        with self.get(f"/hub/api/users/{user}/server/progress", stream=True, timeout=timeout) as r:
+            r.raise_for_status()
+            for line in r.iter_lines(decode_unicode=True):
+                if line and line.startswith("data:"):
+                    events.append(json.loads(line[5:]))
+        return events
+
+    # --- a logged-in browser-like session ---------------------------------------------
+
+    def login(self, user: str) -> requests.Session:
+        session = requests.Session()
+        page = session.get(self.url + "/hub/login", timeout=30)
+        xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
+        data = {"username": user, "password": self.password}
+        if xsrf:
+            data["_xsrf"] = xsrf.group(1)
+        r = session.post(self.url + "/hub/login", data=data, timeout=30, allow_redirects=False)
+        assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
+        return session
+
+
+def xsrf_headers(session: requests.Session) -> dict:
+    token = session.cookies.get("_xsrf", path="/hub/") or session.cookies.get("_xsrf")
+    return {"X-XSRFToken": token} if token else {}

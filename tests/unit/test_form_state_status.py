@@ -1,0 +1,154 @@
+"""The spawn form's HTML, versioned spawner state, and the StatusCache rules."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import subprocess
+import sys
+
+import pytest
+
+from hpcgate.catalog import UserInfo, default_catalog, parse_catalog
+from hpcgate.hub.backends.base import Backend, BackendContext, JobHandle, JobState, JobStatus, StatusUnavailable
+from hpcgate.hub.form import render_form
+from hpcgate.hub.spawner import STATE_VERSION, migrate_state
+from hpcgate.hub.status import StatusCache
+
+HOSTILE = parse_catalog(
+    """
+systems:
+  evil:
+    kind: local
+    description: "</script><script>alert(1)</script> & <b>bold</b>"
+    partitions:
+      p1: {description: "<img src=x onerror=alert(2)>"}
+groups: {all: {all_users: true, grants: [{system: evil}]}}
+"""
+)
+
+
+def test_form_escapes_catalog_text_and_embeds_the_offer():
+    page = render_form(HOSTILE.offer(UserInfo("u")), {})
+    assert "<script>alert(1)" not in page
+    assert "<img src=x" not in page
+    assert "&lt;b&gt;bold&lt;/b&gt;" in page
+    blob = re.search(r'<script type="application/json" id="hpcgate-offer">(.*?)</script>', page, re.S).group(1)
+    assert json.loads(blob)["systems"][0]["description"].startswith("</script>")
+
+
+def test_form_preselects_previous_choices_and_shows_limits():
+    page = render_form(default_catalog().offer(UserInfo("u")), {"partition": "long", "cpus": 2, "memory": 99})
+    assert '<option value="long" selected>' in page
+    assert re.search(r'name="cpus" min="1" max="2" value="2"', page)
+    # an out-of-range previous value falls back to the default
+    assert re.search(r'name="memory" min="1" max="8" value="2"', page)
+    assert "from 1 to 8 GiB, default 2" in page
+
+
+def test_form_for_a_user_with_no_grant_says_what_to_do():
+    empty = parse_catalog("systems: {l: {kind: local, partitions: {p: {}}}}")
+    assert "Ask your centre's support" in render_form(empty.offer(UserInfo("u")), {})
+
+
+def test_state_migrates_from_layout_0():
+    old = {"job_id": "123", "host": "login1", "system": "cluster"}
+    new = migrate_state(old)
+    assert new["hpcgate_state_version"] == STATE_VERSION
+    assert new["job"] == {"job_id": "123", "host": "login1", "extra": {}}
+    assert new["system"] == "cluster"
+    assert JobHandle.from_state(new["job"]).host == "login1"
+    assert migrate_state({}) == {}
+
+
+class ScriptedBackend(Backend):
+    """A stand-in scheduler whose answers the test scripts (the cache logic is under test)."""
+
+    kind = "scripted"
+
+    def __init__(self):
+        super().__init__("scripted", default_catalog().systems["local"], BackendContext(state_dir="/nonexistent"))
+        self.answers: list = []
+        self.calls: list[list[str]] = []
+
+    async def status(self, handles):
+        self.calls.append([h.job_id for h in handles])
+        answer = self.answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return dict(answer)
+
+    async def submit(self, spec):  # pragma: no cover - not used
+        raise NotImplementedError
+
+    async def cancel(self, handle):  # pragma: no cover - not used
+        raise NotImplementedError
+
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+async def test_one_query_serves_every_spawner_of_a_system():
+    backend, clock = ScriptedBackend(), Clock()
+    cache = StatusCache(backend, interval=10, clock=clock)
+    handles = [JobHandle(str(i)) for i in range(50)]
+    for h in handles:
+        cache.watch(h)
+    backend.answers = [{h.job_id: JobStatus(JobState.RUNNING) for h in handles}]
+    results = await asyncio.gather(*(cache.get(h) for h in handles))
+    assert all(r.state is JobState.RUNNING for r in results)
+    assert len(backend.calls) == 1 and len(backend.calls[0]) == 50
+    clock.now = 5  # still fresh: no new query
+    await cache.get(handles[0])
+    assert len(backend.calls) == 1
+
+
+async def test_scheduler_error_is_unknown_and_backs_off():
+    backend, clock = ScriptedBackend(), Clock()
+    cache = StatusCache(backend, interval=10, clock=clock)
+    h = JobHandle("7")
+    backend.answers = [{"7": JobStatus(JobState.RUNNING, node="n1")}, StatusUnavailable("Socket timed out")]
+    assert (await cache.get(h)).state is JobState.RUNNING
+    clock.now = 11
+    status = await cache.get(h)
+    assert status.state is JobState.UNKNOWN and "Socket timed out" in status.reason
+    assert status.node == "n1"
+    clock.now = 22  # within the backoff (>= 16 s after the failure): no query
+    assert (await cache.get(h)).state is JobState.UNKNOWN
+    assert len(backend.calls) == 2
+
+
+async def test_a_job_missing_once_is_asked_again_before_done():
+    backend, clock = ScriptedBackend(), Clock()
+    cache = StatusCache(backend, interval=10, clock=clock)
+    a, b = JobHandle("a"), JobHandle("b")
+    cache.watch(a)
+    cache.watch(b)
+    # b vanishes from the first answer but the confirmation still finds it
+    backend.answers = [{"a": JobStatus(JobState.RUNNING)}, {"b": JobStatus(JobState.RUNNING)}]
+    assert (await cache.get(b)).state is JobState.RUNNING
+    assert backend.calls == [["a", "b"], ["b"]]
+    clock.now = 20
+    backend.answers = [{"a": JobStatus(JobState.RUNNING)}, {}]
+    assert (await cache.get(b)).state is JobState.DONE
+    assert (await cache.get(a)).state is JobState.RUNNING
+
+
+def test_check_command_prints_groups_and_rejects_broken_files(tmp_path):
+    good = tmp_path / "good.yaml"
+    good.write_text("systems: {l: {kind: local, partitions: {p: {}}}}\ngroups: {g: {grants: [{system: l}]}}\n")
+    out = subprocess.run([sys.executable, "-m", "hpcgate.cli", "check", str(good)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "group g (members of JupyterHub group 'g')" in out.stdout
+    assert "p: nodes 1-1" in out.stdout
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("systems: {l: {kind: local}}\n")
+    out = subprocess.run([sys.executable, "-m", "hpcgate.cli", "check", str(bad)], capture_output=True, text=True)
+    assert out.returncode == 1
+    assert f"{bad}: systems.l.partitions" in out.stderr
