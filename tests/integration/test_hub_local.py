@@ -203,3 +203,21 @@ def test_hub_restart_keeps_running_servers_and_drops_dead_ones(hub):
     assert "" not in hub.user_model("mark")["servers"]
     hub.stop_server("lena")
     wait_for(lambda: not pid_alive(lena), 10, "lena's server to end")
+
+
+def test_sigterm_stops_hub_proxy_and_servers(tmp_path):
+    hub = Hub(tmp_path / "hub", keep_servers=False).start()
+    try:
+        assert hub.spawn("pia").status_code in (201, 202)
+        hub.wait_ready("pia")
+        server = job_pid(hub, "pia")
+        proxy = int((hub.state_dir / "proxy.pid").read_text())
+        up = hub.proc.pid
+        password_file = hub.state_dir / "demo-password"
+        assert password_file.stat().st_mode & 0o777 == 0o600
+        assert hub.state_dir.stat().st_mode & 0o777 == 0o700
+        assert hub.password not in " ".join(Path(f"/proc/{up}/cmdline").read_text().split("\0"))
+    finally:
+        hub.stop()
+    for pid in (server, proxy, up):
+        wait_for(lambda: not pid_alive(pid), 30, f"process {pid} to end")
