@@ -1,0 +1,380 @@
+"""Lifecycle of the apps behind the proxy: start, readiness, restart, stop, idle stop.
+
+Contracts:
+
+* Every change of an app's state happens under that app's ``asyncio.Lock``. Requests
+  that arrive while an app starts wait on the lock and then find it running, so one
+  burst of first requests starts one process, not many.
+* An app runs in its own session (``start_new_session``); stopping sends SIGTERM to
+  the whole process group, waits ``stop_timeout`` and then sends SIGKILL.
+* The last ``log_tail_bytes`` of each app's combined stdout/stderr are kept in memory.
+* A crash (or, with ``restart: always``, a clean exit) restarts the app with backoff,
+  at most ``max_restarts`` times in a row; after that it stays ``failed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import os
+import signal
+import socket
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
+from .isolation import bwrap_argv
+from .spec import AppSpec, render
+
+log = logging.getLogger(__name__)
+
+
+class AppState(str, enum.Enum):
+    STOPPED = "stopped"
+    STARTING = "starting"
+    RUNNING = "running"
+    FAILED = "failed"
+
+
+class AppStartError(RuntimeError):
+    """An app did not become ready; the message says why and points to its log."""
+
+
+class LogTail:
+    """The last ``limit`` bytes written to it."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._buf = bytearray()
+
+    def write(self, data: bytes) -> None:
+        self._buf += data
+        if len(self._buf) > self.limit:
+            del self._buf[: len(self._buf) - self.limit]
+
+    def text(self) -> str:
+        return self._buf.decode("utf-8", "replace")
+
+
+def free_port() -> int:
+    """A TCP port free on localhost right now (the app binds it shortly after)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class ManagedApp:
+    """One app and its process. Only :class:`AppManager` creates these."""
+
+    def __init__(self, spec: AppSpec, manager: AppManager):
+        self.spec = spec
+        self.manager = manager
+        self.state = AppState.STOPPED
+        self.proc: asyncio.subprocess.Process | None = None
+        self.port = spec.port
+        self.unix_socket: str | None = spec.unix_socket if isinstance(spec.unix_socket, str) else None
+        self.started_at: float | None = None
+        self.last_activity: float | None = None
+        self.exit_code: int | None = None
+        self.error = ""
+        self.restarts = 0
+        self.log = LogTail(manager.log_tail_bytes)
+        # Serialises start/stop/restart and every state change they make.
+        self.lock = asyncio.Lock()
+        self._stopping = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def target(self) -> Target:
+        if self.spec.unix_socket:
+            return Target(unix_socket=self.unix_socket or self._socket_path())
+        return Target(host="localhost", port=self.port)
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc and self.proc.returncode is None else None
+
+    def template_args(self) -> dict[str, Any]:
+        return {"port": self.port, "unix_socket": self.unix_socket or "", "base_url": self.manager.base_url}
+
+    def info(self) -> dict[str, Any]:
+        """What the REST API reports about this app."""
+        now = time.time()
+        return {
+            "name": self.spec.name,
+            "state": self.state.value,
+            "managed": self.spec.managed,
+            "pid": self.pid,
+            "uptime": round(now - self.started_at, 3) if self.started_at and self.state == AppState.RUNNING else None,
+            "last_activity": self.last_activity,
+            "url": self.manager.base_url + self.spec.name + "/",
+            "exit_code": self.exit_code,
+            "restarts": self.restarts,
+            "error": self.error,
+            "isolated": self.spec.isolate_network,
+            "launcher_entry": self.spec.launcher(),
+            "new_browser_tab": self.spec.new_browser_tab,
+            "source": self.spec.source,
+        }
+
+    def touch(self) -> None:
+        self.last_activity = time.time()
+
+    def _socket_path(self) -> str:
+        return str(Path(self.manager.socket_dir) / f"{self.spec.name}.sock")
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # -------------------------------------------------------------- lifecycle
+
+    async def ensure_running(self) -> None:
+        """Return once the app is running, starting it if needed (raises AppStartError)."""
+        if not self.spec.managed or (self.state == AppState.RUNNING and self.pid is not None):
+            return
+        self.manager.start_idle_checker()
+        async with self.lock:
+            if self.state == AppState.RUNNING and self.pid is not None:
+                return
+            self.restarts = 0
+            await self._start_locked()
+
+    async def start(self) -> None:
+        await self.ensure_running()
+
+    async def stop(self, reason: str = "requested") -> None:
+        async with self.lock:
+            await self._stop_locked(reason)
+
+    async def restart(self) -> None:
+        async with self.lock:
+            await self._stop_locked("restart requested")
+            self.restarts = 0
+            await self._start_locked()
+
+    async def _start_locked(self) -> None:
+        spec = self.spec
+        self.state = AppState.STARTING
+        self.error = ""
+        self.exit_code = None
+        self._stopping = False
+        if spec.unix_socket is True:
+            self.unix_socket = self._socket_path()
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_socket)
+        elif not spec.unix_socket:
+            self.port = spec.port or free_port()
+        args = self.template_args()
+        try:
+            argv = render(spec.command, args)
+            env = dict(os.environ)
+            env.update({str(k): str(v) for k, v in render(spec.environment, args).items()})
+            if spec.isolate_network:
+                argv = bwrap_argv(argv, spec.name, self.manager.bwrap_path)
+            self.log.write(f"[hpcgate] starting {spec.name}: {argv!r}\n".encode())
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                env=env,
+                cwd=self.manager.cwd,
+                start_new_session=True,
+            )
+        except Exception as exc:  # bad template, missing binary, missing bwrap: all end as "failed"
+            self.state = AppState.FAILED
+            self.error = f"could not start: {exc}"
+            self.log.write(f"[hpcgate] {self.error}\n".encode())
+            raise AppStartError(f"{spec.name} {self.error}") from exc
+        proc = self.proc
+        self._spawn(self._read_output(proc))
+        timeout = spec.timeout if spec.timeout is not None else self.manager.default_timeout
+        try:
+            await self._wait_ready(proc, timeout)
+        except AppStartError as exc:
+            self.error = str(exc)
+            self.log.write(f"[hpcgate] {exc}\n".encode())
+            await self._kill_group(proc, self._grace())
+            self.state = AppState.FAILED
+            raise
+        self.state = AppState.RUNNING
+        self.started_at = time.time()
+        self.touch()
+        self._spawn(self._watch(proc))
+
+    async def _wait_ready(self, proc: asyncio.subprocess.Process, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        while True:
+            if proc.returncode is not None:
+                raise AppStartError(f"{self.spec.name} exited with code {proc.returncode} before it was ready; see its log")
+            try:
+                if await self.probe():
+                    return
+            except ForeignSocketError as exc:
+                raise AppStartError(f"{self.spec.name}: its address is taken by another user's process") from exc
+            if time.monotonic() + delay > deadline:
+                raise AppStartError(f"{self.spec.name} was not ready after {timeout:g} s (raise its timeout if the node is slow)")
+            await asyncio.sleep(delay)
+            delay = min(delay * 1.5, 1.0)
+
+    async def probe(self) -> bool:
+        """One readiness check: socket connect, or HTTP GET with an accepted status."""
+        try:
+            conn = await open_connection(self.target, self.manager.check_owner, timeout=5)
+        except ForeignSocketError:
+            raise
+        except UpstreamError:
+            return False
+        try:
+            http = self.spec.ready_http()
+            if http is None:
+                return True
+            path, accepted = http
+            if self.spec.absolute_url and not path.startswith(self.manager.base_url):
+                path = self.manager.base_url + self.spec.name + path
+            conn.writer.write(encode_head("GET", path, [("Host", "localhost"), ("Connection", "close")]))
+            try:
+                async with asyncio.timeout(10):
+                    resp = await read_response_head(conn, "GET")
+            except (UpstreamError, TimeoutError):
+                return False
+            return resp.status < 500 if accepted is None else resp.status in accepted
+        finally:
+            conn.close()
+
+    async def _read_output(self, proc: asyncio.subprocess.Process) -> None:
+        assert proc.stdout is not None
+        while data := await proc.stdout.read(65536):
+            self.log.write(data)
+
+    async def _watch(self, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        async with self.lock:
+            if self._stopping or self.proc is not proc:
+                return
+            ran_for = time.time() - (self.started_at or time.time())
+            self.exit_code = code
+            self.log.write(f"[hpcgate] {self.spec.name} exited with code {code}\n".encode())
+            # Reap whatever else the app left in its process group.
+            await self._kill_group(proc, 0)
+            policy = self.spec.restart
+            wants = policy == "always" or (policy == "on-failure" and code != 0)
+            if ran_for > 60:
+                self.restarts = 0
+            if not wants or self.restarts >= self.spec.max_restarts:
+                self.state = AppState.STOPPED if code == 0 else AppState.FAILED
+                self.error = "" if code == 0 else f"exited with code {code}"
+                if wants:
+                    self.error += f"; gave up after {self.restarts} restarts"
+                return
+            self.restarts += 1
+            self.state = AppState.STARTING
+        await asyncio.sleep(min(0.5 * 2 ** (self.restarts - 1), 30))
+        async with self.lock:
+            if self._stopping or self.proc is not proc:
+                return
+            with contextlib.suppress(AppStartError):
+                await self._start_locked()
+
+    def _grace(self) -> float:
+        return self.spec.stop_timeout if self.spec.stop_timeout is not None else self.manager.stop_grace_period
+
+    async def _stop_locked(self, reason: str) -> None:
+        self._stopping = True
+        proc = self.proc
+        if proc is not None:
+            self.log.write(f"[hpcgate] stopping {self.spec.name} ({reason})\n".encode())
+            await self._kill_group(proc, self._grace())
+            self.exit_code = proc.returncode
+        if self.spec.unix_socket is True and self.unix_socket:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.unix_socket)
+        self.state = AppState.STOPPED
+        self.started_at = None
+
+    @staticmethod
+    async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; reap the leader."""
+        pgid = proc.pid  # start_new_session made the leader's pid the group id
+        if grace > 0:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pgid, signal.SIGTERM)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(grace):
+                    await proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+        await proc.wait()
+
+    def kill_now(self) -> None:
+        """Synchronous last resort at interpreter exit."""
+        if self.proc is not None and self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+class AppManager:
+    """Owns every :class:`ManagedApp` of one Jupyter server."""
+
+    def __init__(
+        self,
+        specs: dict[str, AppSpec],
+        base_url: str,
+        socket_dir: str,
+        default_timeout: float = 120.0,
+        stop_grace_period: float = 10.0,
+        log_tail_bytes: int = 65536,
+        check_owner: bool = True,
+        bwrap_path: str = "bwrap",
+        cwd: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.base_url = base_url
+        self.socket_dir = socket_dir
+        self.default_timeout = default_timeout
+        self.stop_grace_period = stop_grace_period
+        self.log_tail_bytes = log_tail_bytes
+        self.check_owner = check_owner
+        self.bwrap_path = bwrap_path
+        self.cwd = cwd
+        self.clock = clock
+        self.apps = {name: ManagedApp(spec, self) for name, spec in specs.items()}
+        self._idle_task: asyncio.Task[None] | None = None
+
+    def get(self, name: str) -> ManagedApp | None:
+        return self.apps.get(name)
+
+    def start_idle_checker(self) -> None:
+        timeouts = [a.spec.idle_timeout for a in self.apps.values() if a.spec.idle_timeout > 0]
+        if timeouts and self._idle_task is None:
+            interval = max(0.5, min(30.0, min(timeouts) / 4))
+            self._idle_task = asyncio.ensure_future(self._idle_loop(interval))
+
+    async def _idle_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            now = self.clock()
+            for app in list(self.apps.values()):
+                idle = app.spec.idle_timeout
+                if idle > 0 and app.state == AppState.RUNNING and now - (app.last_activity or now) > idle:
+                    log.info("stopping app %s: idle for more than %g s", app.spec.name, idle)
+                    await app.stop("idle")
+
+    async def stop_all(self) -> None:
+        if self._idle_task is not None:
+            self._idle_task.cancel()
+        await asyncio.gather(*(a.stop("server shutting down") for a in self.apps.values() if a.proc), return_exceptions=True)
+
+    def kill_all_now(self) -> None:
+        for app in self.apps.values():
+            app.kill_now()

@@ -1,0 +1,263 @@
+"""App specs: what an app is, where specs come from, and how templates are filled.
+
+A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environment``,
+``timeout``, ``absolute_url``, ``port``, ``unix_socket``, ``mappath``,
+``launcher_entry``, ``new_browser_tab``, ``request_headers_override``,
+``rewrite_response``, ``update_last_activity``, ``exclude_last_activity_patterns``,
+``raw_socket_proxy``) plus hpcgate's own lifecycle keys:
+
+``ready_check``
+    ``"socket"`` (a connect suffices) or ``{"path": "/health", "status": 200}``
+    (``status`` an int or list; default: any status below 500).
+``restart``
+    ``"on-failure"`` (default), ``"always"`` (also after a clean exit) or ``"never"``.
+``max_restarts``
+    automatic restarts in a row before the app is left ``failed`` (default 5).
+``idle_timeout``
+    seconds without proxied traffic after which the app is stopped (0: never).
+``stop_timeout``
+    seconds between SIGTERM and SIGKILL (default: ``HPCGateLab.stop_grace_period``).
+``isolate_network``
+    run the command under bubblewrap in its own network namespace; needs
+    ``unix_socket`` because no TCP port is reachable from outside.
+
+Sources, later ones overriding earlier ones by name: ``jupyter_serverproxy_servers``
+entry points, ``hpcgate_apps`` entry points, ``c.ServerProxy.servers``,
+``c.HPCGateLab.apps``. Template strings may use ``{port}``, ``{unix_socket}`` and
+``{base_url}``; callables receive only the arguments they name.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Names that would shadow the server's own routes or ours.
+RESERVED = frozenset({"proxy", "hpcgate", "api", "lab", "tree", "static", "files", "login", "logout", "nbconvert", "kernelspecs", "notebooks", "edit", "view", "terminals", "custom", "nbextensions"})
+RESTART_POLICIES = ("on-failure", "always", "never")
+
+JSP_KEYS = frozenset(
+    {
+        "command",
+        "environment",
+        "timeout",
+        "absolute_url",
+        "port",
+        "unix_socket",
+        "mappath",
+        "launcher_entry",
+        "new_browser_tab",
+        "request_headers_override",
+        "rewrite_response",
+        "update_last_activity",
+        "exclude_last_activity_patterns",
+        "raw_socket_proxy",
+        "progressive",  # accepted and ignored: hpcgate always streams
+    }
+)
+OWN_KEYS = frozenset({"ready_check", "restart", "max_restarts", "idle_timeout", "stop_timeout", "isolate_network"})
+
+
+class SpecError(ValueError):
+    """A spec that cannot be used; the message names the app and the key."""
+
+
+def call_with_named_args(func: Callable[..., Any], available: Mapping[str, Any]) -> Any:
+    """Call ``func`` passing only those of ``available`` that its signature names.
+
+    A required parameter that is not available raises :class:`TypeError`.
+    """
+    kwargs = {}
+    for name, param in inspect.signature(func).parameters.items():
+        if param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+            continue
+        if name in available:
+            kwargs[name] = available[name]
+        elif param.default is param.empty:
+            raise TypeError(f"{getattr(func, '__name__', func)}() needs argument {name!r}, which hpcgate does not provide")
+    return func(**kwargs)
+
+
+def render(value: Any, args: Mapping[str, Any]) -> Any:
+    """Fill ``{port}``/``{unix_socket}``/``{base_url}`` in a str, list or dict (keys too)."""
+    if callable(value):
+        value = call_with_named_args(value, args)
+    if isinstance(value, str):
+        return value.format(**args)
+    if isinstance(value, (list, tuple)):
+        return [render(v, args) for v in value]
+    if isinstance(value, Mapping):
+        return {render(k, args): render(v, args) for k, v in value.items()}
+    raise SpecError(f"cannot fill templates in a value of type {type(value).__name__}")
+
+
+@dataclass
+class AppSpec:
+    """One app, validated. ``command`` empty means the app is started by someone else."""
+
+    name: str
+    command: list[str] | Callable[..., Any] = field(default_factory=list)
+    environment: dict[str, str] | Callable[..., Any] = field(default_factory=dict)
+    timeout: float | None = None
+    absolute_url: bool = False
+    port: int = 0
+    unix_socket: bool | str = False
+    mappath: dict[str, str] | Callable[..., Any] = field(default_factory=dict)
+    launcher_entry: dict[str, Any] = field(default_factory=dict)
+    new_browser_tab: bool = True
+    request_headers_override: dict[str, str] | Callable[..., Any] = field(default_factory=dict)
+    rewrite_response: list[Callable[..., Any]] = field(default_factory=list)
+    update_last_activity: bool | Callable[..., Any] = True
+    exclude_last_activity_patterns: list[re.Pattern[str]] = field(default_factory=list)
+    raw_socket_proxy: bool = False
+    ready_check: str | dict[str, Any] = field(default_factory=dict)
+    restart: str = "on-failure"
+    max_restarts: int = 5
+    idle_timeout: float = 0.0
+    stop_timeout: float | None = None
+    isolate_network: bool = False
+    source: str = "config"
+
+    @property
+    def managed(self) -> bool:
+        return bool(self.command)
+
+    def map_path(self, path: str) -> str:
+        """Apply ``mappath`` to a request path (after the app's prefix)."""
+        if callable(self.mappath):
+            return call_with_named_args(self.mappath, {"path": path})
+        return self.mappath.get(path, path)
+
+    def launcher(self) -> dict[str, Any]:
+        """The launcher entry with jupyter-server-proxy's defaults filled in."""
+        entry = {"enabled": True, "title": self.name, "path_info": self.name + "/", "category": "Notebook", "icon_path": ""}
+        entry.update(self.launcher_entry)
+        return entry
+
+    def ready_http(self) -> tuple[str, frozenset[int] | None] | None:
+        """``(path, accepted statuses or None for 'below 500')``, or ``None`` for a socket check."""
+        check = self.ready_check
+        if check == "socket" or (not check and self.raw_socket_proxy):
+            return None
+        check = check or {}
+        status = check.get("status")
+        if status is None:
+            accepted = None
+        elif isinstance(status, int):
+            accepted = frozenset({status})
+        else:
+            accepted = frozenset(int(s) for s in status)
+        return check.get("path", "/"), accepted
+
+
+def _as_bool(name: str, key: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(f"app {name!r}: {key} must be true or false, not {value!r}")
+    return value
+
+
+def make_spec(name: str, raw: Mapping[str, Any], source: str = "config") -> AppSpec:
+    """Validate one raw spec dict into an :class:`AppSpec` (raises :class:`SpecError`)."""
+    if not NAME_RE.match(name) or name.lower() in RESERVED:
+        raise SpecError(f"app name {name!r} is not allowed: use letters, digits, '.', '_', '-' and avoid {sorted(RESERVED)}")
+    unknown = set(raw) - JSP_KEYS - OWN_KEYS
+    if unknown:
+        log.warning("app %r (%s): ignoring unknown keys %s", name, source, sorted(unknown))
+    spec = AppSpec(name=name, source=source)
+    command = raw.get("command") or []
+    if not callable(command) and not (isinstance(command, (list, tuple)) and all(isinstance(c, str) for c in command)):
+        raise SpecError(f"app {name!r}: command must be a list of strings or a callable")
+    spec.command = command if callable(command) else list(command)
+    for key in ("environment", "mappath", "request_headers_override"):
+        if key in raw:
+            value = raw[key]
+            if not (callable(value) or isinstance(value, Mapping)):
+                raise SpecError(f"app {name!r}: {key} must be a dict or a callable")
+            setattr(spec, key, value if callable(value) else dict(value))
+    if raw.get("timeout") is not None:
+        spec.timeout = float(raw["timeout"])
+    for key in ("absolute_url", "new_browser_tab", "raw_socket_proxy", "isolate_network"):
+        if key in raw:
+            setattr(spec, key, _as_bool(name, key, raw[key]))
+    spec.port = int(raw.get("port") or 0)
+    if not 0 <= spec.port <= 65535:
+        raise SpecError(f"app {name!r}: port {spec.port} is out of range")
+    unix_socket = raw.get("unix_socket")
+    if unix_socket not in (None, False):
+        if unix_socket is not True and not isinstance(unix_socket, str):
+            raise SpecError(f"app {name!r}: unix_socket must be true or a path")
+        spec.unix_socket = unix_socket
+    entry = raw.get("launcher_entry") or {}
+    spec.launcher_entry = dict(entry) if isinstance(entry, Mapping) else {k: getattr(entry, k) for k in ("enabled", "title", "path_info", "category", "icon_path") if hasattr(entry, k)}
+    rewrite = raw.get("rewrite_response") or []
+    spec.rewrite_response = list(rewrite) if isinstance(rewrite, (list, tuple)) else [rewrite]
+    if not all(callable(f) for f in spec.rewrite_response):
+        raise SpecError(f"app {name!r}: rewrite_response must be a callable or a list of callables")
+    ula = raw.get("update_last_activity", True)
+    if not (isinstance(ula, bool) or callable(ula)):
+        raise SpecError(f"app {name!r}: update_last_activity must be true, false or a callable")
+    spec.update_last_activity = ula
+    spec.exclude_last_activity_patterns = [re.compile(p) for p in raw.get("exclude_last_activity_patterns") or []]
+    check = raw.get("ready_check") or {}
+    if not (check == "socket" or isinstance(check, Mapping)):
+        raise SpecError(f"app {name!r}: ready_check must be 'socket' or a dict with path and status")
+    spec.ready_check = check if isinstance(check, str) else dict(check)
+    spec.restart = raw.get("restart", "on-failure")
+    if spec.restart not in RESTART_POLICIES:
+        raise SpecError(f"app {name!r}: restart must be one of {RESTART_POLICIES}, not {spec.restart!r}")
+    spec.max_restarts = int(raw.get("max_restarts", 5))
+    spec.idle_timeout = float(raw.get("idle_timeout") or 0)
+    if raw.get("stop_timeout") is not None:
+        spec.stop_timeout = float(raw["stop_timeout"])
+    if spec.isolate_network and not spec.unix_socket:
+        raise SpecError(f"app {name!r}: isolate_network needs unix_socket (its network namespace has no reachable TCP port)")
+    if not spec.command and not (spec.port or isinstance(spec.unix_socket, str)):
+        raise SpecError(f"app {name!r}: give a command, or the port or unix_socket path of an app started elsewhere")
+    return spec
+
+
+def _entry_point_specs(group: str) -> dict[str, tuple[dict[str, Any], str]]:
+    found = {}
+    for ep in entry_points(group=group):
+        try:
+            loaded = ep.load()
+            raw = loaded() if callable(loaded) else loaded
+        except Exception:  # a broken plugin must not take the server down
+            log.exception("entry point %s in %s could not be loaded; skipping it", ep.name, group)
+            continue
+        if not isinstance(raw, Mapping):
+            log.error("entry point %s in %s returned %r, not a dict; skipping it", ep.name, group, type(raw).__name__)
+            continue
+        found[ep.name] = (dict(raw), f"entry point {group}:{ep.name}")
+    return found
+
+
+def collect_specs(
+    serverproxy_servers: Mapping[str, Mapping[str, Any]],
+    own_apps: Mapping[str, Mapping[str, Any]],
+    load_serverproxy_entry_points: bool = True,
+    load_own_entry_points: bool = True,
+) -> dict[str, AppSpec]:
+    """All specs by name; invalid ones are logged with the reason and left out."""
+    raw: dict[str, tuple[dict[str, Any], str]] = {}
+    if load_serverproxy_entry_points:
+        raw.update(_entry_point_specs("jupyter_serverproxy_servers"))
+    if load_own_entry_points:
+        raw.update(_entry_point_specs("hpcgate_apps"))
+    raw.update({k: (dict(v), "c.ServerProxy.servers") for k, v in serverproxy_servers.items()})
+    raw.update({k: (dict(v), "c.HPCGateLab.apps") for k, v in own_apps.items()})
+    specs = {}
+    for name, (values, source) in raw.items():
+        try:
+            specs[name] = make_spec(name, values, source)
+        except (SpecError, TypeError, ValueError) as exc:
+            log.error("app %r from %s is left out: %s", name, source, exc)
+    return specs

@@ -1,0 +1,249 @@
+"""The ``HPCGateLab`` server extension: options, wiring, shutdown.
+
+Every option is ``c.HPCGateLab.<name>`` in a Jupyter server config file. App specs also
+come from ``c.ServerProxy.servers`` and the ``jupyter_serverproxy_servers`` entry points,
+so jupyter-server-proxy plugins work without its server extension.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import os
+import re
+import shutil
+import tempfile
+from typing import Any
+
+from jupyter_server._tz import utcnow
+from jupyter_server.extension.application import ExtensionApp
+from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, default
+
+from .api import api_handlers
+from .apps.manager import AppManager, AppState, ManagedApp
+from .apps.spec import collect_specs
+from .proxy import proxy_handlers
+from .security import DEFAULT_COOKIE_PATTERNS, HostAllowlist, private_socket_dir
+from .upstream import ConnectionPool, ForeignSocketError
+
+MiB = 1024 * 1024
+
+
+class LabContext:
+    """What the handlers share: options, the app manager and the connection pool."""
+
+    def __init__(self, ext: HPCGateLab, manager: AppManager, settings: dict[str, Any]):
+        self.settings = settings
+        self.base_url: str = settings.get("base_url", "/")
+        self.manager = manager
+        self.pool = ConnectionPool(check_owner=ext.check_socket_owner, max_idle=ext.pool_max_idle)
+        self.allowlist = HostAllowlist(ext.host_allowlist)
+        patterns = list(ext.scrub_cookie_patterns)
+        if settings.get("cookie_name"):
+            patterns.append(re.escape(settings["cookie_name"]))
+        self.cookie_patterns = [re.compile(p) for p in patterns]
+        self.check_owner = ext.check_socket_owner
+        self.chunk_size = ext.chunk_size
+        self.max_body_size = ext.max_request_body_size
+        self.websocket_max_message_size = ext.websocket_max_message_size
+        self.rewrite_body_limit = ext.rewrite_body_limit
+        self.allowed_ports = self._parse_ports(ext.allowed_ports)
+
+    @staticmethod
+    def _parse_ports(entries: list[Any]) -> list[tuple[int, int]]:
+        ranges = []
+        for entry in entries:
+            if isinstance(entry, int):
+                ranges.append((entry, entry))
+            else:
+                lo, _, hi = str(entry).partition("-")
+                ranges.append((int(lo), int(hi or lo)))
+        return ranges
+
+    def port_allowed(self, port: int, host: str) -> bool:
+        return not self.allowed_ports or any(lo <= port <= hi for lo, hi in self.allowed_ports)
+
+    def record_activity(self) -> None:
+        """Proxied traffic is activity of the server (JupyterHub's idle culler reads it)."""
+        self.settings["api_last_activity"] = utcnow()
+
+    async def app_info(self, app: ManagedApp) -> dict[str, Any]:
+        info = app.info()
+        if not app.spec.managed:
+            # Started elsewhere: report whether it answers.
+            try:
+                up = await asyncio.wait_for(app.probe(), 2)
+            except (ForeignSocketError, TimeoutError):
+                up = False
+            info["state"] = (AppState.RUNNING if up else AppState.STOPPED).value
+        return info
+
+
+class HPCGateLab(ExtensionApp):
+    """Streaming proxy, app lifecycle and isolation inside a Jupyter server."""
+
+    name = "hpcgate_lab"
+    load_other_extensions = True
+
+    host_allowlist = Union(
+        [List(Unicode()), Callable()],
+        default_value=["localhost", "127.0.0.1", "::1"],
+        help="""Hosts that ``<base>/proxy/<host>:<port>/`` may reach.
+
+        A list of host names (exact match, case-insensitive), IP addresses and CIDR
+        networks (``10.0.0.0/8``); IPv4-mapped IPv6 addresses count as IPv4. Or a
+        callable ``(handler, host) -> bool``. ``<base>/proxy/<port>/`` always means
+        localhost. Hosts in numeric shorthand (``2130706433``), with ``@``,
+        percent-encoding or IPv6 zones are refused before this list is consulted.""",
+    ).tag(config=True)
+
+    allowed_ports = List(
+        Union([Int(), Unicode()]),
+        default_value=[],
+        help="""Ports ``<base>/proxy/...`` may reach, as numbers or ``"8000-8999"`` ranges.
+        Empty (the default) allows every port. Named apps are not affected.""",
+    ).tag(config=True)
+
+    check_socket_owner = Bool(
+        True,
+        help="""Refuse to proxy to a local socket that belongs to another Unix user.
+
+        The owner of a TCP socket is read from /proc/net/tcp and /proc/net/tcp6 for the
+        accepted connection; for unix sockets it is the peer credential. On shared login
+        nodes this stops one user's browser session (and cookies) from reaching another
+        user's process that happens to listen on the requested port.""",
+    ).tag(config=True)
+
+    scrub_cookie_patterns = List(
+        Unicode(),
+        default_value=list(DEFAULT_COOKIE_PATTERNS),
+        help="""Regular expressions (full match) of cookie names removed from every request
+        before it reaches an app. The defaults cover JupyterHub's and Jupyter server's
+        login and XSRF cookies; the server's own ``cookie_name`` is always added.""",
+    ).tag(config=True)
+
+    websocket_max_message_size = Int(
+        256 * MiB,
+        help="""Largest websocket message in bytes, in either direction. Larger messages
+        close the connection with code 1009.""",
+    ).tag(config=True)
+
+    chunk_size = Int(
+        512 * 1024,
+        help="""Largest piece of a response body read from an app before it is written to
+        the browser. At most about two pieces per download are held in memory.""",
+    ).tag(config=True)
+
+    max_request_body_size = Int(
+        1 << 50,
+        help="""Largest request body (upload) in bytes passed to an app. Uploads stream,
+        so this is a policy limit, not a memory limit.""",
+    ).tag(config=True)
+
+    rewrite_body_limit = Int(
+        64 * MiB,
+        help="""Largest response body in bytes an app with ``rewrite_response`` may send:
+        those responses are read whole so the callables can change them.""",
+    ).tag(config=True)
+
+    pool_max_idle = Int(
+        16,
+        help="Idle keep-alive connections kept per app address for reuse.",
+    ).tag(config=True)
+
+    apps = Dict(
+        help="""App specs by name, served at ``<base>/<name>/``. Same keys as
+        ``c.ServerProxy.servers`` plus hpcgate's ``ready_check``, ``restart``,
+        ``max_restarts``, ``idle_timeout``, ``stop_timeout`` and ``isolate_network``
+        (see ``hpcgate.lab.apps.spec``). Overrides specs of the same name from any
+        other source.""",
+    ).tag(config=True)
+
+    load_entry_points = Bool(
+        True,
+        help="Load app specs from the ``hpcgate_apps`` entry point group.",
+    ).tag(config=True)
+
+    load_serverproxy_entry_points = Bool(
+        True,
+        help="""Load app specs from jupyter-server-proxy's ``jupyter_serverproxy_servers``
+        entry points and from ``c.ServerProxy.servers``.""",
+    ).tag(config=True)
+
+    default_start_timeout = Float(
+        120.0,
+        help="""Seconds an app may take to become ready when its spec sets no ``timeout``.
+        Generous because first starts on HPC nodes read software from shared file
+        systems.""",
+    ).tag(config=True)
+
+    stop_grace_period = Float(
+        10.0,
+        help="""Seconds between SIGTERM and SIGKILL when an app's process group is stopped,
+        unless its spec sets ``stop_timeout``.""",
+    ).tag(config=True)
+
+    log_tail_bytes = Int(
+        64 * 1024,
+        help="Bytes of each app's combined stdout/stderr kept for the log API.",
+    ).tag(config=True)
+
+    socket_dir = Unicode(
+        help="""Directory for apps' unix sockets; created with mode 0700 and refused if
+        another user owns it. Default: a fresh temporary directory per server.""",
+    ).tag(config=True)
+
+    bwrap_path = Unicode(
+        "bwrap",
+        help="bubblewrap executable used for apps with ``isolate_network``.",
+    ).tag(config=True)
+
+    @default("socket_dir")
+    def _default_socket_dir(self) -> str:
+        self._own_socket_dir = True
+        return tempfile.mkdtemp(prefix="hpcgate-apps-")
+
+    _own_socket_dir = False
+
+    def initialize_handlers(self) -> None:
+        serverapp = self.serverapp
+        assert serverapp is not None
+        settings = serverapp.web_app.settings
+        cfg = serverapp.config
+        servers: dict[str, Any] = {}
+        if self.load_serverproxy_entry_points and "ServerProxy" in cfg and "servers" in cfg["ServerProxy"]:
+            servers = dict(cfg["ServerProxy"]["servers"])
+        if serverapp.jpserver_extensions.get("jupyter_server_proxy"):
+            self.log.warning(
+                "hpcgate.lab: jupyter_server_proxy is enabled too; hpcgate serves /proxy/ and named apps. "
+                "Disable it with c.ServerApp.jpserver_extensions = {'jupyter_server_proxy': False}"
+            )
+        specs = collect_specs(servers, self.apps, self.load_serverproxy_entry_points, self.load_entry_points)
+        manager = AppManager(
+            specs,
+            base_url=settings.get("base_url", "/"),
+            socket_dir=str(private_socket_dir(self.socket_dir)),
+            default_timeout=self.default_start_timeout,
+            stop_grace_period=self.stop_grace_period,
+            log_tail_bytes=self.log_tail_bytes,
+            check_owner=self.check_socket_owner,
+            bwrap_path=self.bwrap_path,
+            cwd=getattr(serverapp, "root_dir", None) or None,
+        )
+        self.lab = LabContext(self, manager, settings)
+        settings["hpcgate_lab"] = self.lab
+        atexit.register(manager.kill_all_now)
+        self.handlers.extend(api_handlers(self.lab))
+        self.handlers.extend(proxy_handlers(self.lab))
+        self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
+
+    async def stop_extension(self) -> None:
+        lab = getattr(self, "lab", None)
+        if lab is None:
+            return
+        await lab.manager.stop_all()
+        lab.pool.close()
+        if self._own_socket_dir:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(self.socket_dir)

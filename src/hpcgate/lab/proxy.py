@@ -1,0 +1,592 @@
+"""The streaming HTTP and WebSocket proxy handlers.
+
+Routes (all under the server's ``base_url``):
+
+``proxy/<port>/...``            to ``localhost:<port>``, prefix stripped
+``proxy/absolute/<port>/...``   to ``localhost:<port>``, full path kept
+``proxy/<host>:<port>/...``     to an allowlisted host (also with ``absolute/``)
+``<app>/...``                   to a named app, started on first request
+
+Contracts:
+
+* Nothing reaches an app before the request is authenticated by the Jupyter server
+  (websocket upgrades included); state-changing requests authenticated by cookie
+  must come from the server's own origin.
+* Bodies stream both ways: at most a couple of chunks are held per request, a slow
+  reader slows the writer (awaited ``flush``/``drain``, websocket writes awaited one
+  message at a time).
+* Response headers are sent as soon as the app sends them (SSE, long polls).
+* Error pages are plain text and never contain the requested host or path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.utils import url_path_join
+from tornado import httpclient, web
+from tornado.iostream import StreamClosedError
+from tornado.netutil import Resolver
+from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
+
+from .apps.manager import AppStartError, ManagedApp
+from .security import HostNotAllowed, drop_hop_by_hop, parse_host, scrub_request_headers, strip_token_query
+from .upstream import (
+    ChunkedWriter,
+    Connection,
+    ForeignSocketError,
+    Target,
+    UpstreamError,
+    UpstreamResponse,
+    encode_head,
+    open_connection,
+    read_response_head,
+)
+
+if TYPE_CHECKING:
+    from .extension import LabContext
+
+WS_HANDSHAKE_HEADERS = frozenset(
+    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "upgrade", "connection", "host"}
+)
+BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+SMALL_BODY = 64 * 1024
+ACTIVITY_EVERY = 1.0  # seconds between activity updates during one long stream
+
+
+class _UnixResolver(Resolver):
+    """Resolves every name to one unix socket path (for the websocket client)."""
+
+    def initialize(self, path: str) -> None:  # type: ignore[override]
+        self.path = path
+
+    async def resolve(self, host: str, port: int, family: Any = None) -> list[tuple[int, Any]]:
+        import socket
+
+        return [(socket.AF_UNIX, self.path)]
+
+
+class _UpstreamWebSocket(WebSocketClientConnection):
+    """The client side towards the app; forwards the app's pings to the browser."""
+
+    def __init__(self, *args: Any, handler: ProxyHandler, **kwargs: Any):
+        self._handler = handler
+        super().__init__(*args, **kwargs)
+
+    def on_ping(self, data: bytes) -> None:
+        with contextlib.suppress(WebSocketClosedError):
+            self._handler.ping(data)
+
+
+class ProxyError(web.HTTPError):
+    """An error answered with a fixed, plain-text message."""
+
+
+@web.stream_request_body
+class ProxyHandler(WebSocketHandler, JupyterHandler):
+    """Proxies one request (HTTP or websocket) to one app. See the module docstring."""
+
+    def initialize(self, lab: LabContext, mode: str, app: str | None = None) -> None:  # type: ignore[override]
+        # mode: "strip" (proxy/<port>), "absolute" (proxy/absolute/<port>) or "app"
+        self.lab = lab
+        self.mode = mode
+        self.app: ManagedApp | None = lab.manager.get(app) if app else None
+        self.target: Target | None = None
+        self.prefix = ""  # path prefix the browser sees for this app, no trailing slash
+        self.upstream_path = "/"
+        self.conn: Connection | None = None
+        self.body_writer: ChunkedWriter | None = None
+        self.ws_upstream: _UpstreamWebSocket | None = None
+        self.raw_conn: Connection | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._last_touch = 0.0
+        self._client_gone = False
+
+    # ------------------------------------------------------------ auth and errors
+
+    def check_xsrf_cookie(self) -> None:
+        """Cookie-authenticated state changes must come from our own origin.
+
+        Apps have their own CSRF protection and never see Jupyter's ``_xsrf`` token, so
+        the check here is the Origin/Referer one the Jupyter server applies to APIs.
+        """
+        if not hasattr(self, "_jupyter_current_user"):
+            return
+        if self.token_authenticated or self.settings.get("disable_check_xsrf", False):
+            return
+        if not JupyterHandler.check_origin(self):
+            raise ProxyError(403, reason="Cross-origin request refused")
+
+    def check_origin(self, origin: str | None = None) -> bool:  # websocket handshake
+        return JupyterHandler.check_origin(self)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Plain text, fixed messages: nothing from the URL is ever reflected.
+        self.clear_header("Content-Security-Policy")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(f"{status_code} {self._reason}\n")
+
+    def _is_websocket(self) -> bool:
+        return self.request.headers.get("Upgrade", "").lower() == "websocket"
+
+    async def prepare(self) -> None:  # type: ignore[override]
+        await JupyterHandler.prepare(self)
+        if self._finished:
+            return
+        if self.current_user is None:
+            # Every request and every websocket upgrade needs the server's authentication.
+            if self.request.method in ("GET", "HEAD") and not self._is_websocket():
+                url = self.get_login_url()
+                sep = "&" if "?" in url else "?"
+                from urllib.parse import quote
+
+                self.redirect(url + sep + "next=" + quote(self.request.uri or "/", safe=""))
+                return
+            raise ProxyError(403, reason="Authentication required")
+        with contextlib.suppress(AttributeError):
+            self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
+        self._resolve_target()
+        if self._finished:
+            return
+        if self.app is not None:
+            try:
+                await self.app.ensure_running()
+            except AppStartError:
+                raise ProxyError(503, reason="App failed to start; see its log in the hpcgate API") from None
+            self.target = self.app.target
+        self._touch()
+        if self._is_websocket():
+            return
+        if self.app is not None and self.app.spec.raw_socket_proxy:
+            raise ProxyError(405, reason="This app only accepts websocket connections")
+        if self._has_body():
+            # Open the app connection now so data_received can stream into it.
+            self.conn = await self._connect(reuse=False)
+            chunked = self.request.headers.get("Content-Length") is None
+            head = self._request_head(chunked)
+            self.conn.writer.write(head)
+            self.body_writer = ChunkedWriter(self.conn, chunked)
+
+    def _has_body(self) -> bool:
+        h = self.request.headers
+        if "chunked" in h.get("Transfer-Encoding", "").lower():
+            return True
+        return int(h.get("Content-Length", "0") or 0) > 0
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        # Awaited by tornado before it reads more of the upload: backpressure.
+        if self.body_writer is not None:
+            await self.body_writer.write(chunk)
+
+    # ---------------------------------------------------------------- routing
+
+    def _resolve_target(self) -> None:
+        """Work out ``target``, ``prefix`` and ``upstream_path`` from the raw path."""
+        raw_path = self.request.path  # still percent-encoded, as the client sent it
+        query = strip_token_query(self.request.query)
+        base = self.lab.base_url
+        if self.mode == "app":
+            assert self.app is not None
+            self.prefix = base + self.app.spec.name
+            rest = raw_path[len(self.prefix) :]
+        else:
+            start = base + ("proxy/absolute/" if self.mode == "absolute" else "proxy/")
+            hostport, slash, rest = raw_path[len(start) :].partition("/")
+            rest = slash + rest
+            self.prefix = start + hostport
+            self.target = self._parse_hostport(hostport)
+        if not rest:
+            if self.request.method in ("GET", "HEAD") and not self._is_websocket():
+                self.redirect(self.prefix + "/" + ("?" + self.request.query if self.request.query else ""))
+                return
+            rest = "/"
+        if self.mode == "absolute" or (self.app is not None and self.app.spec.absolute_url):
+            path = raw_path
+        else:
+            path = rest
+        if self.app is not None:
+            path = self.app.spec.map_path(path)
+        self.upstream_path = path + ("?" + query if query else "")
+
+    def _parse_hostport(self, hostport: str) -> Target:
+        # Clients percent-encode IPv6 brackets; no other escape is accepted in a host.
+        hostport = re.sub("%5[bB]", "[", re.sub("%5[dD]", "]", hostport))
+        if hostport.isdigit():
+            host, port_text = "localhost", hostport
+        else:
+            host_raw, sep, port_text = hostport.rpartition(":")
+            if not sep or not port_text.isdigit():
+                raise ProxyError(400, reason="Bad proxy address")
+            try:
+                host = parse_host(host_raw)
+            except HostNotAllowed:
+                raise ProxyError(400, reason="Bad host") from None
+            if not self.lab.allowlist.allows(host, self):
+                raise ProxyError(403, reason="Host not allowed")
+        port = int(port_text)
+        if not 0 < port < 65536:
+            raise ProxyError(400, reason="Bad port")
+        if not self.lab.port_allowed(port, host):
+            raise ProxyError(403, reason="Port not allowed")
+        return Target(host=host, port=port)
+
+    # ---------------------------------------------------------------- activity
+
+    def _touch(self) -> None:
+        """Count this request as user activity unless the app's spec excludes it."""
+        now = time.monotonic()
+        if now - self._last_touch < ACTIVITY_EVERY:
+            return
+        self._last_touch = now
+        if self.app is not None:
+            spec = self.app.spec
+            ula = spec.update_last_activity
+            if callable(ula):
+                if not ula(self.request):
+                    return
+            elif not ula or any(p.search(self.request.path) for p in spec.exclude_last_activity_patterns):
+                return
+            self.app.touch()
+        self.lab.record_activity()
+
+    # ---------------------------------------------------------------- upstream
+
+    async def _connect(self, reuse: bool) -> Connection:
+        assert self.target is not None
+        try:
+            if reuse:
+                conn, _ = await self.lab.pool.acquire(self.target)
+                return conn
+            return await open_connection(self.target, self.lab.check_owner)
+        except ForeignSocketError:
+            raise ProxyError(403, reason="That port belongs to another user") from None
+        except UpstreamError:
+            raise ProxyError(502, reason="Could not connect to the app") from None
+
+    def _request_head(self, chunked: bool) -> bytes:
+        headers = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        headers += self._forwarded_headers()
+        headers = self._override_headers(headers)
+        return encode_head(self.request.method or "GET", self.upstream_path, headers)
+
+    def _forwarded_headers(self) -> list[tuple[str, str]]:
+        prior = self.request.headers.get("X-Forwarded-For")
+        client = self.request.remote_ip or ""
+        return [
+            ("X-Forwarded-For", f"{prior}, {client}" if prior else client),
+            ("X-Forwarded-Proto", self.request.headers.get("X-Forwarded-Proto", self.request.protocol)),
+            ("X-Forwarded-Host", self.request.headers.get("X-Forwarded-Host", self.request.host)),
+        ]
+
+    def _override_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if self.app is None or not self.app.spec.request_headers_override:
+            return headers
+        from .apps.spec import render
+
+        override = render(self.app.spec.request_headers_override, self.app.template_args())
+        names = {k.lower() for k in override}
+        return [(k, v) for k, v in headers if k.lower() not in names] + [(str(k), str(v)) for k, v in override.items()]
+
+    async def _exchange(self) -> UpstreamResponse:
+        """Send the request (if not yet sent) and read the response head."""
+        if self.body_writer is not None:
+            assert self.conn is not None
+            await self.body_writer.end()
+            try:
+                return await read_response_head(self.conn, self.request.method or "GET")
+            except UpstreamError:
+                self.conn.close()
+                raise ProxyError(502, reason="The app did not answer") from None
+        head = self._request_head(chunked=False)
+        for attempt in (0, 1):
+            # A pooled keep-alive connection may have been closed by the app meanwhile:
+            # a request without body is safe to send again on a fresh connection.
+            conn = await self._connect(reuse=attempt == 0)
+            self.conn = conn
+            try:
+                conn.writer.write(head)
+                return await read_response_head(conn, self.request.method or "GET")
+            except (UpstreamError, ConnectionError):
+                conn.close()
+        raise ProxyError(502, reason="The app did not answer")
+
+    # ---------------------------------------------------------------- HTTP
+
+    async def get(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        if self._is_websocket():
+            await self._open_websocket()
+        else:
+            await self._proxy_http()
+
+    async def _other_method(self, *args: Any) -> None:
+        await self._proxy_http()
+
+    head = post = put = patch = delete = options = _other_method  # type: ignore[assignment]
+
+    async def _proxy_http(self) -> None:
+        resp = await self._exchange()
+        conn = resp.conn
+        try:
+            if self.app is not None and self.app.spec.rewrite_response:
+                await self._send_rewritten(resp)
+            else:
+                await self._send_streaming(resp)
+        except (StreamClosedError, UpstreamError, asyncio.CancelledError):
+            conn.close()
+            if not self._finished and not self._client_gone:
+                # Headers may be out already: the only honest signal left is a cut connection.
+                with contextlib.suppress(Exception):
+                    self.request.connection.close()  # type: ignore[union-attr]
+            return
+        if resp.complete and resp.keep_alive and (self.body_writer is None or not self.body_writer.failed):
+            self.lab.pool.release(conn)
+        else:
+            conn.close()
+
+    def _apply_headers(self, resp: UpstreamResponse) -> None:
+        self.set_status(resp.status, resp.reason or None)
+        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
+            self.clear_header(name)
+        rewrite = self.mode == "strip" or (self.app is not None and not self.app.spec.absolute_url)
+        for name, value in drop_hop_by_hop(resp.headers):
+            lower = name.lower()
+            if lower == "content-length" and resp.framing not in ("length", "none"):
+                continue
+            if rewrite and lower == "location":
+                value = self._rewrite_location(value)
+            elif rewrite and lower == "set-cookie":
+                value = self._rewrite_cookie_path(value)
+            self.add_header(name, value)
+
+    def _rewrite_location(self, value: str) -> str:
+        if value.startswith("/") and not value.startswith("//"):
+            return self.prefix + value
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and self.target is not None and not self.target.unix_socket:
+            if parts.hostname in (self.target.host, "localhost", "127.0.0.1", "::1") and parts.port == self.target.port:
+                return self.prefix + (parts.path or "/") + ("?" + parts.query if parts.query else "") + ("#" + parts.fragment if parts.fragment else "")
+        return value
+
+    _COOKIE_PATH = re.compile(r"(;\s*path=)(/[^;]*)", re.IGNORECASE)
+
+    def _rewrite_cookie_path(self, value: str) -> str:
+        return self._COOKIE_PATH.sub(lambda m: m.group(1) + self.prefix + m.group(2), value)
+
+    async def _send_streaming(self, resp: UpstreamResponse) -> None:
+        self._apply_headers(resp)
+        if resp.framing == "none":
+            await self.finish()
+            resp.complete = True
+            return
+        if resp.framing == "length" and (resp.length or 0) <= SMALL_BODY:
+            # Small, fixed-size body: one write with the headers.
+            async for data in resp.chunks(SMALL_BODY):
+                self.write(data)
+            await self.finish()
+            return
+        await self.flush()  # headers now, before the body ends (SSE, long polls)
+        pending: asyncio.Future[None] | None = None
+        async for data in resp.chunks(self.lab.chunk_size):
+            self.write(data)
+            if pending is not None:
+                await pending  # at most two chunks in flight towards the browser
+            pending = self.flush()
+            self._touch()
+        if pending is not None:
+            await pending
+        await self.finish()
+
+    async def _send_rewritten(self, resp: UpstreamResponse) -> None:
+        from .apps.spec import call_with_named_args
+
+        assert self.app is not None and self.target is not None
+        body = await resp.read_all(self.lab.rewrite_body_limit)
+        rewritable = RewritableResponse(resp, body)
+        args = {
+            "response": rewritable,
+            "request": self.request,
+            "orig_response": resp,
+            "host": self.target.host if not self.target.unix_socket else "localhost",
+            "port": self.target.port,
+            "path": self.upstream_path,
+        }
+        for func in self.app.spec.rewrite_response:
+            call_with_named_args(func, args)
+        self.set_status(rewritable.code, rewritable.reason or None)
+        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
+            self.clear_header(name)
+        for name, value in rewritable.headers.get_all():
+            if name.lower() in ("content-length",) or name.lower() in ("transfer-encoding", "connection", "keep-alive"):
+                continue
+            self.add_header(name, value)
+        if rewritable.body and rewritable.code not in (204, 304):
+            self.write(rewritable.body)
+        await self.finish()
+
+    # ---------------------------------------------------------------- websockets
+
+    @property
+    def max_message_size(self) -> int:  # type: ignore[override]
+        return self.lab.websocket_max_message_size
+
+    def get_compression_options(self) -> dict[str, Any] | None:
+        return None
+
+    async def _open_websocket(self) -> None:
+        """Connect to the app first, then finish the browser's handshake with its choice."""
+        assert self.target is not None
+        if self.app is not None and self.app.spec.raw_socket_proxy:
+            self.raw_conn = await self._connect(reuse=False)
+            await WebSocketHandler.get(self)
+            return
+        offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+        headers = [
+            (k, v)
+            for k, v in scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns, keep=("upgrade",))
+            if k.lower() not in WS_HANDSHAKE_HEADERS
+        ]
+        headers = self._override_headers(headers + self._forwarded_headers())
+        resolver = None
+        if self.target.unix_socket:
+            resolver = _UnixResolver(path=self.target.unix_socket)
+            url = "ws://localhost" + self.upstream_path
+        else:
+            host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
+            url = f"ws://{host}:{self.target.port}{self.upstream_path}"
+        request = httpclient.HTTPRequest(url, headers=dict(headers) | {"Host": self.request.host}, connect_timeout=30, request_timeout=60)
+        ws = _UpstreamWebSocket(
+            request,
+            handler=self,
+            max_message_size=self.lab.websocket_max_message_size,
+            subprotocols=offered or None,
+            resolver=resolver,
+        )
+        try:
+            await ws.connect_future
+        except Exception:  # any handshake failure (refused, HTTP error, bad upgrade) is a 502
+            raise ProxyError(502, reason="The app refused the websocket") from None
+        if self.lab.check_owner and self._foreign(ws):
+            ws.close()
+            raise ProxyError(403, reason="That port belongs to another user")
+        self.ws_upstream = ws
+        await WebSocketHandler.get(self)
+
+    def _foreign(self, ws: _UpstreamWebSocket) -> bool:
+        import os
+        import socket
+
+        from .security import tcp_peer_uid, unix_peer_uid
+
+        stream = getattr(ws.protocol, "stream", None)
+        sock = getattr(stream, "socket", None)
+        if sock is None:
+            return False
+        uid = unix_peer_uid(sock) if sock.family == socket.AF_UNIX else tcp_peer_uid(sock)
+        return uid is not None and uid != os.getuid()
+
+    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
+        if self.ws_upstream is not None:
+            chosen = self.ws_upstream.selected_subprotocol
+            return chosen if chosen in subprotocols else None
+        return None
+
+    def open(self, *args: Any, **kwargs: Any) -> None:
+        self.set_nodelay(True)
+        coro = self._pump_raw() if self.raw_conn is not None else self._pump_ws()
+        self._pump = asyncio.ensure_future(coro)
+
+    async def _pump_ws(self) -> None:
+        """App to browser, one message at a time, each write awaited."""
+        up = self.ws_upstream
+        assert up is not None
+        while True:
+            msg = await up.read_message()
+            if msg is None:
+                code = up.close_code
+                self.close(code if code not in (None, 1005, 1006) else None, up.close_reason if code else None)
+                return
+            try:
+                await self.write_message(msg, binary=isinstance(msg, bytes))
+            except WebSocketClosedError:
+                up.close()
+                return
+            self._touch()
+
+    async def _pump_raw(self) -> None:
+        conn = self.raw_conn
+        assert conn is not None
+        while data := await conn.reader.read(self.lab.chunk_size):
+            try:
+                await self.write_message(data, binary=True)
+            except WebSocketClosedError:
+                break
+            self._touch()
+        conn.close()
+        self.close()
+
+    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
+        # Awaited by tornado before it reads the next frame: backpressure to the browser.
+        self._touch()
+        if self.raw_conn is not None:
+            try:
+                self.raw_conn.writer.write(message.encode() if isinstance(message, str) else message)
+                await self.raw_conn.writer.drain()
+            except ConnectionError:
+                self.close()
+            return
+        if self.ws_upstream is None:
+            return
+        try:
+            await self.ws_upstream.write_message(message, binary=isinstance(message, bytes))
+        except WebSocketClosedError:
+            self.close()
+
+    def on_ping(self, data: bytes) -> None:
+        if self.ws_upstream is not None:
+            with contextlib.suppress(WebSocketClosedError):
+                self.ws_upstream.ping(data)
+
+    def on_close(self) -> None:
+        self._client_gone = True
+        if self.ws_upstream is not None:
+            code = self.close_code
+            self.ws_upstream.close(code if code not in (None, 1005, 1006) else None, self.close_reason if code else None)
+        if self.raw_conn is not None:
+            self.raw_conn.close()
+        if self.conn is not None and self.ws_upstream is None and not self._finished:
+            self.conn.close()  # browser left mid-download: free the app's connection
+
+
+class RewritableResponse:
+    """What ``rewrite_response`` callables may change: ``code``, ``reason``, ``headers``, ``body``."""
+
+    def __init__(self, resp: UpstreamResponse, body: bytes):
+        from tornado.httputil import HTTPHeaders
+
+        self.code = resp.status
+        self.reason = resp.reason
+        self.headers = HTTPHeaders()
+        for k, v in drop_hop_by_hop(resp.headers):
+            self.headers.add(k, v)
+        self.body = body
+        self.orig_response = resp
+
+
+def proxy_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
+    """Tornado routes for the proxy and every named app (patterns without base_url)."""
+    handlers: list[tuple[str, type, dict[str, Any]]] = [
+        (r"proxy/absolute/([^/]+)(/.*)?", ProxyHandler, {"lab": lab, "mode": "absolute"}),
+        (r"proxy/([^/]+)(/.*)?", ProxyHandler, {"lab": lab, "mode": "strip"}),
+    ]
+    for name in lab.manager.apps:
+        handlers.append((url_path_join(re.escape(name)) + r"(/.*)?", ProxyHandler, {"lab": lab, "mode": "app", "app": name}))
+    return handlers
