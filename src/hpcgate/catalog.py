@@ -154,6 +154,23 @@ class SSHSettings(_Model):
     keepalive_interval: float = Field(15, gt=0)
     connect_timeout: float = Field(10, gt=0)
     command_timeout: float = Field(30, gt=0)
+    #: Login hosts per partition (ssh kind): the user picks a login node by picking the
+    #: partition. Partitions not named here use all ``hosts``, round robin.
+    partition_hosts: dict[Name, list[Host]] = {}
+    #: Servers also write their address to a 0600 connection file that the hub reads
+    #: (and removes) over SSH: for nodes whose callback to the hub API cannot get through.
+    connection_file: bool = False
+    #: Address on the jump host where the hub API's remote forward listens
+    #: (``hub_api_forward``): ``localhost`` serves jobs on the jump host itself; an
+    #: address of the jump host, or ``""`` for all, serves compute nodes (sshd needs
+    #: ``GatewayPorts clientspecified``).
+    hub_api_bind: str = Field("localhost", pattern=r"^$|^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$")
+    #: Host name or address jobs use to reach that forward; default: 127.0.0.1 when
+    #: ``hub_api_bind`` is localhost, else that address, else the jump host.
+    hub_api_host: Host | None = None
+    #: Port of that forward on the jump host; 0: picked by sshd once, then kept in the
+    #: hub's state directory so that running servers keep their hub API address.
+    hub_api_port: int = Field(0, ge=0, le=65535)
 
 
 class System(_Model):
@@ -188,6 +205,10 @@ class System(_Model):
                 raise ValueError(f"kind '{self.kind}' needs hosts (its login hosts)")
             if self.ssh is None:
                 raise ValueError(f"kind '{self.kind}' needs an ssh section")
+        if self.ssh is not None:
+            unknown = sorted(set(self.ssh.partition_hosts) - set(self.partitions))
+            if unknown:
+                raise ValueError(f"ssh.partition_hosts names unknown partition(s): {', '.join(unknown)}")
         return self
 
     @property

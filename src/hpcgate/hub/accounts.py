@@ -1,0 +1,127 @@
+"""Which account a hub user has on a system (``accounts:`` of a catalog system).
+
+Three sources (:class:`hpcgate.catalog.AccountMapping`):
+
+- ``hub_name``: the JupyterHub user name is the account name;
+- ``auth_state``: a key of the user's ``auth_state`` (set by the authenticator, e.g. the
+  ``preferred_username`` claim of an OIDC login);
+- ``map_file``: a YAML or JSON mapping ``hub name -> account`` kept by the admins,
+  re-read when it changes.
+
+Contract: :meth:`AccountResolver.account` returns a name that passed
+:func:`hpcgate.hub.paths.check_account` (safe in a path and a command line), or raises
+:class:`AccountError` whose message tells the user what to do. Admin mistakes (a
+missing or broken map file) are logged with the config key and the file name.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import yaml
+
+from ..catalog import AccountMapping
+from .paths import check_account
+
+log = logging.getLogger("hpcgate.accounts")
+
+
+class AccountError(ValueError):
+    """No usable account for this user on this system; the message is for the user."""
+
+
+class _MapFile:
+    """A mapping file, re-read when its modification time, size or inode change."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._fingerprint: tuple[int, int, int] | None = None
+        self._mapping: dict[str, str] = {}
+        # the fingerprint and the mapping are swapped together
+        self._lock = threading.Lock()
+
+    def get(self) -> dict[str, str]:
+        try:
+            st = os.stat(self.path)
+        except OSError as exc:
+            raise OSError(f"cannot read the account map file {self.path}: {exc.strerror}") from exc
+        fingerprint = (st.st_mtime_ns, st.st_size, st.st_ino)
+        with self._lock:
+            if fingerprint != self._fingerprint:
+                self._mapping = self._load()
+                self._fingerprint = fingerprint
+            return self._mapping
+
+    def _load(self) -> dict[str, str]:
+        try:
+            with open(self.path, encoding="utf-8") as f:
+                data = yaml.safe_load(f)  # JSON is YAML too
+        except OSError as exc:
+            raise OSError(f"cannot read the account map file {self.path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise OSError(f"the account map file {self.path} is not valid YAML or JSON: {exc}") from exc
+        if data is None:
+            return {}
+        if not isinstance(data, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
+        ):
+            raise OSError(f"the account map file {self.path} must map hub user names to account names")
+        return dict(data)
+
+
+class AccountResolver:
+    """Resolves account names for one system; one instance per system (owned by HPCGate)."""
+
+    def __init__(self, system_name: str, mapping: AccountMapping):
+        self.system_name = system_name
+        self.mapping = mapping
+        self._map_file = _MapFile(os.path.expanduser(mapping.map_file)) if mapping.map_file else None
+
+    @property
+    def needs_auth_state(self) -> bool:
+        return self.mapping.source == "auth_state"
+
+    def account(self, hub_name: str, auth_state: Mapping[str, Any] | None = None) -> str:
+        """The account of ``hub_name`` on this system; :class:`AccountError` if none."""
+        source = self.mapping.source
+        if source == "hub_name":
+            raw: Any = hub_name
+        elif source == "auth_state":
+            key = self.mapping.key or ""
+            raw = (auth_state or {}).get(key)
+            if raw is None:
+                log.warning(
+                    "systems.%s.accounts: auth_state of %s has no key %r",
+                    self.system_name, hub_name, key,
+                )
+                raise AccountError(
+                    f"Your login did not tell hpcgate your account on {self.system_name}. "
+                    "Log out, log in again, and ask the hub's admins if this persists."
+                )
+        else:
+            assert self._map_file is not None
+            try:
+                raw = self._map_file.get().get(hub_name)
+            except OSError as exc:
+                log.error("systems.%s.accounts.map_file: %s", self.system_name, exc)
+                raise AccountError(
+                    f"hpcgate cannot look up your account on {self.system_name} right now. "
+                    "Try again later or tell the hub's admins."
+                ) from exc
+            if raw is None:
+                raise AccountError(
+                    f"You have no account on {self.system_name} yet. Apply for one, or ask the "
+                    "hub's admins to add your user name to the account map."
+                )
+        try:
+            return check_account(str(raw))
+        except ValueError as exc:
+            log.error("systems.%s.accounts (%s): %s", self.system_name, source, exc)
+            raise AccountError(
+                f"Your account name {str(raw)[:40]!r} on {self.system_name} cannot be used by "
+                "hpcgate. Ask the hub's admins for an account mapping."
+            ) from exc
