@@ -1,0 +1,107 @@
+"""The sandbox's catalog and account map, written into the state directory.
+
+Systems: ``login`` (kind ssh: labs run on the login node) and ``cluster`` (kind slurm:
+jobs submitted on the login node run on compute1), both reached at 10.250.1.2 with
+per-user keys, tunnels through ``hpcg-tunnel``, the hub API forwarded through the jump
+host. Hub users ``alice``/``bob`` map to ``hpcg-alice``/``hpcg-bob`` through a YAML map
+file. One group grants both systems to every user.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+
+from ..catalog import Catalog, load_catalog
+from . import layout as L
+from .proc import write_file
+
+
+def _limits(cpus: int, memory: int, runtime: int) -> dict[str, Any]:
+    return {
+        "nodes": {"min": 1, "default": 1, "max": 1},
+        "cpus": {"min": 1, "default": 1, "max": cpus},
+        "memory": {"min": 1, "default": 1, "max": memory},
+        "gpus": {"min": 0, "default": 0, "max": 0},
+        "runtime": {"min": 1, "default": min(30, runtime), "max": runtime},
+    }
+
+
+def catalog_data(lay: L.Layout) -> dict[str, Any]:
+    """The catalog as plain data (what :func:`write_catalog` dumps as YAML)."""
+    ssh = {
+        "port": L.SSH_PORT,
+        "known_hosts": str(lay.known_hosts),
+        "identity": {"mode": "user_key", "key_path": lay.key_path_template},
+        "tunnel_account": L.TUNNEL_ACCOUNT,
+        "tunnel_key": str(lay.key_path(L.TUNNEL_ACCOUNT)),
+    }
+    common = {
+        "hosts": [L.LOGIN_ADDR],
+        "jump_host": L.LOGIN_ADDR,
+        "ssh": ssh,
+        "accounts": {"source": "map_file", "map_file": str(lay.account_map)},
+        "hub_api_forward": True,
+        "singleuser_command": [str(lay.venv_dir / "bin" / "hpcgate-singleuser")],
+        "setup": [f"export PATH={lay.venv_dir / 'bin'}:$PATH"],
+    }
+    slurm_partitions = {
+        name: {
+            "description": f"Slurm partition {name} on {L.COMPUTE_HOST}",
+            "limits": _limits(cpus=2 if i == 0 else L.NODE_CPUS, memory=2 if i == 0 else 4, runtime=minutes),
+        }
+        for i, (name, minutes) in enumerate(L.PARTITIONS.items())
+    }
+    return {
+        "systems": {
+            "login": {
+                "kind": "ssh",
+                "description": f"The sandbox login node {L.LOGIN_HOST}",
+                **common,
+                "partitions": {
+                    "interactive": {
+                        "description": "A lab on the login node",
+                        "limits": _limits(cpus=1, memory=1, runtime=120),
+                    }
+                },
+            },
+            "cluster": {
+                "kind": "slurm",
+                "description": f"The sandbox Slurm cluster ({L.COMPUTE_HOST})",
+                **common,
+                "status_interval": 2,
+                "partitions": slurm_partitions,
+            },
+        },
+        "projects": {},
+        "groups": {
+            "everyone": {
+                "description": "Every sandbox user",
+                "all_users": True,
+                "grants": [{"system": "login"}, {"system": "cluster"}],
+            }
+        },
+        "defaults": {"system": "cluster"},
+    }
+
+
+class _Dumper(yaml.SafeDumper):
+    """Plain YAML for people: no anchors/aliases for the values both systems share."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _yaml(data: Any) -> str:
+    # leaf mappings and lists in flow style: `cpus: {min: 1, default: 1, max: 2}`
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=None)
+
+
+def write_catalog(lay: L.Layout) -> Catalog:
+    """Write the account map and the catalog (0644); return the catalog as loaded back."""
+    header = "# written by `hpcgate sandbox up`; regenerated on every up\n"
+    write_file(lay.account_map, header + "# hub user name: account on the sandbox\n"
+               + yaml.safe_dump(dict(L.HUB_USERS), default_flow_style=False), 0o644)
+    write_file(lay.catalog, header + _yaml(catalog_data(lay)), 0o644)
+    return load_catalog(lay.catalog)

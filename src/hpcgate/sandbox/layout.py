@@ -1,0 +1,137 @@
+"""Where the sandbox cluster keeps things, and the names and addresses it uses.
+
+One sandbox per machine. Everything it writes lives in three places:
+
+- ``state_dir`` (default ``/var/lib/hpcgate-sandbox``): keys, sshd host key,
+  known_hosts, catalog, account map, Slurm/munge state and logs. Kept across ``down``
+  (the host key and user keys stay stable, so known_hosts stays valid).
+- ``run_dir`` (default ``/run/hpcgate-sandbox``): pid files, the munge socket, the UTS
+  and mount namespace handles of the nodes. Removed by ``down``.
+- ``venv_dir`` (default ``/opt/hpcgate-sandbox/venv``): the Python environment jobs run,
+  world-readable, cached across ``down``/``up``.
+
+Network model (see DESIGN.md, "The network model")::
+
+    root namespace (hub)      hpcg-login (login1)            hpcg-compute (compute1)
+    hpcg-hub 10.250.1.1  <->  hpcg-l-hub 10.250.1.2
+                              hpcg-l-cmp 10.250.2.1    <->   hpcg-cmp 10.250.2.2
+
+Host names resolve only inside the namespaces: each node has its own mount namespace in
+which ``/etc/netns/<ns>/hosts`` is bind-mounted over ``/etc/hosts`` (the same files
+``ip netns exec`` would use); the root namespace's ``/etc/hosts`` is never touched, and
+the catalog uses addresses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+LOGIN_NS = "hpcg-login"
+COMPUTE_NS = "hpcg-compute"
+NAMESPACES = (LOGIN_NS, COMPUTE_NS)
+
+LOGIN_HOST = "login1"
+COMPUTE_HOST = "compute1"
+HOSTNAMES = {LOGIN_NS: LOGIN_HOST, COMPUTE_NS: COMPUTE_HOST}
+
+#: Root-namespace guard: traffic to any sandbox address not on a veth goes nowhere.
+GUARD_ROUTE = "10.250.0.0/16"
+HUB_ADDR = "10.250.1.1"
+LOGIN_ADDR = "10.250.1.2"  # login's hub-facing address: what the hub connects to
+LOGIN_INNER_ADDR = "10.250.2.1"  # login's compute-facing address
+COMPUTE_ADDR = "10.250.2.2"
+PREFIX = 24
+
+#: veth pairs: (name in first namespace, name in second namespace).
+#: ``None`` is the root namespace.
+HUB_VETH = ("hpcg-hub", "hpcg-l-hub")  # root <-> login
+COMPUTE_VETH = ("hpcg-l-cmp", "hpcg-cmp")  # login <-> compute
+
+#: Hub user -> Unix account on the sandbox.
+HUB_USERS = {"alice": "hpcg-alice", "bob": "hpcg-bob"}
+TUNNEL_ACCOUNT = "hpcg-tunnel"
+ACCOUNTS = (*HUB_USERS.values(), TUNNEL_ACCOUNT)
+
+SSH_PORT = 22
+#: Slurm partitions: name -> MaxTime in minutes. The first is the default.
+PARTITIONS = {"debug": 60, "batch": 240}
+NODE_CPUS = 4
+NODE_MEMORY_MB = 4096
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Paths of one sandbox. The defaults are the machine's sandbox."""
+
+    state_dir: Path = Path("/var/lib/hpcgate-sandbox")
+    run_dir: Path = Path("/run/hpcgate-sandbox")
+    venv_dir: Path = Path("/opt/hpcgate-sandbox/venv")
+    netns_etc: Path = Path("/etc/netns")
+
+    @property
+    def lock_file(self) -> Path:
+        # beside run_dir, not in it: run_dir is removed by ``down``
+        return self.run_dir.with_name(self.run_dir.name + ".lock")
+
+    @property
+    def keys_dir(self) -> Path:
+        return self.state_dir / "keys"
+
+    def key_path(self, account: str) -> Path:
+        return self.keys_dir / account / "id_ed25519"
+
+    @property
+    def key_path_template(self) -> str:
+        return str(self.keys_dir / "{account}" / "id_ed25519")
+
+    @property
+    def sshd_dir(self) -> Path:
+        return self.state_dir / "sshd"
+
+    @property
+    def known_hosts(self) -> Path:
+        return self.state_dir / "known_hosts"
+
+    @property
+    def catalog(self) -> Path:
+        return self.state_dir / "catalog.yaml"
+
+    @property
+    def account_map(self) -> Path:
+        return self.state_dir / "accounts.yaml"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.state_dir / "log"
+
+    @property
+    def slurm_dir(self) -> Path:
+        return self.state_dir / "slurm"
+
+    @property
+    def munge_dir(self) -> Path:
+        return self.state_dir / "munge"
+
+    @property
+    def munge_run_dir(self) -> Path:
+        return self.run_dir / "munge"
+
+    @property
+    def munge_socket(self) -> Path:
+        return self.munge_run_dir / "munge.socket.2"
+
+    def pid_file(self, daemon: str) -> Path:
+        return self.run_dir / f"{daemon}.pid"
+
+    @property
+    def handles_dir(self) -> Path:
+        """Bind-mounted namespace handles (UTS, mount) of the sandbox nodes."""
+        return self.run_dir / "ns"
+
+    def ns_handle(self, ns: str, kind: str) -> Path:
+        """Handle of namespace ``kind`` (``uts`` or ``mnt``) of node namespace ``ns``."""
+        return self.handles_dir / f"{ns}.{kind}"
+
+    def ns_etc(self, ns: str) -> Path:
+        return self.netns_etc / ns
