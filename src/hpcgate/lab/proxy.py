@@ -31,6 +31,7 @@ from urllib.parse import urlsplit
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import httpclient, web
+from tornado.httputil import HTTPHeaders
 from tornado.iostream import StreamClosedError
 from tornado.netutil import Resolver
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
@@ -131,6 +132,9 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self.clear_header("Content-Security-Policy")
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         self.set_header("X-Content-Type-Options", "nosniff")
+        # An error raised before the body was read ends the connection: say so, so
+        # clients do not reuse it.
+        self.set_header("Connection", "close")
         self.finish(f"{status_code} {self._reason}\n")
 
     def _is_websocket(self) -> bool:
@@ -462,7 +466,10 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         else:
             host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
             url = f"ws://{host}:{self.target.port}{self.upstream_path}"
-        request = httpclient.HTTPRequest(url, headers=dict(headers) | {"Host": self.request.host}, connect_timeout=30, request_timeout=60)
+        upstream_headers = HTTPHeaders()
+        for name, value in headers + [("Host", self.request.host)]:
+            upstream_headers.add(name, value)
+        request = httpclient.HTTPRequest(url, headers=upstream_headers, connect_timeout=30, request_timeout=60)
         ws = _UpstreamWebSocket(
             request,
             handler=self,
@@ -472,7 +479,8 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         )
         try:
             await ws.connect_future
-        except Exception:  # any handshake failure (refused, HTTP error, bad upgrade) is a 502
+        except Exception as exc:  # any handshake failure (refused, HTTP error, bad upgrade) is a 502
+            self.log.warning("hpcgate.lab: websocket to %s failed: %r", self.target, exc)
             raise ProxyError(502, reason="The app refused the websocket") from None
         if self.lab.check_owner and self._foreign(ws):
             ws.close()
@@ -570,8 +578,6 @@ class RewritableResponse:
     """What ``rewrite_response`` callables may change: ``code``, ``reason``, ``headers``, ``body``."""
 
     def __init__(self, resp: UpstreamResponse, body: bytes):
-        from tornado.httputil import HTTPHeaders
-
         self.code = resp.status
         self.reason = resp.reason
         self.headers = HTTPHeaders()

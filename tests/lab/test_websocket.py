@@ -1,0 +1,118 @@
+"""WebSockets through the proxy: negotiation, frames, close codes, size, backpressure."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import requests
+from conftest import RssWatch
+from tornado.httpclient import HTTPRequest
+from tornado.httputil import HTTPHeaders
+from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+MiB = 1024 * 1024
+
+
+def ws_url(lab, path):
+    return lab.url(path).replace("http://", "ws://")
+
+
+async def connect(lab, path, subprotocols=None, **kw):
+    req = HTTPRequest(ws_url(lab, path), headers=lab.auth)
+    return await websocket_connect(req, subprotocols=subprotocols, max_message_size=1 << 30, **kw)
+
+
+async def test_text_and_binary_echo(lab, upstream):
+    for path in (f"proxy/{upstream}/ws", "echoapp/ws", "unixapp/ws"):
+        ws = await connect(lab, path)
+        await ws.write_message("hello")
+        assert await ws.read_message() == "hello"
+        await ws.write_message(b"\x00\xffbin", binary=True)
+        assert await ws.read_message() == b"\x00\xffbin"
+        ws.close()
+
+
+async def test_subprotocol_is_the_apps_choice(lab, upstream):
+    """The app picks (the last offered, here); the browser's handshake carries that choice."""
+    ws = await connect(lab, f"proxy/{upstream}/ws", subprotocols=["first", "second", "third"])
+    assert ws.selected_subprotocol == "third"
+    await ws.write_message("protocol")
+    assert await ws.read_message() == "third"
+    ws.close()
+
+
+async def test_ping_reaches_app_and_app_ping_reaches_client(lab, upstream):
+    pings = []
+
+    class Client(WebSocketClientConnection):
+        def on_ping(self, data):
+            pings.append(data)
+
+    ws = Client(HTTPRequest(ws_url(lab, f"proxy/{upstream}/ws"), headers=HTTPHeaders(lab.auth)))
+    await ws.connect_future
+    ws.ping(b"hello-app")
+    await ws.write_message("ping-me")
+    await ws.write_message("sync")
+    assert await ws.read_message() == "sync"
+    for _ in range(50):
+        if pings:
+            break
+        await asyncio.sleep(0.05)
+    assert pings == [b"from-app"]
+    seen = requests.get(f"http://127.0.0.1:{upstream}/ws-sent").json()["pings"]
+    assert "hello-app" in seen
+    ws.close()
+
+
+async def test_close_codes_pass_both_ways(lab, upstream):
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    await ws.write_message("close:4002")
+    assert await ws.read_message() is None
+    assert ws.close_code == 4002 and ws.close_reason == "bye"
+
+
+async def test_messages_larger_than_peers_limit(lab, upstream):
+    """jupyter-server-proxy drops connections at 10 MiB; the default here is 256 MiB."""
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    payload = bytes(range(256)) * (64 * 1024 * 2)  # 32 MiB
+    await ws.write_message(payload, binary=True)
+    assert await ws.read_message() == payload
+    ws.close()
+
+
+async def test_slow_client_slows_the_app(lab, upstream):
+    """The app floods 300 x 1 MiB; while the client does not read, the app is held back."""
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    before = requests.get(f"http://127.0.0.1:{upstream}/ws-sent").json()["sent"]
+    with RssWatch(lab.pid) as watch:
+        await ws.write_message(f"flood:300:{MiB}")
+        await asyncio.sleep(2)  # not reading
+        stalled = requests.get(f"http://127.0.0.1:{upstream}/ws-sent").json()["sent"] - before
+        got = 0
+        while got < 300:
+            msg = await ws.read_message()
+            assert msg is not None and len(msg) == MiB
+            got += 1
+    assert stalled < 150, f"app sent {stalled} MiB while the client read nothing"
+    assert watch.growth_mib < 64
+    ws.close()
+
+
+async def test_raw_socket_proxy(lab):
+    ws = await connect(lab, "rawsock/")
+    await ws.write_message(b"raw bytes", binary=True)
+    assert await ws.read_message() == b"raw bytes"
+    await ws.write_message("text too")
+    assert await ws.read_message() == b"text too"
+    ws.close()
+    assert lab.s.get(lab.url("rawsock/")).status_code == 405
+
+
+async def test_websocket_to_closed_port_fails_cleanly(lab):
+    from conftest import free_port
+    from tornado.httpclient import HTTPClientError
+
+    with pytest.raises(HTTPClientError) as err:
+        await connect(lab, f"proxy/{free_port()}/ws")
+    assert err.value.code == 502
