@@ -137,6 +137,12 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self.set_header("Connection", "close")
         self.finish(f"{status_code} {self._reason}\n")
 
+    def _early_redirect(self, url: str) -> None:
+        # Answered in prepare(), before tornado read the (streamed) body: the
+        # connection ends afterwards, so tell the client not to reuse it.
+        self.set_header("Connection", "close")
+        self.redirect(url)
+
     def _is_websocket(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"
 
@@ -151,7 +157,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
                 sep = "&" if "?" in url else "?"
                 from urllib.parse import quote
 
-                self.redirect(url + sep + "next=" + quote(self.request.uri or "/", safe=""))
+                self._early_redirect(url + sep + "next=" + quote(self.request.uri or "/", safe=""))
                 return
             raise ProxyError(403, reason="Authentication required")
         with contextlib.suppress(AttributeError):
@@ -208,7 +214,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             self.target = self._parse_hostport(hostport)
         if not rest:
             if self.request.method in ("GET", "HEAD") and not self._is_websocket():
-                self.redirect(self.prefix + "/" + ("?" + self.request.query if self.request.query else ""))
+                self._early_redirect(self.prefix + "/" + ("?" + self.request.query if self.request.query else ""))
                 return
             rest = "/"
         if self.mode == "absolute" or (self.app is not None and self.app.spec.absolute_url):
@@ -452,6 +458,10 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             self.raw_conn = await self._connect(reuse=False)
             await WebSocketHandler.get(self)
             return
+        if self.lab.check_owner:
+            # Refuse another user's socket before any handshake bytes (with our
+            # client's headers) are sent to it; re-checked on the real connection below.
+            (await self._connect(reuse=False)).close()
         offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
         headers = [
             (k, v)

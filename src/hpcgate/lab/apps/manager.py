@@ -114,6 +114,8 @@ class ManagedApp:
             "uptime": round(now - self.started_at, 3) if self.started_at and self.state == AppState.RUNNING else None,
             "last_activity": self.last_activity,
             "url": self.manager.base_url + self.spec.name + "/",
+            "port": None if self.spec.unix_socket else self.port or None,
+            "unix_socket": self.unix_socket,
             "exit_code": self.exit_code,
             "restarts": self.restarts,
             "error": self.error,
