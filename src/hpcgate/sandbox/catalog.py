@@ -28,19 +28,27 @@ def _limits(cpus: int, memory: int, runtime: int) -> dict[str, Any]:
     }
 
 
-def catalog_data(lay: L.Layout) -> dict[str, Any]:
-    """The catalog as plain data (what :func:`write_catalog` dumps as YAML)."""
-    ssh = {
+def _ssh(lay: L.Layout, hub_api_bind: str) -> dict[str, Any]:
+    return {
         "port": L.SSH_PORT,
         "known_hosts": str(lay.known_hosts),
         "identity": {"mode": "user_key", "key_path": lay.key_path_template},
         "tunnel_account": L.TUNNEL_ACCOUNT,
         "tunnel_key": str(lay.key_path(L.TUNNEL_ACCOUNT)),
+        "hub_api_bind": hub_api_bind,
     }
+
+
+def catalog_data(lay: L.Layout) -> dict[str, Any]:
+    """The catalog as plain data (what :func:`write_catalog` dumps as YAML).
+
+    The hub API's remote forward listens on ``localhost`` of login1 for ``login`` (labs
+    run there) and on login1's compute-facing address 10.250.2.1 for ``cluster`` (jobs
+    on compute1 reach it there; the tunnel account may listen on both, see users.py).
+    """
     common = {
         "hosts": [L.LOGIN_ADDR],
         "jump_host": L.LOGIN_ADDR,
-        "ssh": ssh,
         "accounts": {"source": "map_file", "map_file": str(lay.account_map)},
         "hub_api_forward": True,
         "singleuser_command": [str(lay.venv_dir / "bin" / "hpcgate-singleuser")],
@@ -59,6 +67,7 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
                 "kind": "ssh",
                 "description": f"The sandbox login node {L.LOGIN_HOST}",
                 **common,
+                "ssh": _ssh(lay, "localhost"),
                 "partitions": {
                     "interactive": {
                         "description": "A lab on the login node",
@@ -70,6 +79,7 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
                 "kind": "slurm",
                 "description": f"The sandbox Slurm cluster ({L.COMPUTE_HOST})",
                 **common,
+                "ssh": _ssh(lay, L.LOGIN_INNER_ADDR),
                 "status_interval": 2,
                 "partitions": slurm_partitions,
             },
@@ -101,7 +111,12 @@ def _yaml(data: Any) -> str:
 def write_catalog(lay: L.Layout) -> Catalog:
     """Write the account map and the catalog (0644); return the catalog as loaded back."""
     header = "# written by `hpcgate sandbox up`; regenerated on every up\n"
-    write_file(lay.account_map, header + "# hub user name: account on the sandbox\n"
-               + yaml.safe_dump(dict(L.HUB_USERS), default_flow_style=False), 0o644)
+    write_file(
+        lay.account_map,
+        header
+        + "# hub user name: account on the sandbox\n"
+        + yaml.safe_dump(dict(L.HUB_USERS), default_flow_style=False),
+        0o644,
+    )
     write_file(lay.catalog, header + _yaml(catalog_data(lay)), 0o644)
     return load_catalog(lay.catalog)

@@ -24,9 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="action", required=True)
     up = sub.add_parser("up", help="build and start the sandbox (idempotent: reports a running one)")
-    up.add_argument("--rebuild-venv", action="store_true", help="rebuild the job venv even if its stamp matches")
-    sub.add_parser("down", help="stop every sandbox process; remove namespaces and routes (accounts, keys "
-                   "and the job venv stay)")
+    up.add_argument(
+        "--rebuild-venv", action="store_true", help="rebuild the job venv even if its stamp matches"
+    )
+    sub.add_parser(
+        "down",
+        help="stop every sandbox process; remove namespaces and routes (accounts, keys "
+        "and the job venv stay)",
+    )
     status = sub.add_parser("status", help="what runs, addresses, catalog and key paths")
     status.add_argument("--json", action="store_true", help="print JSON")
     return p
@@ -77,8 +82,10 @@ def main(argv: list[str]) -> int:
         if args.action == "down":
             started = time.monotonic()
             sandbox.down()
-            print(f"sandbox down in {time.monotonic() - started:.1f} s "
-                  "(accounts, keys and the job venv are kept for the next up)")
+            print(
+                f"sandbox down in {time.monotonic() - started:.1f} s "
+                "(accounts, keys and the job venv are kept for the next up)"
+            )
             return 0
         status = sandbox.status()
         print(json.dumps(status, indent=2) if args.json else _show_status(status))

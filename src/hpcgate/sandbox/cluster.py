@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import pwd
+import shlex
 import shutil
 import subprocess
 import time
@@ -34,8 +35,14 @@ from .catalog import write_catalog
 from .proc import SandboxError, kill_pids, pids_of_users, run, stop_by_pid_file, wait_until
 
 DAEMONS = ("munged", "slurmctld", "slurmd", "sshd")
+RUNUSER = "/usr/sbin/runuser"
 #: Short names accepted wherever a namespace is expected.
-NS_ALIASES = {"login": L.LOGIN_NS, "compute": L.COMPUTE_NS, L.LOGIN_HOST: L.LOGIN_NS, L.COMPUTE_HOST: L.COMPUTE_NS}
+NS_ALIASES = {
+    "login": L.LOGIN_NS,
+    "compute": L.COMPUTE_NS,
+    L.LOGIN_HOST: L.LOGIN_NS,
+    L.COMPUTE_HOST: L.COMPUTE_NS,
+}
 
 
 def require_root(what: str = "the hpcgate sandbox") -> None:
@@ -84,18 +91,28 @@ class SandboxInfo:
         return list(self.users.values())
 
     def ssh_argv(self, account: str, *command: str, host: str | None = None) -> list[str]:
-        """OpenSSH client argv logging in as ``account`` with its key and host key check."""
+        """OpenSSH client argv logging in as ``account`` with its key and host key check.
+
+        ``command`` is an argv: it is quoted into the one string the remote shell runs.
+        """
         return [
             "ssh",
-            "-i", str(self.keys[account]),
-            "-o", f"UserKnownHostsFile={self.known_hosts}",
-            "-o", "StrictHostKeyChecking=yes",
-            "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes",
-            "-o", "ConnectTimeout=10",
-            "-p", str(self.ssh_port),
+            "-i",
+            str(self.keys[account]),
+            "-o",
+            f"UserKnownHostsFile={self.known_hosts}",
+            "-o",
+            "StrictHostKeyChecking=yes",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "ConnectTimeout=10",
+            "-p",
+            str(self.ssh_port),
             f"{account}@{host or self.login_addr}",
-            *command,
+            *([shlex.join(command)] if command else []),
         ]
 
     def as_json(self) -> dict[str, Any]:
@@ -137,7 +154,9 @@ class Sandbox:
                 raise
             return self._remember(pids, timings)
 
-    def _cold_up(self, lay: L.Layout, say: Any, timings: dict[str, float], rebuild_venv: bool) -> dict[str, int]:
+    def _cold_up(
+        self, lay: L.Layout, say: Any, timings: dict[str, float], rebuild_venv: bool
+    ) -> dict[str, int]:
         started = time.monotonic()
 
         def phase(name: str, since: float) -> float:
@@ -222,7 +241,11 @@ class Sandbox:
         return data if isinstance(data, dict) else {}
 
     def _remember(self, pids: dict[str, int], timings: dict[str, float]) -> SandboxInfo:
-        state = {"pids": pids, "timings": timings, "up_since": self._read_state().get("up_since", time.time())}
+        state = {
+            "pids": pids,
+            "timings": timings,
+            "up_since": self._read_state().get("up_since", time.time()),
+        }
         (self.layout.run_dir / "state.json").write_text(json.dumps(state, indent=2) + "\n")
         self._info = self._make_info(pids, timings)
         return self._info
@@ -298,7 +321,7 @@ class Sandbox:
         name = NS_ALIASES.get(ns, ns)
         if name not in L.NAMESPACES:
             raise SandboxError(f"unknown sandbox namespace {ns!r}; use login or compute")
-        inner = ["runuser", "-u", user, "--", *argv] if user else list(argv)
+        inner = [RUNUSER, "-u", user, "--", *argv] if user else list(argv)
         return network.ns_argv(self.layout, name, inner)
 
     def run_in(

@@ -134,13 +134,19 @@ def ensure_venv(lay: L.Layout, rebuild: bool = False) -> JobEnv:
     pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     pins = [f"{dist}=={stamp[dist]}" if stamp[dist] else dist for dist in PINNED]
     if stamp["mode"] == "editable":
-        run([*pip, "--editable", str(root), *pins], what="installing hpcgate (editable) into the job venv",
-            timeout=1200)
+        run(
+            [*pip, "--editable", str(root), *pins],
+            what="installing hpcgate (editable) into the job venv",
+            timeout=1200,
+        )
     else:
         # with its dependencies, then once more to replace an installed copy of the same version
         run([*pip, str(root), *pins], what="installing hpcgate into the job venv", timeout=1200)
-        run([*pip, "--force-reinstall", "--no-deps", str(root)], what="reinstalling hpcgate into the job venv",
-            timeout=300)
+        run(
+            [*pip, "--force-reinstall", "--no-deps", str(root)],
+            what="reinstalling hpcgate into the job venv",
+            timeout=300,
+        )
     run(["chmod", "-R", "a+rX", str(venv)], what="making the job venv world-readable")
     (venv / STAMP).write_text(json.dumps(stamp, indent=2) + "\n")
     os.chmod(venv / STAMP, 0o644)

@@ -8,7 +8,8 @@
 2. namespaces ``hpcg-login`` and ``hpcg-compute`` with ``lo`` up; each node also gets
    its own UTS namespace (host name ``login1``/``compute1``) and mount namespace, whose
    handles are bind-mounted under ``run_dir/ns``. In the node's mount namespace every
-   entry of ``/etc/netns/<ns>/`` (``hosts``; ``slurm/``, see slurm.py) is bind-mounted
+   entry of ``/etc/netns/<ns>/`` (``hosts``, ``resolv.conf``: no DNS; ``slurm/``, see
+   slurm.py) is bind-mounted
    over ``/etc/<entry>``, as ``ip netns exec`` does -- but once, and without
    remounting ``/sys``, so ``/sys/fs/cgroup`` stays visible (slurmd needs it);
 3. veth hub<->login (10.250.1.0/24) and login<->compute (10.250.2.0/24); compute's
@@ -24,12 +25,11 @@ already (see :func:`ns_pids`).
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
 from . import layout as L
-from .proc import SandboxError, run
+from .proc import SandboxError, run, write_file
 
 
 def ns_argv(lay: L.Layout, ns: str, argv: list[str]) -> list[str]:
@@ -102,6 +102,14 @@ def hosts_text(ns: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+RESOLV_CONF = """\
+# written by hpcgate sandbox: the nodes have no DNS. Names are in /etc/hosts; lookups
+# of anything else fail at once instead of timing out towards an unreachable server.
+nameserver 127.0.0.1
+options timeout:1 attempts:1
+"""
+
+
 def _private_handles_dir(lay: L.Layout) -> None:
     # like /run/netns: a private bind mount of itself, so namespace handles bound
     # inside do not propagate (a mount namespace handle must not see itself)
@@ -132,7 +140,15 @@ def enter_overlays(lay: L.Layout) -> None:
             if not target.exists():
                 raise SandboxError(f"overlay {entry}: /etc/{entry.name} does not exist to mount it over")
             run(
-                ["nsenter", f"--mount={lay.ns_handle(ns, 'mnt')}", "--", "mount", "--bind", str(entry), str(target)],
+                [
+                    "nsenter",
+                    f"--mount={lay.ns_handle(ns, 'mnt')}",
+                    "--",
+                    "mount",
+                    "--bind",
+                    str(entry),
+                    str(target),
+                ],
                 what=f"mounting {entry} over {target} in {ns}",
             )
 
@@ -159,8 +175,8 @@ def network_up(lay: L.Layout) -> None:
     for ns in L.NAMESPACES:
         etc = lay.ns_etc(ns)
         etc.mkdir(parents=True, exist_ok=True)
-        (etc / "hosts").write_text(hosts_text(ns))
-        os.chmod(etc / "hosts", 0o644)
+        for name, text in (("hosts", hosts_text(ns)), ("resolv.conf", RESOLV_CONF)):
+            write_file(etc / name, text, 0o644)
         _ip("netns", "add", ns)
         _ip("link", "set", "lo", "up", ns=ns)
         _private_handles_dir(lay)
@@ -168,7 +184,20 @@ def network_up(lay: L.Layout) -> None:
     hub, login_hub = L.HUB_VETH
     login_cmp, cmp = L.COMPUTE_VETH
     _ip("link", "add", hub, "type", "veth", "peer", "name", login_hub, "netns", L.LOGIN_NS)
-    _ip("link", "add", login_cmp, "netns", L.LOGIN_NS, "type", "veth", "peer", "name", cmp, "netns", L.COMPUTE_NS)
+    _ip(
+        "link",
+        "add",
+        login_cmp,
+        "netns",
+        L.LOGIN_NS,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        cmp,
+        "netns",
+        L.COMPUTE_NS,
+    )
     _ip("addr", "add", f"{L.HUB_ADDR}/{L.PREFIX}", "dev", hub)
     _ip("link", "set", hub, "up")
     _ip("addr", "add", f"{L.LOGIN_ADDR}/{L.PREFIX}", "dev", login_hub, ns=L.LOGIN_NS)
@@ -190,7 +219,9 @@ def set_forwarding(ns: str, enabled: bool) -> None:
 
 
 def forwarding(ns: str) -> bool:
-    out = run(["ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward"], what=f"reading ip_forward in {ns}")
+    out = run(
+        ["ip", "netns", "exec", ns, "sysctl", "-n", "net.ipv4.ip_forward"], what=f"reading ip_forward in {ns}"
+    )
     return out.stdout.strip() == "1"
 
 

@@ -123,7 +123,11 @@ def start_munged(lay: L.Layout) -> int:
         _pid_file_for_munge(lay)
         run(
             [
-                "runuser", "-u", "munge", "--", "/usr/sbin/munged",
+                "runuser",
+                "-u",
+                "munge",
+                "--",
+                "/usr/sbin/munged",
                 f"--socket={lay.munge_socket}",
                 f"--key-file={lay.munge_dir / 'munge.key'}",
                 f"--pid-file={lay.pid_file('munged')}",
@@ -162,7 +166,10 @@ def start_slurmctld(lay: L.Layout, timeout: float = 30) -> int:
     """Start slurmctld in the login namespace if it is not running; wait until it answers."""
     pid = daemon_pid(lay, "slurmctld")
     if pid is None:
-        run(ns_argv(lay, L.LOGIN_NS, ["/usr/sbin/slurmctld"]), what="starting slurmctld in the login namespace")
+        run(
+            ns_argv(lay, L.LOGIN_NS, ["/usr/sbin/slurmctld"]),
+            what="starting slurmctld in the login namespace",
+        )
         pid = wait_until(lambda: daemon_pid(lay, "slurmctld"), "slurmctld to write its pid file", timeout)
     wait_until(lambda: controller_answers(lay), "slurmctld to answer `scontrol ping`", timeout, 0.3)
     return int(pid)
@@ -171,8 +178,10 @@ def start_slurmctld(lay: L.Layout, timeout: float = 30) -> int:
 def start_slurmd(lay: L.Layout, timeout: float = 30) -> int:
     pid = daemon_pid(lay, "slurmd")
     if pid is None:
-        run(ns_argv(lay, L.COMPUTE_NS, ["/usr/sbin/slurmd", "-N", L.COMPUTE_HOST]),
-            what="starting slurmd in the compute namespace")
+        run(
+            ns_argv(lay, L.COMPUTE_NS, ["/usr/sbin/slurmd", "-N", L.COMPUTE_HOST]),
+            what="starting slurmd in the compute namespace",
+        )
         pid = wait_until(lambda: daemon_pid(lay, "slurmd"), "slurmd to write its pid file", timeout)
     return int(pid)
 
@@ -180,11 +189,17 @@ def start_slurmd(lay: L.Layout, timeout: float = 30) -> int:
 def wait_idle(lay: L.Layout, timeout: float = 60) -> None:
     """Wait until ``sinfo`` shows compute1 idle (or allocated/mixed: it runs jobs)."""
     try:
-        wait_until(lambda: sinfo_state(lay) in ("idle", "mixed", "allocated"), "compute1 to be idle in sinfo",
-                   timeout, 0.3)
+        wait_until(
+            lambda: sinfo_state(lay) in ("idle", "mixed", "allocated"),
+            "compute1 to be idle in sinfo",
+            timeout,
+            0.3,
+        )
     except SandboxError as exc:
-        raise SandboxError(f"{exc} (last state: {sinfo_state(lay) or 'unknown'}; "
-                           f"see {lay.log_dir / 'slurmctld.log'} and {lay.log_dir / 'slurmd.log'})") from exc
+        raise SandboxError(
+            f"{exc} (last state: {sinfo_state(lay) or 'unknown'}; "
+            f"see {lay.log_dir / 'slurmctld.log'} and {lay.log_dir / 'slurmd.log'})"
+        ) from exc
 
 
 def start_all(lay: L.Layout) -> dict[str, int]:

@@ -76,8 +76,10 @@ def setup_sshd(lay: L.Layout) -> None:
     make_dir(lay.sshd_dir, 0o700)
     key = host_key(lay)
     if not key.exists():
-        run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hpcgate-sandbox login1", "-f", str(key)],
-            what="generating the sshd host key")
+        run(
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hpcgate-sandbox login1", "-f", str(key)],
+            what="generating the sshd host key",
+        )
     write_file(config_path(lay), config_text(lay), 0o600)
     public = key.with_name(key.name + ".pub").read_text().split()
     names = ",".join([L.LOGIN_ADDR, L.LOGIN_INNER_ADDR, L.LOGIN_HOST])
@@ -96,10 +98,16 @@ def start_sshd(lay: L.Layout, timeout: float = 15) -> int:
     pid = sshd_pid(lay)
     if pid is None:
         make_dir(lay.log_dir, 0o755)
-        run(ns_argv(lay, L.LOGIN_NS, [SSHD, "-f", str(config_path(lay)), "-E", str(lay.log_dir / "sshd.log")]),
-            what="starting sshd in the login namespace")
+        run(
+            ns_argv(
+                lay, L.LOGIN_NS, [SSHD, "-f", str(config_path(lay)), "-E", str(lay.log_dir / "sshd.log")]
+            ),
+            what="starting sshd in the login namespace",
+        )
         pid = wait_until(lambda: sshd_pid(lay), "sshd to write its pid file", timeout)
-    wait_until(lambda: tcp_open(L.LOGIN_ADDR, L.SSH_PORT), f"sshd to listen on {L.LOGIN_ADDR}:{L.SSH_PORT}", timeout)
+    wait_until(
+        lambda: tcp_open(L.LOGIN_ADDR, L.SSH_PORT), f"sshd to listen on {L.LOGIN_ADDR}:{L.SSH_PORT}", timeout
+    )
     return int(pid)
 
 

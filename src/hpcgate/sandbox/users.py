@@ -64,7 +64,18 @@ def ensure_key(lay: L.Layout, account: str) -> Path:
         key.unlink(missing_ok=True)
         key.with_suffix(".pub").unlink(missing_ok=True)
         run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", f"hpcgate-sandbox {account}", "-f", str(key)],
+            [
+                "ssh-keygen",
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                f"hpcgate-sandbox {account}",
+                "-f",
+                str(key),
+            ],
             what=f"generating the SSH key of {account}",
         )
     os.chmod(key, 0o600)

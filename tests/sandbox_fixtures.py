@@ -1,0 +1,54 @@
+"""The session fixture ``sandbox``: the machine's sandbox cluster, built once per session.
+
+Integration tests build their cluster only through :mod:`hpcgate.sandbox` and get it
+from here. The fixture yields a :class:`hpcgate.sandbox.Sandbox` (``sandbox.info`` is a
+:class:`hpcgate.sandbox.SandboxInfo`: addresses, accounts, keys, catalog path, venv).
+
+If the sandbox was already up when the session started, it is left up at the end;
+otherwise the session removes it again (set ``HPCGATE_SANDBOX_KEEP=1`` to keep it, e.g.
+to look around after a failure). Without root, or without the Debian packages, the
+tests that use it are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from hpcgate.sandbox import Sandbox
+
+REQUIRED = {
+    "/usr/sbin/sshd": "openssh-server",
+    "/usr/sbin/munged": "munge",
+    "/usr/sbin/slurmctld": "slurm-wlm",
+    "/usr/sbin/slurmd": "slurm-wlm",
+    "/usr/bin/python3": "python3 (with python3-venv)",
+}
+
+
+def sandbox_missing() -> str:
+    """Why the sandbox cannot be built here, or ``""``."""
+    if os.geteuid() != 0:
+        return "the sandbox creates network namespaces, accounts and daemons: it needs root"
+    missing = sorted({pkg for path, pkg in REQUIRED.items() if not os.path.exists(path)})
+    for tool, pkg in (("nsenter", "util-linux"), ("ip", "iproute2"), ("ssh", "openssh-client")):
+        if shutil.which(tool) is None:
+            missing.append(pkg)
+    if missing:
+        return f"missing Debian packages {', '.join(missing)} (scripts/install-system-deps.sh installs them)"
+    return ""
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    why = sandbox_missing()
+    if why:
+        pytest.skip(why)
+    cluster = Sandbox()
+    was_up = cluster.is_up()
+    cluster.up()
+    yield cluster
+    if not was_up and os.environ.get("HPCGATE_SANDBOX_KEEP") != "1":
+        cluster.down()
