@@ -32,9 +32,9 @@ from typing import Any
 from . import jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
-from .proc import SandboxError, kill_pids, pids_of_users, run, stop_by_pid_file, wait_until
+from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
+from .proc import SandboxError, kill_pids, pids_of_users, run, wait_until
 
-DAEMONS = ("munged", "slurmctld", "slurmd", "sshd")
 RUNUSER = "/usr/sbin/runuser"
 #: Short names accepted wherever a namespace is expected.
 NS_ALIASES = {
@@ -204,8 +204,8 @@ class Sandbox:
         lay = self.layout
         present = network.namespaces()
         # daemons first, gently, by their recorded PIDs
-        for daemon in ("slurmd", "slurmctld", "sshd", "munged"):
-            stop_by_pid_file(lay.pid_file(daemon), daemon)
+        for daemon in STOP_ORDER:
+            stop_daemon(lay, daemon)
         # then whatever else lives in the namespaces (sessions, job steps, labs) ...
         for ns in L.NAMESPACES:
             if ns in present:
@@ -227,7 +227,7 @@ class Sandbox:
 
     def daemon_pids(self) -> dict[str, int | None]:
         """daemon -> PID of the running process, ``None`` when it is not running."""
-        return {d: slurm.daemon_pid(self.layout, d) for d in DAEMONS}
+        return {d: daemon_pid(self.layout, d) for d in EXECUTABLES}
 
     def is_up(self) -> bool:
         """True when the network is complete and every daemon runs."""
@@ -371,7 +371,7 @@ class Sandbox:
     def stop_slurmctld(self) -> None:
         """Stop the controller (jobs keep running on compute1; state is kept)."""
         require_root()
-        slurm.stop_daemon(self.layout, "slurmctld")
+        stop_daemon(self.layout, "slurmctld")
 
     def start_slurmctld(self, wait_idle: bool = True) -> int:
         """Start the controller again with its saved state; return its PID."""

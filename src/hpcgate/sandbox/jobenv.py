@@ -80,12 +80,14 @@ def world_readable(root: Path) -> bool:
 
 
 def _tree_hash(root: Path) -> str:
+    """sha256 over the paths and contents of the files under ``root/src`` (no caches)."""
+    files = []
+    for dirpath, dirnames, filenames in os.walk(root / "src"):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
+        files += [Path(dirpath) / name for name in filenames]
     digest = hashlib.sha256()
-    for dirpath, dirnames, filenames in sorted(os.walk(root / "src")):
-        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
-        for name in sorted(filenames):
-            path = Path(dirpath) / name
-            digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
+    for path in sorted(files):
+        digest.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 

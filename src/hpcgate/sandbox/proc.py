@@ -99,20 +99,6 @@ def read_pid_file(path: Path) -> int | None:
     return int(text) if text.isdigit() else None
 
 
-def running_pid(pid_file: Path) -> int | None:
-    """The PID recorded in ``pid_file`` if that process runs, else ``None``."""
-    pid = read_pid_file(pid_file)
-    return pid if pid and pid_alive(pid) else None
-
-
-def stop_by_pid_file(pid_file: Path, what: str) -> None:
-    """Stop the process recorded in ``pid_file`` (see :func:`stop_pid`); remove the file."""
-    pid = running_pid(pid_file)
-    if pid is not None:
-        stop_pid(pid, what)
-    pid_file.unlink(missing_ok=True)
-
-
 def stop_pid(pid: int, what: str, timeout: float = 10) -> None:
     """SIGTERM ``pid``, wait up to ``timeout`` seconds, then SIGKILL; wait until gone."""
     if not pid_alive(pid):

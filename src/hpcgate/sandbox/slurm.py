@@ -23,10 +23,9 @@ import shutil
 from pathlib import Path
 
 from . import layout as L
+from .daemons import daemon_pid
 from .network import ns_argv
-from .proc import SandboxError, make_dir, run, running_pid, stop_by_pid_file, wait_until, write_file
-
-DAEMONS = ("munged", "slurmctld", "slurmd")
+from .proc import SandboxError, make_dir, run, wait_until, write_file
 
 
 def slurm_conf_text(lay: L.Layout) -> str:
@@ -101,11 +100,6 @@ def setup_slurm(lay: L.Layout, fresh: bool) -> None:
     for ns in L.NAMESPACES:
         etc = make_dir(lay.ns_etc(ns) / "slurm", 0o755)
         write_file(etc / "slurm.conf", text, 0o644)
-
-
-def daemon_pid(lay: L.Layout, daemon: str) -> int | None:
-    """PID of a running sandbox daemon (from its pid file), else ``None``."""
-    return running_pid(lay.pid_file(daemon))
 
 
 def munge_works(lay: L.Layout) -> bool:
@@ -207,17 +201,6 @@ def start_all(lay: L.Layout) -> dict[str, int]:
     pids = {"munged": start_munged(lay), "slurmctld": start_slurmctld(lay), "slurmd": start_slurmd(lay)}
     wait_idle(lay)
     return pids
-
-
-def stop_daemon(lay: L.Layout, daemon: str) -> None:
-    """Stop a sandbox daemon by the PID in its pid file."""
-    stop_by_pid_file(lay.pid_file(daemon), daemon)
-
-
-def stop_all(lay: L.Layout) -> None:
-    """Stop slurmd, slurmctld and munged (in that order) by their recorded PIDs."""
-    for daemon in reversed(DAEMONS):
-        stop_daemon(lay, daemon)
 
 
 def conf_path(lay: L.Layout) -> Path:

@@ -10,18 +10,16 @@ may log in. Its pid file is ``<run_dir>/sshd.pid``; its log ``<state_dir>/log/ss
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from . import layout as L
+from .daemons import daemon_pid, executable_of, stop_daemon
 from .network import ns_argv, ns_pids
 from .proc import (
     SandboxError,
     kill_pids,
     make_dir,
     run,
-    running_pid,
-    stop_by_pid_file,
     tcp_open,
     wait_until,
     write_file,
@@ -90,7 +88,7 @@ def setup_sshd(lay: L.Layout) -> None:
 
 
 def sshd_pid(lay: L.Layout) -> int | None:
-    return running_pid(lay.pid_file("sshd"))
+    return daemon_pid(lay, "sshd")
 
 
 def start_sshd(lay: L.Layout, timeout: float = 15) -> int:
@@ -117,17 +115,10 @@ def stop_sshd(lay: L.Layout, sessions: bool = True) -> None:
     Killing the sessions too is what a crashed or rebooted jump host looks like to the hub:
     its connections drop.
     """
-    stop_by_pid_file(lay.pid_file("sshd"), "sshd")
+    stop_daemon(lay, "sshd")
     if sessions:
-        left = [p for p in ns_pids(L.LOGIN_NS) if _exe(p) == SSHD]
+        left = [p for p in ns_pids(L.LOGIN_NS) if executable_of(p) == SSHD]
         if left:
             kill_pids(left, "sshd session processes")
     if tcp_open(L.LOGIN_ADDR, L.SSH_PORT):
         raise SandboxError(f"stop_sshd: something still listens on {L.LOGIN_ADDR}:{L.SSH_PORT}")
-
-
-def _exe(pid: int) -> str:
-    try:
-        return os.readlink(f"/proc/{pid}/exe")
-    except OSError:
-        return ""
