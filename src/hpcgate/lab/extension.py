@@ -45,6 +45,7 @@ class LabContext:
         self.cookie_patterns = [re.compile(p) for p in patterns]
         self.check_owner = ext.check_socket_owner
         self.chunk_size = ext.chunk_size
+        self.splice_min_size = ext.splice_min_size or (1 << 62)
         self.max_body_size = ext.max_request_body_size
         self.websocket_max_message_size = ext.websocket_max_message_size
         self.rewrite_body_limit = ext.rewrite_body_limit
@@ -133,6 +134,13 @@ class HPCGateLab(ExtensionApp):
         512 * 1024,
         help="""Largest piece of a response body read from an app before it is written to
         the browser. At most about two pieces per download are held in memory.""",
+    ).tag(config=True)
+
+    splice_min_size = Int(
+        1 * MiB,
+        help="""Fixed-length response bodies at least this large are relayed with Linux
+        ``splice(2)`` (app socket to browser socket inside the kernel, no copies in the
+        server). 0 disables it.""",
     ).tag(config=True)
 
     max_request_body_size = Int(

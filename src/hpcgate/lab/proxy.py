@@ -24,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -32,10 +34,11 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
 from tornado import httpclient, web
 from tornado.httputil import HTTPHeaders
-from tornado.iostream import StreamClosedError
+from tornado.iostream import IOStream, StreamClosedError
 from tornado.netutil import Resolver
 from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
 
+from . import splice
 from .apps.manager import AppStartError, ManagedApp
 from .security import HostNotAllowed, drop_hop_by_hop, parse_host, scrub_request_headers, strip_token_query
 from .upstream import (
@@ -68,8 +71,6 @@ class _UnixResolver(Resolver):
         self.path = path
 
     async def resolve(self, host: str, port: int, family: Any = None) -> list[tuple[int, Any]]:
-        import socket
-
         return [(socket.AF_UNIX, self.path)]
 
 
@@ -404,6 +405,8 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             await self.finish()
             return
         await self.flush()  # headers now, before the body ends (SSE, long polls)
+        if resp.framing == "length" and (resp.length or 0) >= self.lab.splice_min_size and await self._try_splice(resp):
+            return
         pending: asyncio.Future[None] | None = None
         async for data in resp.chunks(self.lab.chunk_size):
             self.write(data)
@@ -414,6 +417,50 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         if pending is not None:
             await pending
         await self.finish()
+
+    async def _try_splice(self, resp: UpstreamResponse) -> bool:
+        """Relay the rest of a fixed-length body in the kernel; False if not possible here.
+
+        Relies on tornado internals (the connection's ``stream`` and its count of
+        outstanding Content-Length bytes); if those are not as expected, falls back.
+        """
+        http_conn = self.request.connection
+        stream = getattr(http_conn, "stream", None)
+        if (
+            not splice.AVAILABLE
+            or not hasattr(http_conn, "_expected_content_remaining")
+            or type(stream) is not IOStream
+            or stream.writing()
+        ):
+            return False
+        reader = resp.conn.reader
+        transport = resp.conn.writer.transport
+        remaining = resp.length or 0
+        # Bytes the event loop already read from the app go first, the ordinary way.
+        buffered = len(reader._buffer)  # noqa: SLF001
+        if buffered:
+            data = await reader.read(min(buffered, remaining))
+            self.write(data)
+            await self.flush()
+            remaining -= len(data)
+        transport.pause_reading()
+        cancelled = threading.Event()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, splice.relay, resp.conn.sock.fileno(), stream.socket.fileno(), remaining, cancelled
+            )
+        except splice.SpliceError as exc:
+            raise UpstreamError(str(exc)) from None
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            transport.resume_reading()
+        http_conn._expected_content_remaining = 0  # noqa: SLF001 -- we wrote them past tornado
+        resp.complete = True
+        self._touch()
+        await self.finish()
+        return True
 
     async def _send_rewritten(self, resp: UpstreamResponse) -> None:
         from .apps.spec import call_with_named_args
@@ -495,12 +542,14 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         if self.lab.check_owner and self._foreign(ws):
             ws.close()
             raise ProxyError(403, reason="That port belongs to another user")
+        stream = getattr(ws.protocol, "stream", None)
+        if stream is not None and stream.socket is not None and stream.socket.family != socket.AF_UNIX:
+            stream.set_nodelay(True)  # small messages go out at once, both hops
         self.ws_upstream = ws
         await WebSocketHandler.get(self)
 
     def _foreign(self, ws: _UpstreamWebSocket) -> bool:
         import os
-        import socket
 
         from .security import tcp_peer_uid, unix_peer_uid
 

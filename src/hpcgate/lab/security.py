@@ -44,7 +44,7 @@ DEFAULT_COOKIE_PATTERNS = (
 )
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62}))*$")
-_NUMERIC_LOOKING = re.compile(r"^(?:0x[0-9a-f]+|[0-9.]+)$", re.IGNORECASE)
+_NUMERIC_LOOKING = re.compile(r"^(?:0x[0-9a-f]*|[0-9]+)(?:\.(?:0x[0-9a-f]*|[0-9]+))*\.?$", re.IGNORECASE)
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -69,6 +69,8 @@ def parse_host(raw: str) -> str:
     and anything else. Raises :class:`HostNotAllowed`.
     """
     if raw.startswith("[") and raw.endswith("]"):
+        if "%" in raw:
+            raise HostNotAllowed("IPv6 zone identifiers are not accepted")
         try:
             return str(normalize_ip(ipaddress.IPv6Address(raw[1:-1])))
         except ValueError:

@@ -1,0 +1,281 @@
+"""hpcgate.lab's proxy side by side with direct access and jupyter-server-proxy 4.6.
+
+One run starts: an upstream app (raw asyncio HTTP server + tornado websocket echo),
+a Jupyter server with hpcgate.lab (jupyter_server_proxy disabled), and a Jupyter server
+with jupyter_server_proxy (hpcgate.lab disabled). Each row is measured against all
+three. Run: ``.venv/bin/python -m benchmarks lab_proxy``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+from benchmarks.report import percentile, ratio, table
+
+MiB = 1024 * 1024
+ROOT = Path(__file__).resolve().parent.parent
+
+UPSTREAM = textwrap.dedent(
+    """
+    import asyncio, sys
+    from tornado import web, websocket, httpserver
+
+    BLOCK = memoryview(bytes(range(256)) * 4096)
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\\r\\n\\r\\n")
+                path = head.split(b" ", 2)[1].decode()
+                if path.startswith("/bytes/") or "/bytes/" in path:
+                    size = int(path.rsplit("/", 1)[1])
+                    writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: application/octet-stream\\r\\nContent-Length: %d\\r\\n\\r\\n" % size)
+                    while size:
+                        n = min(size, len(BLOCK))
+                        writer.write(BLOCK[:n])
+                        size -= n
+                        await writer.drain()
+                else:
+                    writer.write(b"HTTP/1.1 200 OK\\r\\nContent-Type: text/plain\\r\\nContent-Length: 13\\r\\n\\r\\nhello, world\\n")
+                    await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+    class Echo(websocket.WebSocketHandler):
+        def check_origin(self, origin):
+            return True
+        async def on_message(self, message):
+            await self.write_message(message, binary=isinstance(message, bytes))
+
+    async def main():
+        http_port, ws_port = int(sys.argv[1]), int(sys.argv[2])
+        await asyncio.start_server(handle, "127.0.0.1", http_port, limit=1 << 20)
+        app = web.Application([(r".*", Echo)], websocket_max_message_size=1 << 30)
+        httpserver.HTTPServer(app).listen(ws_port, "127.0.0.1")
+        await asyncio.Event().wait()
+
+    asyncio.run(main())
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(port: int, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"port {port}")
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+class _Peak:
+    def __init__(self, pid: int | None):
+        self.pid, self.peak, self._stop = pid, 0, threading.Event()
+
+    def __enter__(self):
+        if self.pid:
+            self.peak = _rss_kib(self.pid)
+            self._t = threading.Thread(target=self._run, daemon=True)
+            self._t.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, _rss_kib(self.pid))
+            time.sleep(0.02)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+
+
+class Target:
+    """One way to reach the upstream: directly, through hpcgate, through jsp."""
+
+    def __init__(self, name: str, port: int, prefix: str, token: str | None, pid: int | None):
+        self.name, self.port, self.prefix, self.token, self.pid = name, port, prefix, token, pid
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"token {self.token}"} if self.token else {}
+
+
+def _start_jupyter(tmp: Path, name: str, extensions: dict[str, bool], token: str) -> tuple[subprocess.Popen, int]:
+    port = _free_port()
+    root = tmp / name
+    root.mkdir()
+    cfg = root / "config.py"
+    cfg.write_text(
+        f"c.ServerApp.port = {port}\nc.ServerApp.ip = '127.0.0.1'\nc.ServerApp.open_browser = False\n"
+        f"c.ServerApp.allow_root = True\nc.ServerApp.root_dir = {str(root)!r}\n"
+        f"c.ServerApp.jpserver_extensions = {extensions!r}\n"
+    )
+    env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(root / "cfg"), JUPYTER_RUNTIME_DIR=str(root / "rt"))
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "jupyter"), "server", f"--config={cfg}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    _wait_port(port)
+    return proc, port
+
+
+def _download(t: Target, path: str, expect: int) -> float:
+    """Seconds to download ``expect`` bytes with a raw socket, or raise."""
+    s = socket.create_connection(("127.0.0.1", t.port))
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    auth = "".join(f"{k}: {v}\r\n" for k, v in t.headers().items())
+    start = time.perf_counter()
+    s.sendall(f"GET {t.prefix}{path} HTTP/1.1\r\nHost: 127.0.0.1:{t.port}\r\n{auth}Connection: close\r\n\r\n".encode())
+    buf = bytearray(4 * MiB)
+    view = memoryview(buf)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        n = s.recv_into(buf)
+        if not n:
+            raise RuntimeError("closed before headers")
+        head += bytes(view[:n])
+    header, _, rest = head.partition(b"\r\n\r\n")
+    status = header.split(b" ", 2)[1]
+    if status != b"200":
+        raise RuntimeError(f"HTTP {status.decode()}")
+    got = len(rest)
+    while got < expect:
+        n = s.recv_into(buf)
+        if not n:
+            raise RuntimeError(f"closed after {got} bytes")
+        got += n
+    elapsed = time.perf_counter() - start
+    s.close()
+    return elapsed
+
+
+def _small(t: Target, n: int) -> list[float]:
+    conn = http.client.HTTPConnection("127.0.0.1", t.port)
+    lat = []
+    for _ in range(n):
+        start = time.perf_counter()
+        conn.request("GET", t.prefix + "/small", headers=t.headers())
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            raise RuntimeError(f"HTTP {r.status}")
+        lat.append(time.perf_counter() - start)
+    conn.close()
+    return lat
+
+
+async def _ws(t: Target, ws_prefix: str, small: int, big: int) -> tuple[list[float], float]:
+    from tornado.httpclient import HTTPRequest
+    from tornado.httputil import HTTPHeaders
+    from tornado.websocket import websocket_connect
+
+    url = f"ws://127.0.0.1:{t.port}{ws_prefix}/echo"
+    ws = await websocket_connect(HTTPRequest(url, headers=HTTPHeaders(t.headers())), max_message_size=1 << 30)
+    lat = []
+    for _ in range(small):
+        start = time.perf_counter()
+        await ws.write_message("ping")
+        await ws.read_message()
+        lat.append(time.perf_counter() - start)
+    payload = b"m" * MiB
+    start = time.perf_counter()
+    for _ in range(big):
+        await ws.write_message(payload, binary=True)
+        msg = await ws.read_message()
+        if msg is None or len(msg) != MiB:
+            raise RuntimeError(f"websocket closed (code {ws.close_code})")
+    mib_s = big / (time.perf_counter() - start)
+    ws.close()
+    return lat, mib_s
+
+
+def run() -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="bench-lab-"))
+    http_port, ws_port = _free_port(), _free_port()
+    token = secrets.token_hex(16)
+    procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(http_port), str(ws_port)])]
+    try:
+        _wait_port(http_port)
+        _wait_port(ws_port)
+        common = {"jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False, "jupyter_server_terminals": False}
+        ours, ours_port = _start_jupyter(tmp, "hpcgate", {**common, "hpcgate.lab": True, "jupyter_server_proxy": False}, token)
+        jsp, jsp_port = _start_jupyter(tmp, "jsp", {**common, "hpcgate.lab": False, "jupyter_server_proxy": True}, token)
+        procs += [ours, jsp]
+        targets = [
+            Target("direct", http_port, "", None, None),
+            Target("hpcgate", ours_port, f"/proxy/{http_port}", token, ours.pid),
+            Target("jupyter-server-proxy", jsp_port, f"/proxy/{http_port}", token, jsp.pid),
+        ]
+        ws_prefix = {"direct": "", "hpcgate": f"/proxy/{ws_port}", "jupyter-server-proxy": f"/proxy/{ws_port}"}
+        ws_port_of = {"direct": ws_port}
+        _small(targets[1], 5)  # warm up (imports, pools)
+        _small(targets[2], 5)
+
+        rows = []
+        results: dict[tuple[str, str], float | None] = {}
+        for size_name, size in (("10 MiB", 10 * MiB), ("500 MiB", 500 * MiB), ("2 GiB", 2048 * MiB)):
+            for t in targets:
+                with _Peak(t.pid) as peak:
+                    try:
+                        secs = min(_download(t, f"/bytes/{size}", size) for _ in range(3 if size <= 10 * MiB else 1))
+                        mib_s: float | None = size / MiB / secs
+                    except (RuntimeError, OSError) as exc:
+                        mib_s = None
+                        err = str(exc)[:30]
+                results[(size_name, t.name)] = mib_s
+                rows.append([
+                    size_name, t.name,
+                    f"{mib_s:.0f}" if mib_s else f"failed ({err})",
+                    ratio(mib_s, results[(size_name, "direct")] or 0) if mib_s else "-",
+                    f"{peak.peak / 1024:.0f}" if t.pid else "-",
+                ])
+        table("download throughput (MiB/s) and server peak RSS (MiB)", ["size", "via", "MiB/s", "vs direct", "peak RSS"], rows)
+
+        rows = []
+        n = 2000
+        for t in targets:
+            lat = _small(t, n)
+            rows.append([t.name, f"{n / sum(lat):.0f}", f"{percentile(lat, 50) * 1e3:.2f}", f"{percentile(lat, 99) * 1e3:.2f}"])
+        table(f"small requests, one keep-alive connection ({n} GETs)", ["via", "req/s", "p50 ms", "p99 ms"], rows)
+
+        rows = []
+        for t in targets:
+            wt = Target(t.name, ws_port_of.get(t.name, t.port), "", t.token, t.pid)
+            try:
+                lat, mib_s = asyncio.run(_ws(wt, ws_prefix[t.name], 1000, 50))
+                rows.append([t.name, f"{percentile(lat, 50) * 1e3:.2f}", f"{percentile(lat, 99) * 1e3:.2f}", f"{mib_s:.0f}"])
+            except Exception as exc:  # a failing peer is a result, not a crash
+                rows.append([t.name, "-", "-", f"failed ({str(exc)[:40]})"])
+        table("websocket echo: round trip and 1 MiB-message echo throughput", ["via", "p50 ms", "p99 ms", "1 MiB msgs MiB/s"], rows)
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(30)
+            except subprocess.TimeoutExpired:
+                p.kill()

@@ -1,0 +1,67 @@
+"""Pure functions of hpcgate.lab: host parsing, allowlist, scrubbing, /proc parsing, specs."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+from hpcgate.lab.apps.manager import LogTail
+from hpcgate.lab.apps.spec import SpecError, call_with_named_args, make_spec, render
+from hpcgate.lab.security import HostAllowlist, HostNotAllowed, parse_host, strip_token_query, tcp_peer_uid
+
+
+@pytest.mark.parametrize("raw", ["2130706433", "0x7f.1", "127.1", "a@b", "a%40b", "[fe80::1%lo]", "x_y", ""])
+def test_parse_host_rejects(raw):
+    with pytest.raises(HostNotAllowed):
+        parse_host(raw)
+
+
+def test_allowlist_forms():
+    allow = HostAllowlist(["localhost", "::1", "10.1.0.0/16"])
+    assert allow.allows(parse_host("LocalHost"))
+    assert allow.allows(parse_host("[0:0::1]"))
+    assert allow.allows(parse_host("10.1.2.3")) and allow.allows(parse_host("[::ffff:10.1.2.3]"))
+    assert not allow.allows(parse_host("10.2.0.1")) and not allow.allows(parse_host("localhost.evil"))
+    assert HostAllowlist(lambda handler, host: host == "x").allows("x")
+
+
+def test_strip_token_query_keeps_other_bytes():
+    assert strip_token_query("a=%20&token=s&b=1+2&%74oken=t") == "a=%20&b=1+2"
+    assert strip_token_query("tokenx=1") == "tokenx=1"
+
+
+def test_tcp_owner_from_proc():
+    srv = socket.create_server(("127.0.0.1", 0))
+    cli = socket.create_connection(srv.getsockname())
+    conn, _ = srv.accept()
+    assert tcp_peer_uid(cli) == os.getuid()
+    for s in (conn, cli, srv):
+        s.close()
+
+
+def test_named_args_and_templates():
+    assert call_with_named_args(lambda port: port + 1, {"port": 1, "base_url": "/"}) == 2
+    with pytest.raises(TypeError):
+        call_with_named_args(lambda nope: nope, {"port": 1})
+    args = {"port": 5, "unix_socket": "/s", "base_url": "/b/"}
+    assert render(["--p={port}", "{base_url}x"], args) == ["--p=5", "/b/x"]
+    assert render(lambda unix_socket: {"S": "{port}" + unix_socket}, args) == {"S": "5/s"}
+
+
+def test_spec_validation():
+    with pytest.raises(SpecError, match="isolate_network needs unix_socket"):
+        make_spec("a", {"command": ["x"], "isolate_network": True})
+    with pytest.raises(SpecError, match="not allowed"):
+        make_spec("proxy", {"command": ["x"]})
+    with pytest.raises(SpecError, match="restart must be"):
+        make_spec("a", {"command": ["x"], "restart": "sometimes"})
+    spec = make_spec("a", {"port": 8000, "ready_check": {"path": "/h", "status": [200, 204]}})
+    assert not spec.managed and spec.ready_http() == ("/h", frozenset({200, 204}))
+
+
+def test_log_tail_keeps_last_bytes():
+    tail = LogTail(10)
+    tail.write(b"0123456789")
+    tail.write(b"abc")
+    assert tail.text() == "3456789abc"
