@@ -10,6 +10,8 @@ Rules (they are the point of this class):
   server. Failures back off exponentially (with jitter) up to ``max_backoff``.
 - A job missing from an answer is asked about once more through
   :meth:`Backend.confirm_ended` before it is reported DONE.
+- DONE is final: a job reported DONE leaves the batch (later queries do not name it)
+  and :meth:`StatusCache.get` keeps answering DONE for it without a query.
 """
 
 from __future__ import annotations
@@ -31,13 +33,15 @@ class StatusCache:
         interval: float,
         *,
         query_timeout: float = 30.0,
-        max_backoff: float = 300.0,
+        max_backoff: float | None = None,
         clock: Callable[[], float] | None = None,
     ):
         self.backend = backend
         self.interval = interval
         self.query_timeout = query_timeout
-        self.max_backoff = max_backoff
+        # a scheduler that is back should be noticed within about a minute, whatever
+        # the interval: long backoffs leave servers UNKNOWN (and spawns waiting) for long
+        self.max_backoff = max_backoff if max_backoff is not None else max(60.0, 6 * interval)
         self._clock = clock or (lambda: asyncio.get_running_loop().time())
         self._watched: dict[str, JobHandle] = {}
         self._statuses: dict[str, JobStatus] = {}
@@ -51,6 +55,13 @@ class StatusCache:
         self._lock = asyncio.Lock()
 
     def watch(self, handle: JobHandle) -> None:
+        """Include ``handle`` in every query from now on (a new job: call at submit).
+
+        A final answer kept for the same id (a recycled PID) is dropped.
+        """
+        known = self._statuses.get(handle.job_id)
+        if known is not None and known.state is JobState.DONE:
+            del self._statuses[handle.job_id]
         self._watched[handle.job_id] = handle
 
     def forget(self, job_id: str) -> None:
@@ -64,7 +75,11 @@ class StatusCache:
         """The status of ``handle`` no older than ``max_age`` (default: the interval).
 
         During a failure backoff the last answer (UNKNOWN) is returned without a query.
+        A job already reported DONE is answered from memory.
         """
+        known = self._statuses.get(handle.job_id)
+        if known is not None and known.state is JobState.DONE:
+            return known
         self.watch(handle)
         max_age = self.interval if max_age is None else max_age
         if handle.job_id not in self._statuses or not self._fresh(max_age):
@@ -103,7 +118,11 @@ class StatusCache:
             # jitter keeps many hubs (or a restarted hub) from querying in lockstep
             self._not_before = self._clock() + self.interval * random.uniform(0.0, 0.1)
             for h in handles:
-                self._statuses[h.job_id] = answer.get(h.job_id, JobStatus(JobState.DONE))
+                status = answer.get(h.job_id, JobStatus(JobState.DONE))
+                self._statuses[h.job_id] = status
+                if status.state is JobState.DONE:
+                    # final: no later query needs to name it (forget() drops the answer)
+                    self._watched.pop(h.job_id, None)
         self._refreshed_at = self._clock()
 
     async def _query(self, handles: list[JobHandle], confirm: bool = False) -> dict[str, JobStatus]:

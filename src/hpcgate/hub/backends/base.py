@@ -45,6 +45,10 @@ class JobStatus:
     #: Node the job runs on, once known.
     node: str | None = None
     exit_code: int | None = None
+    #: Set on a PENDING job that can never start by waiting (the request does not fit
+    #: the partition, a hold nobody releases): a sentence for the user. The spawner
+    #: cancels such a job and fails the spawn with it.
+    stuck: str = ""
 
 
 class StatusUnavailable(RuntimeError):
