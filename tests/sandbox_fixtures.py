@@ -4,9 +4,10 @@ Integration tests build their cluster only through :mod:`hpcgate.sandbox` and ge
 from here. The fixture yields a :class:`hpcgate.sandbox.Sandbox` (``sandbox.info`` is a
 :class:`hpcgate.sandbox.SandboxInfo`: addresses, accounts, keys, catalog path, venv).
 
-If the sandbox was already up when the session started, it is left up at the end;
-otherwise the session removes it again (set ``HPCGATE_SANDBOX_KEEP=1`` to keep it, e.g.
-to look around after a failure). Without root, or without the Debian packages, the
+Several pytest sessions may use it at once (:meth:`Sandbox.hold`/:meth:`Sandbox.release`):
+the last session out removes the sandbox if a test session brought it up; a sandbox
+started with ``hpcgate sandbox up`` stays up. Set ``HPCGATE_SANDBOX_KEEP=1`` to keep it,
+e.g. to look around after a failure. Without root, or without the Debian packages, the
 tests that use it are skipped with the reason.
 """
 
@@ -47,8 +48,6 @@ def sandbox():
     if why:
         pytest.skip(why)
     cluster = Sandbox()
-    was_up = cluster.is_up()
-    cluster.up()
+    cluster.hold()
     yield cluster
-    if not was_up and os.environ.get("HPCGATE_SANDBOX_KEEP") != "1":
-        cluster.down()
+    cluster.release(keep=os.environ.get("HPCGATE_SANDBOX_KEEP") == "1")

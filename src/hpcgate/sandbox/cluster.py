@@ -33,7 +33,7 @@ from . import jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
-from .proc import SandboxError, kill_pids, pids_of_users, run, wait_until
+from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run, wait_until
 
 RUNUSER = "/usr/sbin/runuser"
 #: Short names accepted wherever a namespace is expected.
@@ -279,11 +279,17 @@ class Sandbox:
 
     @property
     def info(self) -> SandboxInfo:
-        """Info of the running sandbox (as of the last ``up``, PIDs refreshed)."""
+        """Info of the running sandbox, PIDs as of now (a daemon a test stopped is absent).
+
+        Raises :class:`SandboxError` when the sandbox network is not up.
+        """
+        pids = {d: p for d, p in self.daemon_pids().items() if p}
+        if self._info is not None and self._info.pids == pids:
+            return self._info  # cheap path: same daemons as last time
         if not self._network_complete():
             raise SandboxError("the sandbox is not up; run `hpcgate sandbox up`")
-        pids = {d: p for d, p in self.daemon_pids().items() if p}
-        return self._make_info(pids, self._read_state().get("timings", {}))
+        self._info = self._make_info(pids, self._read_state().get("timings", {}))
+        return self._info
 
     def status(self) -> dict[str, Any]:
         """What runs and where things are, as JSON-able data (``hpcgate sandbox status``)."""
@@ -380,6 +386,52 @@ class Sandbox:
         if wait_idle:
             slurm.wait_idle(self.layout)
         return pid
+
+    # --- sharing between test sessions ---------------------------------------------
+
+    def hold(self) -> SandboxInfo:
+        """Bring the sandbox up (if needed) and register this process as a user of it.
+
+        Test sessions call this instead of :meth:`up` and :meth:`release` at the end, so
+        that several sessions at once share one sandbox and the last one out removes it
+        -- but only if a test session brought it up (a sandbox started with
+        ``hpcgate sandbox up`` stays up).
+        """
+        require_root()
+        lay = self.layout
+        was_up = self.is_up()
+        info = self.up()
+        with self._lock():
+            if not was_up:
+                lay.test_owned_marker.touch()
+            lay.holders_dir.mkdir(parents=True, exist_ok=True)
+            (lay.holders_dir / str(os.getpid())).touch()
+        return info
+
+    def other_holders(self) -> list[int]:
+        """PIDs of other live processes that hold the sandbox (stale entries removed)."""
+        found = []
+        for entry in self.layout.holders_dir.glob("*"):
+            pid = int(entry.name) if entry.name.isdigit() else 0
+            if pid == os.getpid():
+                continue
+            if pid and pid_alive(pid):
+                found.append(pid)
+            else:
+                entry.unlink(missing_ok=True)
+        return found
+
+    def release(self, keep: bool = False) -> bool:
+        """Unregister this process; remove the sandbox if it was the last holder, a test
+        session brought the sandbox up, and not ``keep``. True when it was removed."""
+        require_root()
+        lay = self.layout
+        with self._lock():
+            (lay.holders_dir / str(os.getpid())).unlink(missing_ok=True)
+            if keep or self.other_holders() or not lay.test_owned_marker.exists():
+                return False
+            self._down_locked()
+            return True
 
     def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, str]:
         """Wait until Slurm job ``job_id`` ended; return ``scontrol show job`` fields."""

@@ -75,6 +75,16 @@ class Layout:
         return self.run_dir.with_name(self.run_dir.name + ".lock")
 
     @property
+    def holders_dir(self) -> Path:
+        """One file per process (PID) that uses the sandbox (test sessions)."""
+        return self.run_dir.with_name(self.run_dir.name + ".holders")
+
+    @property
+    def test_owned_marker(self) -> Path:
+        """Present while the running sandbox was brought up by a test session."""
+        return self.run_dir / "up-by-tests"
+
+    @property
     def keys_dir(self) -> Path:
         return self.state_dir / "keys"
 
