@@ -85,6 +85,11 @@ class _UpstreamWebSocket(WebSocketClientConnection):
         with contextlib.suppress(WebSocketClosedError):
             self._handler.ping(data)
 
+    def _on_message(self, message: None | str | bytes) -> Any:
+        # Hand each app message straight to the browser side. tornado awaits the
+        # returned coroutine before it reads the next frame: backpressure without a queue.
+        return asyncio.ensure_future(self._handler.forward_down(message))
+
 
 class ProxyError(web.HTTPError):
     """An error answered with a fixed, plain-text message."""
@@ -109,6 +114,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self._pump: asyncio.Task[None] | None = None
         self._last_touch = 0.0
         self._client_gone = False
+        self._ws_open = asyncio.Event()
 
     # ------------------------------------------------------------ auth and errors
 
@@ -568,25 +574,25 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
 
     def open(self, *args: Any, **kwargs: Any) -> None:
         self.set_nodelay(True)
-        coro = self._pump_raw() if self.raw_conn is not None else self._pump_ws()
-        self._pump = asyncio.ensure_future(coro)
+        self._ws_open.set()
+        if self.raw_conn is not None:
+            self._pump = asyncio.ensure_future(self._pump_raw())
 
-    async def _pump_ws(self) -> None:
-        """App to browser, one message at a time, each write awaited."""
+    async def forward_down(self, msg: None | str | bytes) -> None:
+        """One app message (``None``: the app closed) to the browser, write awaited."""
+        await self._ws_open.wait()  # the browser handshake may still be finishing
         up = self.ws_upstream
-        assert up is not None
-        while True:
-            msg = await up.read_message()
-            if msg is None:
-                code = up.close_code
-                self.close(code if code not in (None, 1005, 1006) else None, up.close_reason if code else None)
-                return
-            try:
-                await self.write_message(msg, binary=isinstance(msg, bytes))
-            except WebSocketClosedError:
+        if msg is None:
+            code = up.close_code if up is not None else None
+            self.close(code if code not in (None, 1005, 1006) else None, up.close_reason if code and up else None)
+            return
+        try:
+            await self.write_message(msg, binary=isinstance(msg, bytes))
+        except WebSocketClosedError:
+            if up is not None:
                 up.close()
-                return
-            self._touch()
+            return
+        self._touch()
 
     async def _pump_raw(self) -> None:
         conn = self.raw_conn
@@ -621,6 +627,11 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         if self.ws_upstream is not None:
             with contextlib.suppress(WebSocketClosedError):
                 self.ws_upstream.ping(data)
+
+    def on_finish(self) -> None:
+        # The browser handshake was refused after the app's succeeded: let the app go.
+        if self.ws_upstream is not None and self.get_status() != 101:
+            self.ws_upstream.close()
 
     def on_close(self) -> None:
         self._client_gone = True
