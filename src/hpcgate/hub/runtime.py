@@ -10,14 +10,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from traitlets import Float, Unicode, default
+from traitlets import Float, Integer, Unicode, default
 from traitlets.config import SingletonConfigurable
 
 from ..catalog import Catalog, CatalogStore, System
+from .accounts import AccountResolver
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .paths import private_dir
+from .remote import SSHPool
 from .status import StatusCache
+from .tunnels import TunnelManager
 
 
 class HPCGate(SingletonConfigurable):
@@ -53,10 +56,21 @@ class HPCGate(SingletonConfigurable):
         help="Hub API URL as seen from the hub host (set from the spawner's environment).",
     ).tag(config=True)
 
+    ssh_max_sessions = Integer(
+        8,
+        help="""Commands run at once on one pooled SSH connection (status queries, starts,
+        stops); more wait. Keep it below the hosts' sshd MaxSessions (10 by default).""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._store: CatalogStore | None = None
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
+        self._accounts: dict[str, AccountResolver] = {}
+        #: SSH connections of every system's backend, one per (host, login).
+        self.ssh_pool = SSHPool(self.ssh_max_sessions)
+        #: The tunnels of every system, one SSH connection per jump host.
+        self.tunnels = TunnelManager(parent=self, state_dir=self.state_dir)
 
     @property
     def store(self) -> CatalogStore:
@@ -79,10 +93,14 @@ class HPCGate(SingletonConfigurable):
         if entry is None or entry[0] != system:
             # a changed system definition gets a new backend; servers started on the old
             # one are still answered by the handle they stored, not by backend state
-            backend = backend_class(system.kind)(
+            cls = backend_class(system.kind)
+            # backends that run commands over SSH share the hub's connection pool
+            extra = {"pool": self.ssh_pool} if getattr(cls, "uses_ssh_pool", False) else {}
+            backend = cls(
                 system_name,
                 system,
                 BackendContext(state_dir=str(Path(self.state_dir)), hub_api_url=self.hub_api_url),
+                **extra,
             )
             cache = StatusCache(backend, system.status_interval)
             if entry is not None:
@@ -97,3 +115,15 @@ class HPCGate(SingletonConfigurable):
 
     def status_cache(self, system_name: str) -> StatusCache:
         return self._entry(system_name)[2]
+
+    def accounts(self, system_name: str) -> AccountResolver:
+        """The account resolver of a system (re-built when its ``accounts:`` change)."""
+        system = self._entry(system_name)[0]
+        resolver = self._accounts.get(system_name)
+        if resolver is None or resolver.mapping != system.accounts:
+            resolver = self._accounts[system_name] = AccountResolver(system_name, system.accounts)
+        return resolver
+
+    def system(self, system_name: str) -> System:
+        """The system's definition (the last known one if it left the catalog)."""
+        return self._entry(system_name)[0]

@@ -1,0 +1,558 @@
+"""TunnelManager: one supervised SSH connection per system, carrying every forward.
+
+For each catalog system whose servers need a tunnel, the manager keeps one asyncssh
+connection to the system's jump host, logged in as the tunnel account. On it:
+
+- a local forward per server: ``127.0.0.1:<local port>`` on the hub host, through the
+  jump host, to the server's ``node:port``. JupyterHub routes the user's URL to the
+  local port.
+- at most one remote forward (``hub_api_forward``): a port on the jump host leading to
+  the hub API, for jobs that cannot reach the hub otherwise. Jobs get its URL as
+  ``JUPYTERHUB_API_URL``.
+
+Unlike ``ssh -L`` (and asyncssh's own ``forward_local_port``), the hub owns the local
+listening sockets: they stay bound while the SSH connection is re-opened, so a forward
+keeps its local port through any number of reconnects and no other process can take
+the port in between. A client connecting while the SSH connection is down waits up to
+``reconnect_wait`` seconds for it.
+
+Supervision: keepalive (the catalog's ``ssh.keepalive_interval``) detects a dead peer;
+a lost connection is re-opened with exponential backoff and jitter; the remote forward
+is requested again on the same jump-host port (kept in ``<state_dir>/tunnels.json``, so
+running servers keep their hub API address across hub restarts too).
+
+Contract of the public coroutines: they raise :class:`TunnelError` with a sentence that
+names the jump host and the cause; nothing else escapes for a connection problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse, urlunparse
+
+import asyncssh
+from traitlets import Float, Unicode
+from traitlets.config import LoggingConfigurable
+
+from ..catalog import System
+from .remote import RemoteError, SSHTarget, SystemRemote, _why, connect
+
+log = logging.getLogger("hpcgate.tunnels")
+
+
+class TunnelError(RuntimeError):
+    """A tunnel could not be opened; the message names the jump host and the cause."""
+
+
+# --- the data path: one local TCP connection <-> one SSH direct-tcpip channel ---------
+
+
+class _LocalSide(asyncio.Protocol):
+    """A client's connection to a forward's local port."""
+
+    def __init__(self, forward: _Forward):
+        self.forward = forward
+        self.transport: asyncio.Transport | None = None
+        self.chan: asyncssh.SSHTCPChannel | None = None
+        self.opener: asyncio.Task | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        # nothing may be read before the channel exists: data would have nowhere to go
+        self.transport.pause_reading()
+        self.forward.clients.add(self)
+        self.opener = asyncio.ensure_future(self._open())
+
+    async def _open(self) -> None:
+        assert self.transport is not None
+        tunnel, fwd = self.forward.tunnel, self.forward
+        try:
+            conn = await tunnel.wait_connected(tunnel.manager.reconnect_wait, fresh_try=False)
+            self.chan, _ = await conn.create_connection(
+                lambda: _ChannelSide(self), fwd.dest_host, fwd.dest_port
+            )
+        except (TunnelError, asyncssh.Error, OSError) as exc:
+            log.info(
+                "Closing a client of %s -> %s:%s: %s",
+                fwd.local_port, fwd.dest_host, fwd.dest_port, _why(exc) if not isinstance(exc, TunnelError) else exc,
+            )
+            self.transport.close()
+            return
+        if self.transport.is_closing():
+            self.chan.close()
+            return
+        self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        if self.chan is not None:
+            self.chan.write(data)
+
+    def eof_received(self) -> bool:
+        if self.chan is not None:
+            self.chan.write_eof()
+        return True  # half-close: the answer may still come
+
+    def pause_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.chan is not None:
+            self.chan.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.forward.clients.discard(self)
+        if self.chan is not None:
+            self.chan.close()
+        elif self.opener is not None:
+            self.opener.cancel()
+
+
+class _ChannelSide(asyncssh.SSHTCPSession):
+    """The SSH channel of one client connection."""
+
+    def __init__(self, local: _LocalSide):
+        self.local = local
+
+    def data_received(self, data: bytes, datatype: Any) -> None:
+        assert self.local.transport is not None
+        self.local.transport.write(data)
+
+    def eof_received(self) -> bool:
+        transport = self.local.transport
+        if transport is not None and transport.can_write_eof():
+            transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        if self.local.transport is not None:
+            self.local.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.local.transport is not None:
+            self.local.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.local.transport is not None:
+            self.local.transport.close()
+
+
+@dataclass
+class _Forward:
+    tunnel: SystemTunnel
+    key: str
+    dest_host: str
+    dest_port: int
+    local_port: int
+    server: asyncio.AbstractServer | None = None
+    clients: set[_LocalSide] = field(default_factory=set)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for client in list(self.clients):
+            if client.transport is not None:
+                client.transport.close()
+        if self.server is not None:
+            await self.server.wait_closed()
+
+
+# --- one system --------------------------------------------------------------------------
+
+
+class SystemTunnel:
+    """The jump-host connection of one system and the forwards it carries."""
+
+    def __init__(self, manager: TunnelManager, name: str, system: System, target: SSHTarget):
+        self.manager = manager
+        self.name = name
+        self.system = system
+        self.target = target
+        self.conn: asyncssh.SSHClientConnection | None = None
+        self.forwards: dict[str, _Forward] = {}
+        self.last_error = ""
+        #: connection attempts so far (successful or not); for fresh-try waits and tests
+        self.attempts = 0
+        self.connects = 0
+        self.hub_api: tuple[str, int] | None = None  # (dest host, dest port) on the hub
+        self.hub_api_port: int | None = None  # listening port on the jump host
+        self._remote_listener: asyncssh.SSHListener | None = None
+        self._supervisor: asyncio.Task | None = None
+        self._changed = asyncio.Condition()
+        self._closing = False
+        # Every change of conn, forwards and the remote listener happens under this
+        # lock: a reconnect re-creating the remote forward must not interleave with a
+        # spawner adding or removing a forward, or a forward could be lost or doubled.
+        self._lock = asyncio.Lock()
+
+    @property
+    def where(self) -> str:
+        return self.target.where
+
+    def start(self) -> None:
+        if self._supervisor is None or self._supervisor.done():
+            self._supervisor = asyncio.ensure_future(self._supervise())
+
+    @property
+    def connected(self) -> bool:
+        return self.conn is not None and not self.conn.is_closed()
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
+    async def wait_connected(self, timeout: float, fresh_try: bool = True) -> asyncssh.SSHClientConnection:
+        """The live connection, waiting up to ``timeout`` s.
+
+        With ``fresh_try``, give up as soon as one connection attempt that began after
+        this call has failed: a spawn should not wait for a host that refuses us.
+        """
+        self.start()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        attempts_before = self.attempts
+        async with self._changed:
+            while True:
+                if self.connected:
+                    return self.conn  # type: ignore[return-value]
+                if fresh_try and self.attempts > attempts_before:
+                    raise TunnelError(f"Cannot open the tunnel connection: {self.last_error}")
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise TunnelError(
+                        f"The tunnel connection to {self.where} is not up after {timeout:.0f} s"
+                        + (f" ({self.last_error})" if self.last_error else "")
+                    )
+                try:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+                except TimeoutError:
+                    pass
+
+    async def _supervise(self) -> None:
+        """Connect, restore the remote forward, wait for loss, reconnect with backoff."""
+        manager = self.manager
+        failures = 0
+        while not self._closing:
+            try:
+                conn = await connect(self.target)
+            except RemoteError as exc:
+                self.attempts += 1
+                failures += 1
+                self.last_error = str(exc)
+                delay = min(manager.reconnect_min_delay * 2 ** (failures - 1), manager.reconnect_max_delay)
+                delay *= random.uniform(0.8, 1.2)
+                log.warning("Tunnel of %s: %s; next try in %.1f s", self.name, exc, delay)
+                await self._notify()
+                await asyncio.sleep(delay)
+                continue
+            async with self._lock:
+                if self._closing:
+                    conn.close()
+                    break
+                self.conn = conn
+                self.attempts += 1
+                self.connects += 1
+                self.last_error = ""
+                if self.hub_api is not None:
+                    await self._open_remote_forward()
+            failures = 0
+            log.info("Tunnel of %s connected to %s (connection %d)", self.name, self.where, self.connects)
+            await self._notify()
+            await conn.wait_closed()
+            async with self._lock:
+                self.conn = None
+                self._remote_listener = None
+            if not self._closing:
+                self.last_error = f"lost the connection to {self.where}"
+                log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
+            await self._notify()
+
+    # --- hub API remote forward -------------------------------------------------------
+
+    async def _open_remote_forward(self) -> None:
+        """Request the hub API forward on the live connection (caller holds the lock)."""
+        assert self.conn is not None and self.hub_api is not None
+        ssh = self.system.ssh
+        assert ssh is not None
+        port = self.hub_api_port or ssh.hub_api_port or self.manager.saved_port(self.name)
+        try:
+            listener = await self.conn.forward_remote_port(ssh.hub_api_bind, port, *self.hub_api)
+        except asyncssh.Error as exc:
+            self.last_error = (
+                f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
+            )
+            log.error("Tunnel of %s: %s", self.name, self.last_error)
+            return
+        self._remote_listener = listener
+        self.hub_api_port = listener.get_port()
+        self.manager.save_port(self.name, self.hub_api_port)
+
+    async def hub_api_address(self, hub_api_url: str, timeout: float) -> tuple[str, int]:
+        """(host, port) by which jobs reach the hub API through the jump host."""
+        parsed = urlparse(hub_api_url)
+        dest = (parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80))
+        await self.wait_connected(timeout)
+        async with self._lock:
+            if self.hub_api != dest:
+                self.hub_api = dest
+                if self._remote_listener is not None:
+                    self._remote_listener.close()
+                    self._remote_listener = None
+            if self._remote_listener is None and self.connected:
+                await self._open_remote_forward()
+            if self._remote_listener is None:
+                raise TunnelError(f"Cannot open the hub API forward: {self.last_error}")
+        return self._jobs_host(), self.hub_api_port  # type: ignore[return-value]
+
+    def _jobs_host(self) -> str:
+        ssh = self.system.ssh
+        assert ssh is not None
+        if ssh.hub_api_host:
+            return ssh.hub_api_host
+        if ssh.hub_api_bind in ("localhost", "127.0.0.1"):
+            return "127.0.0.1"
+        if ssh.hub_api_bind and ssh.hub_api_bind not in ("0.0.0.0", "*", "::"):
+            return ssh.hub_api_bind
+        return self.target.host
+
+    # --- local forwards ----------------------------------------------------------------
+
+    async def add_forward(
+        self, key: str, dest_host: str, dest_port: int, local_port: int = 0, *, timeout: float, probe: bool = True
+    ) -> int:
+        """Forward ``127.0.0.1:<local port>`` to ``dest_host:dest_port``; returns the port.
+
+        ``local_port`` 0 picks a free port. With ``probe``, waits until the destination
+        accepts a connection through the jump host (a lab that is still starting), up to
+        ``timeout`` s. An existing forward of ``key`` to the same destination is kept.
+        """
+        async with self._lock:
+            existing = self.forwards.get(key)
+            if existing is not None and (existing.dest_host, existing.dest_port) == (dest_host, dest_port):
+                return existing.local_port
+            if existing is not None:
+                await existing.close()
+                del self.forwards[key]
+            forward = _Forward(self, key, dest_host, dest_port, local_port)
+            loop = asyncio.get_running_loop()
+            try:
+                forward.server = await loop.create_server(
+                    lambda: _LocalSide(forward), "127.0.0.1", local_port, reuse_address=True
+                )
+            except OSError as exc:
+                raise TunnelError(
+                    f"Cannot listen on 127.0.0.1:{local_port} for the tunnel to {dest_host}:{dest_port}: {_why(exc)}"
+                ) from exc
+            forward.local_port = forward.server.sockets[0].getsockname()[1]
+            self.forwards[key] = forward
+        self.start()
+        if probe:
+            try:
+                await self._probe(dest_host, dest_port, timeout)
+            except TunnelError:
+                await self.remove_forward(key)
+                raise
+        return forward.local_port
+
+    async def _probe(self, dest_host: str, dest_port: int, timeout: float) -> None:
+        """Wait until ``dest_host:dest_port`` accepts a channel through the jump host."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = ""
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                conn = await self.wait_connected(max(remaining, 0.1))
+                reader, writer = await asyncio.wait_for(
+                    conn.open_connection(dest_host, dest_port), max(remaining, 0.1)
+                )
+            except TunnelError as exc:
+                last = str(exc)
+            except TimeoutError:
+                last = "no answer"
+            except (asyncssh.Error, OSError) as exc:
+                last = _why(exc)
+            else:
+                writer.close()
+                return
+            if loop.time() >= deadline:
+                raise TunnelError(
+                    f"Cannot open a tunnel through {self.target.host} to {dest_host}:{dest_port} "
+                    f"within {timeout:.0f} s: {last}"
+                )
+            await asyncio.sleep(min(self.manager.probe_interval, max(deadline - loop.time(), 0)))
+
+    async def remove_forward(self, key: str) -> None:
+        async with self._lock:
+            forward = self.forwards.pop(key, None)
+            if forward is not None:
+                await forward.close()
+
+    def healthy(self, key: str) -> bool:
+        return key in self.forwards and self.connected
+
+    async def close(self) -> None:
+        async with self._lock:
+            self._closing = True
+            forwards, self.forwards = list(self.forwards.values()), {}
+            conn = self.conn
+        for forward in forwards:
+            await forward.close()
+        if self._supervisor is not None:
+            self._supervisor.cancel()
+        if conn is not None:
+            conn.close()
+            await conn.wait_closed()
+
+
+# --- the manager -----------------------------------------------------------------------
+
+
+class TunnelManager(LoggingConfigurable):
+    """All tunnels of the hub: one :class:`SystemTunnel` per system. Owned by HPCGate."""
+
+    state_dir = Unicode(
+        "",
+        help="""Directory where the manager keeps the jump-host port of each system's hub
+        API forward (tunnels.json), so that it survives a hub restart. Set by HPCGate.""",
+    )
+
+    reconnect_min_delay = Float(
+        0.5,
+        help="""Seconds before the first reconnect after a tunnel connection failed or
+        dropped; doubles with each failure (with +-20% jitter) up to reconnect_max_delay.""",
+    ).tag(config=True)
+
+    reconnect_max_delay = Float(
+        15.0,
+        help="Upper bound, in seconds, of the wait between two reconnect attempts.",
+    ).tag(config=True)
+
+    reconnect_wait = Float(
+        20.0,
+        help="""Seconds a client connecting to a forward's local port waits for the SSH
+        connection to come back while it is being re-opened, before its connection is
+        closed.""",
+    ).tag(config=True)
+
+    connect_wait = Float(
+        60.0,
+        help="""Seconds a spawn waits for the tunnel connection of its system. A spawn
+        gives up earlier, with the reason, as soon as one fresh connection attempt has
+        failed.""",
+    ).tag(config=True)
+
+    probe_interval = Float(
+        0.5,
+        help="""Seconds between attempts to reach a new server through its tunnel while
+        the server is still starting to listen.""",
+    ).tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._tunnels: dict[str, SystemTunnel] = {}
+        self._ports: dict[str, int] | None = None
+
+    # --- persisted hub API ports --------------------------------------------------------
+
+    def _ports_file(self) -> Path | None:
+        return Path(self.state_dir) / "tunnels.json" if self.state_dir else None
+
+    def saved_port(self, system_name: str) -> int:
+        if self._ports is None:
+            path = self._ports_file()
+            try:
+                data = json.loads(path.read_text()) if path else {}
+            except (OSError, ValueError):
+                data = {}
+            self._ports = {k: v for k, v in data.items() if isinstance(v, int)} if isinstance(data, dict) else {}
+        return self._ports.get(system_name, 0)
+
+    def save_port(self, system_name: str, port: int) -> None:
+        self.saved_port(system_name)
+        assert self._ports is not None
+        if self._ports.get(system_name) == port:
+            return
+        self._ports[system_name] = port
+        path = self._ports_file()
+        if path is not None:
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._ports, f)
+            os.replace(tmp, path)
+
+    # --- per system ---------------------------------------------------------------------
+
+    def tunnel(self, system_name: str, system: System) -> SystemTunnel:
+        """The tunnel of a system (created, not yet connected, on first use)."""
+        tunnel = self._tunnels.get(system_name)
+        if tunnel is None:
+            host = system.tunnel_host
+            if host is None or system.ssh is None:
+                raise TunnelError(f"System {system_name} has no jump host or ssh section; it needs no tunnel.")
+            try:
+                # the tunnel has its own connection: no pool needed to compute its login
+                remote = SystemRemote(system_name, system, pool=None, template_values={"state_dir": self.state_dir})  # type: ignore[arg-type]
+                target = remote.tunnel_target(host)
+            except RemoteError as exc:
+                raise TunnelError(str(exc)) from exc
+            tunnel = self._tunnels[system_name] = SystemTunnel(self, system_name, system, target)
+        return tunnel
+
+    def get(self, system_name: str) -> SystemTunnel | None:
+        return self._tunnels.get(system_name)
+
+    async def hub_api_url(self, system_name: str, system: System, hub_api_url: str) -> str:
+        """``hub_api_url`` rewritten to the jump-host address of the system's hub API forward."""
+        host, port = await self.tunnel(system_name, system).hub_api_address(hub_api_url, self.connect_wait)
+        parsed = urlparse(hub_api_url)
+        netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return urlunparse(parsed._replace(netloc=netloc))
+
+    async def open_forward(
+        self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, *, timeout: float
+    ) -> int:
+        """Open (and probe) a forward for a new server; returns the local port."""
+        tunnel = self.tunnel(system_name, system)
+        try:
+            return await tunnel.add_forward(key, dest_host, dest_port, timeout=timeout)
+        except TunnelError:
+            raise
+        except asyncssh.Error as exc:
+            raise TunnelError(f"Cannot open a tunnel through {tunnel.target.host}: {_why(exc)}") from exc
+
+    async def restore_forward(
+        self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, local_port: int
+    ) -> int:
+        """Re-create a forward from spawner state on the SAME local port (hub restart).
+
+        Does not wait for the connection: clients wait for it (``reconnect_wait``).
+        """
+        tunnel = self.tunnel(system_name, system)
+        return await tunnel.add_forward(key, dest_host, dest_port, local_port, timeout=0, probe=False)
+
+    def has_forward(self, system_name: str, key: str) -> bool:
+        tunnel = self._tunnels.get(system_name)
+        return tunnel is not None and key in tunnel.forwards
+
+    def healthy(self, system_name: str, key: str) -> bool:
+        tunnel = self._tunnels.get(system_name)
+        return tunnel is not None and tunnel.healthy(key)
+
+    async def close_forward(self, system_name: str, key: str) -> None:
+        tunnel = self._tunnels.get(system_name)
+        if tunnel is not None:
+            await tunnel.remove_forward(key)
+
+    async def close(self) -> None:
+        tunnels, self._tunnels = list(self._tunnels.values()), {}
+        for tunnel in tunnels:
+            await tunnel.close()

@@ -1,0 +1,167 @@
+"""TunnelManager against a real sshd on loopback: forwards, hub API forward, reconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import pytest
+
+from hpcgate.catalog import System
+from hpcgate.hub.backends.base import BackendContext
+from hpcgate.hub.backends.ssh import SSHBackend
+from hpcgate.hub.remote import SSHPool
+from hpcgate.hub.tunnels import TunnelError, TunnelManager
+from sshd import USERS, free_port
+from test_ssh_backend import make_backend, spec_for
+
+
+async def http_get(port: int, path: str = "/", timeout: float = 10) -> bytes:
+    """GET through a local port with a fresh TCP connection; returns the body."""
+    reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout)
+    writer.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+    await writer.drain()
+    data = await asyncio.wait_for(reader.read(), timeout)
+    writer.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head[:200]
+    return body
+
+
+@pytest.fixture
+async def lab(sshd, tmp_path):
+    """A stand-in lab of USERS[0] started through the ssh backend: (host, port)."""
+    backend, catalog = make_backend(sshd, tmp_path, ssh={"connection_file": True})
+    handle = await backend.submit(spec_for(catalog, USERS[0]))
+    for _ in range(100):
+        found = await backend.read_connection_file(handle)
+        if found:
+            break
+        await asyncio.sleep(0.1)
+    else:
+        raise AssertionError(await backend.log_tail(handle))
+    yield found
+    await backend.cancel(handle)
+    await backend.close()
+
+
+def manager_for(tmp_path) -> TunnelManager:
+    return TunnelManager(state_dir=str(tmp_path), reconnect_min_delay=0.2, reconnect_max_delay=1.0, reconnect_wait=15)
+
+
+async def test_forward_survives_a_jump_host_restart_on_the_same_port(sshd, lab, tmp_path):
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        tunnel = manager.get("login")
+        assert tunnel.connects == 1 and manager.healthy("login", "ann/")
+
+        sshd.kill()
+        for _ in range(100):
+            if not tunnel.connected:
+                break
+            await asyncio.sleep(0.05)
+        assert not manager.healthy("login", "ann/")
+        # while the jump host is down the local port stays ours; a client waits for it
+        pending = asyncio.ensure_future(http_get(local, timeout=20))
+        await asyncio.sleep(1.0)
+        sshd.start()
+        assert json.loads(await pending)["user"] == USERS[0]
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        assert tunnel.connects == 2 and manager.healthy("login", "ann/")
+    finally:
+        await manager.close()
+
+
+async def test_many_forwards_share_one_connection(sshd, lab, tmp_path):
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    try:
+        ports = [await manager.open_forward("login", system, f"u{i}/", *lab, timeout=10) for i in range(20)]
+        assert len(set(ports)) == 20
+        bodies = await asyncio.gather(*(http_get(p) for p in ports))
+        assert all(json.loads(b)["user"] == USERS[0] for b in bodies)
+        assert manager.get("login").connects == 1
+        # the same key and destination keep their port; closing frees it
+        assert await manager.open_forward("login", system, "u0/", *lab, timeout=10) == ports[0]
+        await manager.close_forward("login", "u0/")
+        with pytest.raises(OSError):
+            await http_get(ports[0], timeout=2)
+    finally:
+        await manager.close()
+
+
+async def test_restore_after_hub_restart_uses_the_stored_port(sshd, lab, tmp_path):
+    system = System.model_validate(sshd.system_data())
+    first = manager_for(tmp_path)
+    local = await first.open_forward("login", system, "ann/", *lab, timeout=10)
+    await first.close()
+    # a new hub process: same state, forward re-created on the port JupyterHub routes to
+    second = manager_for(tmp_path)
+    try:
+        assert await second.restore_forward("login", system, "ann/", *lab, local) == local
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+    finally:
+        await second.close()
+
+
+async def test_a_forward_that_cannot_open_fails_with_a_sentence(sshd, tmp_path):
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    closed = free_port()
+    try:
+        with pytest.raises(TunnelError, match=rf"Cannot open a tunnel through 127\.0\.0\.1 to 127\.0\.0\.1:{closed} within 2 s"):
+            await manager.open_forward("login", system, "x/", "127.0.0.1", closed, timeout=2)
+        assert not manager.has_forward("login", "x/")
+    finally:
+        await manager.close()
+
+    down = System.model_validate(sshd.system_data(ssh={"port": closed}))
+    manager = manager_for(tmp_path)
+    try:
+        with pytest.raises(TunnelError, match=rf"cannot reach 127\.0\.0\.1:{closed}: connection refused"):
+            await manager.hub_api_url("down", down, "http://127.0.0.1:8081/hub/api")
+    finally:
+        await manager.close()
+
+
+async def test_hub_api_forward_reaches_the_hub_and_survives_reconnects(sshd, tmp_path):
+    async def hub(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Length: 6\r\n\r\nhub-ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(hub, "127.0.0.1", 0)
+    hub_port = server.sockets[0].getsockname()[1]
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    pool = SSHPool()
+    backend = SSHBackend("login", system, BackendContext(state_dir=str(tmp_path)), pool=pool)
+    fetch = ["/usr/bin/python3", "-c", "import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())"]
+    try:
+        url = await manager.hub_api_url("login", system, f"http://127.0.0.1:{hub_port}/hub/api")
+        assert url.startswith("http://127.0.0.1:") and url.endswith("/hub/api")
+        assert url != f"http://127.0.0.1:{hub_port}/hub/api"
+        result = await backend.remote.run("127.0.0.1", USERS[1], [*fetch, url], check=True)
+        assert result.stdout.strip() == "hub-ok"
+
+        sshd.kill()
+        await asyncio.sleep(0.5)
+        sshd.start()
+        tunnel = manager.get("login")
+        await tunnel.wait_connected(20, fresh_try=False)
+        # the same jump-host port again: running jobs keep their JUPYTERHUB_API_URL
+        assert await manager.hub_api_url("login", system, f"http://127.0.0.1:{hub_port}/hub/api") == url
+        result = await backend.remote.run("127.0.0.1", USERS[1], [*fetch, url], check=True)
+        assert result.stdout.strip() == "hub-ok"
+        # and across a hub restart, through the state directory
+        await manager.close()
+        manager = manager_for(tmp_path)
+        assert await manager.hub_api_url("login", system, f"http://127.0.0.1:{hub_port}/hub/api") == url
+    finally:
+        await manager.close()
+        await pool.close()
+        server.close()
