@@ -19,6 +19,7 @@ import fcntl
 import json
 import os
 import pwd
+import secrets
 import shlex
 import shutil
 import subprocess
@@ -125,6 +126,7 @@ class Sandbox:
     def __init__(self, layout: L.Layout | None = None):
         self.layout = layout or L.Layout()
         self._info: SandboxInfo | None = None
+        self._holder: Path | None = None
 
     # --- building and removing ------------------------------------------------------
 
@@ -390,12 +392,13 @@ class Sandbox:
     # --- sharing between test sessions ---------------------------------------------
 
     def hold(self) -> SandboxInfo:
-        """Bring the sandbox up (if needed) and register this process as a user of it.
+        """Bring the sandbox up (if needed) and register this object as a user of it.
 
         Test sessions call this instead of :meth:`up` and :meth:`release` at the end, so
         that several sessions at once share one sandbox and the last one out removes it
         -- but only if a test session brought it up (a sandbox started with
-        ``hpcgate sandbox up`` stays up).
+        ``hpcgate sandbox up`` stays up). Each holder is a file ``<pid>.<token>`` in
+        ``holders_dir``; entries of dead processes do not count.
         """
         require_root()
         lay = self.layout
@@ -405,29 +408,33 @@ class Sandbox:
             if not was_up:
                 lay.test_owned_marker.touch()
             lay.holders_dir.mkdir(parents=True, exist_ok=True)
-            (lay.holders_dir / str(os.getpid())).touch()
+            if self._holder is None:
+                self._holder = lay.holders_dir / f"{os.getpid()}.{secrets.token_hex(4)}"
+            self._holder.touch()
         return info
 
     def other_holders(self) -> list[int]:
-        """PIDs of other live processes that hold the sandbox (stale entries removed)."""
+        """PIDs of the live holders other than this object (stale entries are removed)."""
         found = []
         for entry in self.layout.holders_dir.glob("*"):
-            pid = int(entry.name) if entry.name.isdigit() else 0
-            if pid == os.getpid():
+            if entry == self._holder:
                 continue
-            if pid and pid_alive(pid):
-                found.append(pid)
+            pid = entry.name.split(".")[0]
+            if pid.isdigit() and pid_alive(int(pid)):
+                found.append(int(pid))
             else:
                 entry.unlink(missing_ok=True)
         return found
 
     def release(self, keep: bool = False) -> bool:
-        """Unregister this process; remove the sandbox if it was the last holder, a test
+        """Unregister this holder; remove the sandbox if it was the last holder, a test
         session brought the sandbox up, and not ``keep``. True when it was removed."""
         require_root()
         lay = self.layout
         with self._lock():
-            (lay.holders_dir / str(os.getpid())).unlink(missing_ok=True)
+            if self._holder is not None:
+                self._holder.unlink(missing_ok=True)
+                self._holder = None
             if keep or self.other_holders() or not lay.test_owned_marker.exists():
                 return False
             self._down_locked()
