@@ -81,6 +81,15 @@ def forwarding(sandbox: Sandbox, *forward: str):
         proc.wait()
 
 
+@pytest.fixture
+def exclusive(sandbox):
+    """The sandbox, for tests that stop parts of it: skipped while other sessions use it."""
+    others = sandbox.other_holders()
+    if others:
+        pytest.skip(f"other test sessions use the sandbox (pids {others}); not disturbing them")
+    return sandbox
+
+
 # --- the cluster as built -----------------------------------------------------------
 
 
@@ -235,7 +244,8 @@ def test_singleuser_binds_the_node_address(sandbox, ns, address):
     assert sandbox.run_in(ns, [venv_python, "-c", code], user="hpcg-alice").stdout.strip() == address
 
 
-def test_jobs_survive_a_controller_restart(sandbox):
+def test_jobs_survive_a_controller_restart(exclusive):
+    sandbox = exclusive
     result = ssh(sandbox, "hpcg-bob", "sbatch", "--parsable", "--wrap", "sleep 3; hostname")
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip().split(";")[0]
@@ -247,7 +257,8 @@ def test_jobs_survive_a_controller_restart(sandbox):
     assert sandbox.wait_job(job)["JobState"] == "COMPLETED"
 
 
-def test_sshd_stop_drops_connections_and_start_restores(sandbox):
+def test_sshd_stop_drops_connections_and_start_restores(exclusive):
+    sandbox = exclusive
     info = sandbox.info
     session = subprocess.Popen(
         info.ssh_argv("hpcg-alice", "sleep", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
@@ -268,6 +279,25 @@ def test_sshd_stop_drops_connections_and_start_restores(sandbox):
         session.wait()
         pid = sandbox.start_sshd()
     assert pid_alive(pid)
+    assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
+
+
+def test_cut_hub_link_drops_packets_silently(exclusive):
+    sandbox = exclusive
+    info = sandbox.info
+    session = subprocess.Popen(
+        info.ssh_argv("hpcg-alice", "sleep", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        sandbox.cut_hub_link()
+        started = time.monotonic()
+        assert not tcp_open(info.login_addr, info.ssh_port, timeout=1.5)
+        assert time.monotonic() - started >= 1.4  # a timeout, not a refusal
+        assert session.poll() is None  # the established connection hangs, it is not reset
+    finally:
+        sandbox.restore_hub_link()
+        session.kill()
+        session.wait()
     assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
 
 
@@ -304,10 +334,8 @@ def test_api_refuses_non_root(monkeypatch):
 # --- down leaves nothing; up again ------------------------------------------------------
 
 
-def test_down_leaves_nothing_and_up_rebuilds(sandbox):
-    others = sandbox.other_holders()
-    if others:
-        pytest.skip(f"other test sessions use the sandbox (pids {others}); not taking it down under them")
+def test_down_leaves_nothing_and_up_rebuilds(exclusive):
+    sandbox = exclusive
     pids = dict(sandbox.info.pids)
     owned_by_tests = sandbox.layout.test_owned_marker.exists()
     session = subprocess.Popen(sandbox.info.ssh_argv("hpcg-bob", "sleep", "300"))

@@ -34,7 +34,7 @@ from . import jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
-from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run, wait_until
+from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run, tcp_open, wait_until
 
 RUNUSER = "/usr/sbin/runuser"
 #: Short names accepted wherever a namespace is expected.
@@ -388,6 +388,22 @@ class Sandbox:
         if wait_idle:
             slurm.wait_idle(self.layout)
         return pid
+
+    def cut_hub_link(self) -> None:
+        """Silently cut hub <-> login: packets are dropped, nothing is refused or reset.
+
+        The login side of the hub veth goes down; established connections hang until
+        keepalives or timeouts notice, as in a real network partition. Processes keep
+        running. Undo with :meth:`restore_hub_link`.
+        """
+        require_root()
+        run(["ip", "-n", L.LOGIN_NS, "link", "set", L.HUB_VETH[1], "down"], what="cutting the hub link")
+
+    def restore_hub_link(self) -> None:
+        """Bring the hub <-> login link back after :meth:`cut_hub_link`."""
+        require_root()
+        run(["ip", "-n", L.LOGIN_NS, "link", "set", L.HUB_VETH[1], "up"], what="restoring the hub link")
+        wait_until(lambda: tcp_open(L.LOGIN_ADDR, L.SSH_PORT), "login's sshd to answer again", 15)
 
     # --- sharing between test sessions ---------------------------------------------
 
