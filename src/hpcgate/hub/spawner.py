@@ -19,10 +19,12 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from ..catalog import LaunchError, LaunchRequest, UserInfo
+from .accounts import AccountError
 from .backends.base import JobHandle, JobSpec, JobState, SubmitError
 from .form import render_form
-from .paths import check_account
+from .remote import RemoteError
 from .runtime import HPCGate
+from .tunnels import TunnelError
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
 STATE_VERSION = 1
@@ -110,6 +112,8 @@ class HPCSpawner(Spawner):
         super().__init__(**kwargs)
         self.system: str | None = None
         self.job: JobHandle | None = None
+        #: the server's forward: {"local_port", "host", "port"} (tunnelled systems only)
+        self.tunnel: dict[str, Any] | None = None
         self.last_log = ""
         self._events: list[dict[str, Any]] = []
         self._event_added = asyncio.Event()
@@ -158,6 +162,8 @@ class HPCSpawner(Spawner):
             state["system"] = self.system
         if self.job:
             state["job"] = self.job.to_state()
+        if self.tunnel:
+            state["tunnel"] = dict(self.tunnel)
         if self.last_log:
             state["last_log"] = self.last_log
         return state
@@ -167,6 +173,7 @@ class HPCSpawner(Spawner):
         state = migrate_state(dict(state or {}))
         self.system = state.get("system")
         self.job = JobHandle.from_state(state.get("job"))
+        self.tunnel = state.get("tunnel") or None
         self.last_log = state.get("last_log", "")
         if self.job and self.system:
             try:
@@ -178,6 +185,7 @@ class HPCSpawner(Spawner):
         super().clear_state()
         self.system = None
         self.job = None
+        self.tunnel = None
 
     def _save_state(self) -> None:
         """Persist the state now (mid-start), so a hub restart loses no job."""
@@ -221,15 +229,21 @@ class HPCSpawner(Spawner):
 
     # --- start ----------------------------------------------------------------------
 
-    def account_for(self, request: LaunchRequest) -> str:
-        """The user's account name on the request's system (validated)."""
+    def account_for(self, request: LaunchRequest, auth_state: dict[str, Any] | None = None) -> str:
+        """The user's account name on the request's system (validated).
+
+        The system's ``accounts:`` mapping decides: the hub name, a key of
+        ``auth_state``, or the admins' map file.
+        """
         try:
-            return check_account(self.user.name)
-        except ValueError as exc:
-            raise _bad_request(
-                f"Your user name {self.user.name!r} cannot be used as an account name on "
-                f"{request.system}; ask the hub's admins for an account mapping."
-            ) from exc
+            return self.hpcgate.accounts(request.system).account(self.user.name, auth_state)
+        except AccountError as exc:
+            raise _bad_request(str(exc)) from exc
+
+    @property
+    def tunnel_key(self) -> str:
+        """This server's key in the TunnelManager: unique per user and server name."""
+        return f"{self.user.name}/{self.name}"
 
     def report_address(self, host: str, port: int) -> None:
         """Called by the ready handler when the server reported where it listens."""
@@ -243,10 +257,15 @@ class HPCSpawner(Spawner):
         request = self.validated_request()
         gate = self.hpcgate
         backend = gate.backend(request.system)
-        account = self.account_for(request)
+        auth_state = None
+        if gate.accounts(request.system).needs_auth_state:
+            auth_state = await self.user.get_auth_state()
+        account = self.account_for(request, auth_state)
         self._address = asyncio.get_running_loop().create_future()
         env = self.get_env()
         env["HPCGATE_SERVER_NAME"] = self.name
+        if backend.needs_tunnel and request.system_config.hub_api_forward:
+            await self._route_hub_api(request, env)
         command = list(request.system_config.singleuser_command)
         if request.system_config.kind == "local" and command == ["hpcgate-singleuser"]:
             command = [sys.executable, "-m", "hpcgate.singleuser"]
@@ -270,8 +289,38 @@ class HPCSpawner(Spawner):
         self._emit(20, f"Submitted: job {handle.job_id}")
         host, port = await self._wait_for_address(handle)
         self._emit(80, f"Server started on {host}, port {port}")
+        if backend.needs_tunnel:
+            host, port = await self._open_tunnel(request, host, port)
         self._emit(90, "Waiting for JupyterLab to answer")
         return host, port
+
+    async def _route_hub_api(self, request: LaunchRequest, env: dict[str, str]) -> None:
+        """Point the job's hub API URLs at the system's remote forward on the jump host."""
+        self._emit(3, f"Connecting to {request.system_config.tunnel_host}")
+        try:
+            api = await self.hpcgate.tunnels.hub_api_url(request.system, request.system_config, self.hub.api_url)
+        except TunnelError as exc:
+            raise SpawnFailed(f"{_sentence(str(exc))} Try again later; if it persists, tell the hub's admins.") from exc
+        for name in ("JUPYTERHUB_API_URL", "JUPYTERHUB_ACTIVITY_URL"):
+            if env.get(name, "").startswith(self.hub.api_url):
+                env[name] = api + env[name][len(self.hub.api_url) :]
+
+    async def _open_tunnel(self, request: LaunchRequest, host: str, port: int) -> tuple[str, int]:
+        """Open the server's forward; on failure stop the server and fail the spawn."""
+        assert self.job is not None
+        remaining = self.start_timeout - (time.monotonic() - self._started_at)
+        try:
+            local_port = await self.hpcgate.tunnels.open_forward(
+                request.system, request.system_config, self.tunnel_key, host, port, timeout=max(remaining - 5, 5)
+            )
+        except TunnelError as exc:
+            self.last_log = await self.hpcgate.backend(request.system).log_tail(self.job, self.log_tail_bytes)
+            await self.stop()
+            raise SpawnFailed(f"{_sentence(str(exc))} The server was stopped; start it again.", self.last_log) from exc
+        self.tunnel = {"local_port": local_port, "host": host, "port": port}
+        self._save_state()
+        self._emit(85, f"Tunnel up: 127.0.0.1:{local_port} -> {host}:{port}")
+        return "127.0.0.1", local_port
 
     async def _wait_for_address(self, handle: JobHandle) -> tuple[str, int]:
         assert self.system and self._address is not None
@@ -330,8 +379,36 @@ class HPCSpawner(Spawner):
             return None
         status = await cache.get(self.job)
         if status.state is JobState.DONE:
+            await self._close_tunnel()
             return status.exit_code if status.exit_code is not None else 1
+        await self._restore_tunnel()
         return None
+
+    async def _restore_tunnel(self) -> None:
+        """After a hub restart, re-create the forward on the port JupyterHub routes to."""
+        if not self.tunnel or not self.system:
+            return
+        tunnels = self.hpcgate.tunnels
+        if tunnels.has_forward(self.system, self.tunnel_key):
+            return
+        try:
+            await tunnels.restore_forward(
+                self.system,
+                self.hpcgate.system(self.system),
+                self.tunnel_key,
+                self.tunnel["host"],
+                int(self.tunnel["port"]),
+                int(self.tunnel["local_port"]),
+            )
+        except (TunnelError, KeyError, ValueError) as exc:
+            self.log.error("Cannot restore the tunnel of %s: %s", self._log_name, exc)
+        else:
+            self.log.info("Restored the tunnel of %s on 127.0.0.1:%s", self._log_name, self.tunnel["local_port"])
+
+    async def _close_tunnel(self) -> None:
+        if self.tunnel and self.system:
+            await self.hpcgate.tunnels.close_forward(self.system, self.tunnel_key)
+        self.tunnel = None
 
     async def stop(self, now: bool = False) -> None:
         if not self.job or not self.system:
@@ -341,7 +418,13 @@ class HPCSpawner(Spawner):
         except KeyError:
             self.log.warning("Cannot stop %s: system %s is gone from the catalog", self._log_name, self.system)
             return
-        await backend.cancel(self.job)
+        await self._close_tunnel()
+        try:
+            await backend.cancel(self.job)
+        except RemoteError as exc:
+            # keep the job: a later stop (or the culler) tries again
+            self.log.error("Cannot stop %s: %s", self._log_name, exc)
+            raise
         tail = await backend.log_tail(self.job, self.log_tail_bytes)
         if tail:
             self.last_log = tail
@@ -351,6 +434,12 @@ class HPCSpawner(Spawner):
 
 def _options_validated_in_start(spawner: Spawner, user_options: dict[str, Any]) -> None:
     """HPCSpawner reads user_options itself (:meth:`HPCSpawner.validated_request`)."""
+
+
+def _sentence(text: str) -> str:
+    """``text`` ending with a full stop, to be followed by another sentence."""
+    text = text.rstrip()
+    return text if text.endswith((".", "!", "?")) else text + "."
 
 
 def _bad_request(message: str) -> web.HTTPError:
