@@ -69,6 +69,25 @@ def ssh(sandbox: Sandbox, account: str, *command: str, timeout: float = 30) -> s
 
 
 @contextmanager
+def ssh_session(sandbox: Sandbox, account: str):
+    """An ssh session running ``sleep 60`` as ``account``, started and running on yield."""
+    session = subprocess.Popen(
+        sandbox.info.ssh_argv(account, "sleep", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    try:
+        wait_until(
+            lambda: ssh(sandbox, account, "pgrep", "-u", account, "-x", "sleep").returncode == 0,
+            f"the ssh session of {account} to start",
+            15,
+            0.2,
+        )
+        yield session
+    finally:
+        session.kill()
+        session.wait()
+
+
+@contextmanager
 def forwarding(sandbox: Sandbox, *forward: str):
     """``ssh -N`` as the tunnel account with the given -L/-R options; stopped on exit."""
     argv = sandbox.info.ssh_argv(L.TUNNEL_ACCOUNT)
@@ -260,23 +279,13 @@ def test_jobs_survive_a_controller_restart(exclusive):
 def test_sshd_stop_drops_connections_and_start_restores(exclusive):
     sandbox = exclusive
     info = sandbox.info
-    session = subprocess.Popen(
-        info.ssh_argv("hpcg-alice", "sleep", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
     try:
-        wait_until(
-            lambda: ssh(sandbox, "hpcg-alice", "pgrep", "-u", "hpcg-alice", "-x", "sleep").returncode == 0,
-            "the ssh session to start",
-            15,
-            0.2,
-        )
-        sandbox.stop_sshd()
-        assert not tcp_open(info.login_addr, info.ssh_port)
-        assert session.wait(timeout=15) != 0  # the connection dropped
-        assert ssh(sandbox, "hpcg-alice", "true").returncode != 0
+        with ssh_session(sandbox, "hpcg-alice") as session:
+            sandbox.stop_sshd()
+            assert not tcp_open(info.login_addr, info.ssh_port)
+            assert session.wait(timeout=15) != 0  # the connection dropped
+            assert ssh(sandbox, "hpcg-alice", "true").returncode != 0
     finally:
-        session.kill()
-        session.wait()
         pid = sandbox.start_sshd()
     assert pid_alive(pid)
     assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
@@ -285,19 +294,15 @@ def test_sshd_stop_drops_connections_and_start_restores(exclusive):
 def test_cut_hub_link_drops_packets_silently(exclusive):
     sandbox = exclusive
     info = sandbox.info
-    session = subprocess.Popen(
-        info.ssh_argv("hpcg-alice", "sleep", "60"), stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        sandbox.cut_hub_link()
-        started = time.monotonic()
-        assert not tcp_open(info.login_addr, info.ssh_port, timeout=1.5)
-        assert time.monotonic() - started >= 1.4  # a timeout, not a refusal
-        assert session.poll() is None  # the established connection hangs, it is not reset
-    finally:
-        sandbox.restore_hub_link()
-        session.kill()
-        session.wait()
+    with ssh_session(sandbox, "hpcg-alice") as session:
+        try:
+            sandbox.cut_hub_link()
+            started = time.monotonic()
+            assert not tcp_open(info.login_addr, info.ssh_port, timeout=1.5)
+            assert time.monotonic() - started >= 1.4  # a timeout, not a refusal
+            assert session.poll() is None  # the established connection hangs, it is not reset
+        finally:
+            sandbox.restore_hub_link()
     assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
 
 
