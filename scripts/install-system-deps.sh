@@ -8,6 +8,7 @@ pkgs=(
   munge slurm-wlm                # sandbox scheduler
   bubblewrap                     # app isolation in the lab
   iproute2 procps psmisc         # namespaces, process checks
+  python3-venv                   # the sandbox's job environment (/usr/bin/python3 -m venv)
   xvfb xterm xpra tigervnc-standalone-server websockify novnc  # desktop apps
 )
 missing=()

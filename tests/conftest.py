@@ -11,6 +11,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
+from sandbox_fixtures import sandbox  # noqa: E402,F401  (the shared session fixture)
+
 
 @pytest.fixture(scope="session")
 def artifacts_dir() -> Path:
