@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import os
 import random
 from dataclasses import dataclass, field
@@ -44,7 +43,6 @@ from traitlets.config import LoggingConfigurable
 from ..catalog import System
 from .remote import RemoteError, SSHTarget, SystemRemote, _why, connect
 
-log = logging.getLogger("hpcgate.tunnels")
 
 
 class TunnelError(RuntimeError):
@@ -79,7 +77,7 @@ class _LocalSide(asyncio.Protocol):
                 lambda: _ChannelSide(self), fwd.dest_host, fwd.dest_port
             )
         except (TunnelError, asyncssh.Error, OSError) as exc:
-            log.info(
+            tunnel.manager.log.info(
                 "Closing a client of %s -> %s:%s: %s",
                 fwd.local_port, fwd.dest_host, fwd.dest_port, _why(exc) if not isinstance(exc, TunnelError) else exc,
             )
@@ -248,7 +246,7 @@ class SystemTunnel:
                 self.last_error = str(exc)
                 delay = min(manager.reconnect_min_delay * 2 ** (failures - 1), manager.reconnect_max_delay)
                 delay *= random.uniform(0.8, 1.2)
-                log.warning("Tunnel of %s: %s; next try in %.1f s", self.name, exc, delay)
+                self.manager.log.warning("Tunnel of %s: %s; next try in %.1f s", self.name, exc, delay)
                 await self._notify()
                 await asyncio.sleep(delay)
                 continue
@@ -263,7 +261,7 @@ class SystemTunnel:
                 if self.hub_api is not None:
                     await self._open_remote_forward()
             failures = 0
-            log.info("Tunnel of %s connected to %s (connection %d)", self.name, self.where, self.connects)
+            self.manager.log.info("Tunnel of %s connected to %s (connection %d)", self.name, self.where, self.connects)
             await self._notify()
             await conn.wait_closed()
             async with self._lock:
@@ -271,7 +269,7 @@ class SystemTunnel:
                 self._remote_listener = None
             if not self._closing:
                 self.last_error = f"lost the connection to {self.where}"
-                log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
+                self.manager.log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
             await self._notify()
 
     # --- hub API remote forward -------------------------------------------------------
@@ -288,7 +286,7 @@ class SystemTunnel:
             self.last_error = (
                 f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
             )
-            log.error("Tunnel of %s: %s", self.name, self.last_error)
+            self.manager.log.error("Tunnel of %s: %s", self.name, self.last_error)
             return
         self._remote_listener = listener
         self.hub_api_port = listener.get_port()
