@@ -8,6 +8,8 @@ together, keeps the state JupyterHub persists, and tells the user what is happen
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import html
 import sys
 import time
@@ -119,6 +121,10 @@ class HPCSpawner(Spawner):
         self._event_added = asyncio.Event()
         self._address: asyncio.Future[tuple[str, int]] | None = None
         self._started_at = 0.0
+        #: the task of a start (or of a start resumed after a hub restart) under way
+        self._start_task: asyncio.Task | None = None
+        #: SHA-256 of the server's API token, from the state (after a hub restart)
+        self._api_token_sha256 = ""
 
     # --- shared objects -------------------------------------------------------------
 
@@ -166,6 +172,11 @@ class HPCSpawner(Spawner):
             state["tunnel"] = dict(self.tunnel)
         if self.last_log:
             state["last_log"] = self.last_log
+        token_hash = _token_hash(self.api_token) if self.api_token else self._api_token_sha256
+        if token_hash and self.job:
+            # JupyterHub does not keep the server's token across a restart; its hash lets
+            # a job that reports after a restart prove it is this server (owns_token)
+            state["api_token_sha256"] = token_hash
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
@@ -175,6 +186,7 @@ class HPCSpawner(Spawner):
         self.job = JobHandle.from_state(state.get("job"))
         self.tunnel = state.get("tunnel") or None
         self.last_log = state.get("last_log", "")
+        self._api_token_sha256 = state.get("api_token_sha256", "")
         if self.job and self.system:
             try:
                 self.hpcgate.status_cache(self.system).watch(self.job)
@@ -245,6 +257,14 @@ class HPCSpawner(Spawner):
         """This server's key in the TunnelManager: unique per user and server name."""
         return f"{self.user.name}/{self.name}"
 
+    def owns_token(self, token: str) -> bool:
+        """Whether ``token`` is this server's API token (also after a hub restart)."""
+        if self.api_token:
+            return hmac.compare_digest(self.api_token.encode(), token.encode())
+        if self._api_token_sha256:
+            return hmac.compare_digest(self._api_token_sha256, _token_hash(token))
+        return False
+
     def report_address(self, host: str, port: int) -> None:
         """Called by the ready handler when the server reported where it listens."""
         if self._address is not None and not self._address.done():
@@ -253,6 +273,7 @@ class HPCSpawner(Spawner):
     async def start(self) -> tuple[str, int]:
         self._events = []
         self._started_at = time.monotonic()
+        self._start_task = asyncio.current_task()
         self.last_log = ""
         request = self.validated_request()
         gate = self.hpcgate
@@ -280,12 +301,21 @@ class HPCSpawner(Spawner):
         )
         where = request.system_config.description or request.system
         self._emit(5, f"Submitting to {where}, partition {request.partition}")
+        submitting = asyncio.ensure_future(backend.submit(spec))
         try:
-            handle = await backend.submit(spec)
+            handle = await asyncio.shield(submitting)
+        except asyncio.CancelledError:
+            # cancelled (the user's cancel, the hub stopping) while the system accepted
+            # the job: keep its handle, so that stop() cancels it and a restarted hub
+            # finds it; never leave a job nobody knows about
+            try:
+                self._adopt(request.system, await submitting)
+            except (SubmitError, RemoteError):
+                pass
+            raise
         except SubmitError as exc:
             raise SpawnFailed(str(exc)) from exc
-        self.system, self.job = request.system, handle
-        self._save_state()
+        self._adopt(request.system, handle)
         self._emit(20, f"Submitted: job {handle.job_id}")
         host, port = await self._wait_for_address(handle)
         self._emit(80, f"Server started on {host}, port {port}")
@@ -293,6 +323,25 @@ class HPCSpawner(Spawner):
             host, port = await self._open_tunnel(request, host, port)
         self._emit(90, "Waiting for JupyterLab to answer")
         return host, port
+
+    def _adopt(self, system: str, handle: JobHandle) -> None:
+        """A job the system accepted: into the state (saved now) and the status cache."""
+        self.system, self.job = system, handle
+        self._save_state()
+        self.hpcgate.status_cache(system).watch(handle)
+
+    async def _cancel_job(self) -> None:
+        """Cancel this server's job during a start that cannot succeed."""
+        if self.job and self.system:
+            backend = self.hpcgate.backend(self.system)
+            try:
+                await backend.cancel(self.job)
+            except RemoteError as exc:
+                self.log.error("Cannot cancel job %s of %s: %s", self.job.job_id, self._log_name, exc)
+                return
+            self.hpcgate.status_cache(self.system).forget(self.job.job_id)
+            self.job = None
+            self._save_state()
 
     async def _route_hub_api(self, request: LaunchRequest, env: dict[str, str]) -> None:
         """Point the job's hub API URLs at the system's remote forward on the jump host."""
@@ -332,14 +381,22 @@ class HPCSpawner(Spawner):
         last_shown = None
         while True:
             try:
-                return await asyncio.wait_for(asyncio.shield(self._address), self.progress_poll_interval)
+                found = await asyncio.wait_for(asyncio.shield(self._address), self.progress_poll_interval)
             except TimeoutError:
-                pass
-            found = await backend.read_connection_file(handle)
+                found = await backend.read_connection_file(handle)
             if found:
+                if last_shown is None or last_shown[0] is not JobState.RUNNING:
+                    # the server reported before a status query saw it run: say where
+                    status = await cache.get(handle, max_age=0)
+                    node = status.node if status.state is JobState.RUNNING and status.node else found[0]
+                    self._emit(50, f"Running on {node}")
                 return found
             status = await cache.get(handle, max_age=self.progress_poll_interval)
             shown = (status.state, status.reason, status.node)
+            if status.state is JobState.PENDING and status.stuck:
+                self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
+                await self._cancel_job()
+                raise SpawnFailed(f"Job {handle.job_id} was cancelled. {status.stuck}", self.last_log)
             if status.state is JobState.DONE:
                 self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
                 code = f" (exit code {status.exit_code})" if status.exit_code is not None else ""
@@ -361,6 +418,7 @@ class HPCSpawner(Spawner):
                     self._emit(40, f"Status unknown for now ({status.reason}); still waiting")
             if loop.time() > deadline:
                 self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
+                await self._cancel_job()
                 raise SpawnFailed(
                     f"The server did not report its address within {self.start_timeout} s. "
                     "The system may be busy: try again later or choose a smaller request.",
@@ -370,7 +428,13 @@ class HPCSpawner(Spawner):
     # --- poll and stop ----------------------------------------------------------------
 
     async def poll(self) -> int | None:
-        """None while the job is pending, running or unknown; its exit status once ended."""
+        """None while the job is pending, running or unknown; its exit status once ended.
+
+        Also None while a start is under way, even before the system gave a job id:
+        JupyterHub then calls :meth:`stop`, which ends the start and cancels its job.
+        """
+        if self._starting():
+            return None
         if not self.job or not self.system:
             return 0
         try:
@@ -410,7 +474,74 @@ class HPCSpawner(Spawner):
             await self.hpcgate.tunnels.close_forward(self.system, self.tunnel_key)
         self.tunnel = None
 
+    async def get_url(self) -> str:
+        """The server's URL; after a hub restart during a start, finish that start first.
+
+        JupyterHub asks this of servers whose ``poll()`` says they run. A job submitted
+        before the restart that has not got its tunnel yet (pending in the queue, or the
+        lab still starting) is waited for as in :meth:`start` -- address, tunnel -- and
+        its URL returned. A start that cannot finish cancels the job; JupyterHub then
+        finds no server at the old URL and cleans up.
+        """
+        if not (self.job and self.system and not self.tunnel and self._start_task is None):
+            return await super().get_url()
+        try:
+            backend = self.hpcgate.backend(self.system)
+        except KeyError:
+            return await super().get_url()
+        if not backend.needs_tunnel:
+            return await super().get_url()
+        # its own task: stop() may cancel it (the user's cancel) without cancelling
+        # JupyterHub's start-up check that called us
+        task = self._start_task = asyncio.ensure_future(self._resume())
+        try:
+            await asyncio.wait([task])
+        finally:
+            self._start_task = None
+        if task.cancelled() or task.exception() is not None:
+            return await super().get_url()
+        return task.result()
+
+    async def _resume(self) -> str:
+        assert self.job and self.system
+        self._started_at = time.monotonic()
+        self._address = asyncio.get_running_loop().create_future()
+        self.log.info("Resuming the start of %s (job %s) after a hub restart", self._log_name, self.job.job_id)
+        try:
+            request = self.validated_request()
+            if request.system != self.system:
+                raise SpawnFailed(f"The server's system {self.system} is no longer offered to you.")
+            if request.system_config.hub_api_forward:
+                # the job reports to the hub API through the jump host: that forward must be up
+                await self.hpcgate.tunnels.hub_api_url(request.system, request.system_config, self.hub.api_url)
+            host, port = await self._wait_for_address(self.job)
+            host, port = await self._open_tunnel(request, host, port)
+        except (SpawnFailed, TunnelError, web.HTTPError) as exc:
+            self.log.error("Cannot resume the start of %s: %s", self._log_name, exc)
+            await self._cancel_job()
+            raise
+        return f"http://{host}:{port}"
+
+    def _starting(self) -> bool:
+        task = self._start_task
+        return task is not None and not task.done() and task is not asyncio.current_task()
+
+    async def _end_start(self) -> None:
+        """Cancel a start under way and wait until it let go (its job, if any, is kept)."""
+        task = self._start_task
+        if task is None or task.done() or task is asyncio.current_task():
+            return
+        self.log.info("Cancelling the start of %s", self._log_name)
+        task.cancel()
+        await asyncio.wait([task])
+
     async def stop(self, now: bool = False) -> None:
+        """Stop the server: end a start under way, close the tunnel, cancel the job.
+
+        Works at any point of a start (the user's cancel on the progress page): a job
+        submitted in the meantime is cancelled too.
+        """
+        await self._end_start()
         if not self.job or not self.system:
             return
         try:
@@ -430,6 +561,10 @@ class HPCSpawner(Spawner):
             self.last_log = tail
         self.hpcgate.status_cache(self.system).forget(self.job.job_id)
         self.job = None
+
+
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def _options_validated_in_start(spawner: Spawner, user_options: dict[str, Any]) -> None:

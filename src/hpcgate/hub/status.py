@@ -84,12 +84,17 @@ class StatusCache:
         max_age = self.interval if max_age is None else max_age
         if handle.job_id not in self._statuses or not self._fresh(max_age):
             async with self._lock:
-                if handle.job_id not in self._statuses or not self._fresh(max_age):
-                    if self._clock() >= self._not_before:
+                new = handle.job_id not in self._statuses
+                if new or not self._fresh(max_age):
+                    # a job never asked about need not wait for the jitter, but a failing
+                    # scheduler is left alone for the whole backoff
+                    if self._clock() >= self._not_before or (new and self._failures == 0):
                         await self._refresh()
         return self._statuses.get(handle.job_id, JobStatus(JobState.UNKNOWN, "not asked yet"))
 
     async def _refresh(self) -> None:
+        # let callers that arrive in the same tick join this query instead of the next
+        await asyncio.sleep(0)
         handles = list(self._watched.values())
         if not handles:
             return

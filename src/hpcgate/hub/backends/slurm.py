@@ -51,8 +51,9 @@ The job template
 Sandboxed Jinja2 (``jinja2.sandbox.SandboxedEnvironment``) with ``StrictUndefined``: a
 misspelt variable fails the spawn with the template's path instead of rendering empty.
 Every ``{{ value }}`` is shell-quoted automatically (``shlex.quote``; names and numbers
-come out unchanged). ``setup`` lines are admin shell and come out as they are; the
-``sh`` filter quotes explicitly, ``shjoin`` quotes and joins a list. The values are
+come out unchanged). ``setup`` lines are admin shell and come out as they are, as does
+the output of ``super()`` and blocks; the ``sh`` filter quotes explicitly, ``shjoin``
+quotes and joins a list. The values are
 those the catalog validated: nothing a user typed reaches the script otherwise.
 
 Where the template comes from, first match wins: the partition's ``template:``, the
@@ -101,6 +102,7 @@ from typing import Any
 
 import jinja2
 from jinja2.sandbox import SandboxedEnvironment
+from markupsafe import Markup
 
 from ...catalog import LaunchRequest, System
 from ..remote import CommandFailed, RemoteError, SSHPool
@@ -259,22 +261,30 @@ exit 0
 # --- the template ----------------------------------------------------------------------
 
 
-class ShellCode(str):
-    """Text that goes into the job script as it is: admin shell or already quoted."""
+class ShellCode(Markup):
+    """Text that goes into the job script as it is: admin shell or already quoted.
+
+    A :class:`markupsafe.Markup` so that Jinja2's own "already safe" marking (the
+    output of ``super()`` and of other blocks, ``|safe`` in an admin's template) also
+    passes unquoted; HTML escaping never happens because :func:`_finalize` hands Jinja2
+    only Markup.
+    """
 
 
-def _finalize(value: Any) -> str:
-    """Every ``{{ value }}``: quoted for the shell unless it is :class:`ShellCode`."""
-    if isinstance(value, ShellCode):
-        return str(value)
+def _finalize(value: Any) -> Markup:
+    """Every ``{{ value }}``: quoted for the shell unless it is already Markup."""
+    if isinstance(value, Markup):
+        return value
+    if isinstance(value, jinja2.Undefined):
+        str(value)  # StrictUndefined raises, naming the variable
     if isinstance(value, bool) or value is None:
         raise jinja2.TemplateError(
             f"a template printed {value!r}; test it with {{% if %}} instead of printing it"
         )
     if isinstance(value, int):
-        return str(value)
+        return ShellCode(str(value))
     if isinstance(value, str):
-        return shlex.quote(value)
+        return ShellCode(shlex.quote(value))
     raise jinja2.TemplateError(
         f"a template printed a {type(value).__name__}; join lists with the shjoin filter"
     )
@@ -310,7 +320,8 @@ def template_environment(directory: str | None = None) -> SandboxedEnvironment:
         loader=jinja2.ChoiceLoader(loaders),
         undefined=jinja2.StrictUndefined,
         finalize=_finalize,
-        autoescape=False,
+        # on, so that Jinja2 marks block output (super()) as safe; _finalize quotes the rest
+        autoescape=True,
         keep_trailing_newline=True,
         trim_blocks=False,
     )
