@@ -12,19 +12,39 @@ PYTEST_ARGS ?=
 
 .PHONY: demo test bench install install-test system-deps labext clean
 
+## The JupyterLab extension (labextension/), built with @jupyterlab/builder into
+## src/hpcgate/labextension (shipped in the wheel); rebuilt only when its sources change.
+LABEXT_SRC := labextension/package.json labextension/tsconfig.json $(wildcard labextension/src/*.ts labextension/style/*.css)
+LABEXT_OUT := src/hpcgate/labextension/package.json
+LABEXT_SHARE := $(VENV)/share/jupyter/labextensions/hpcgate-lab
+
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
+$(VENV)/.installed: pyproject.toml $(LABEXT_OUT) | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
+
+labextension/node_modules/.installed: labextension/package.json labextension/package-lock.json
+	cd labextension && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(LABEXT_OUT): $(LABEXT_SRC) labextension/node_modules/.installed | $(BIN)/python
+	$(BIN)/pip install -q 'jupyterlab>=4'
+	cd labextension && node_modules/.bin/tsc && node node_modules/@jupyterlab/builder/lib/build-labextension.js \
+	  --core-path "$$(../$(BIN)/python -c 'import jupyterlab, os; print(os.path.join(os.path.dirname(jupyterlab.__file__), "staging"))')" .
+	# an editable install copied the previous build: replace it
+	if [ -d $(LABEXT_SHARE) ]; then rm -rf $(LABEXT_SHARE) && cp -r src/hpcgate/labextension $(LABEXT_SHARE); fi
+	touch $@
+
+labext: $(LABEXT_OUT)
 
 node_modules/.installed: package.json package-lock.json
 	npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-install: $(VENV)/.installed node_modules/.installed
+install: labext $(VENV)/.installed node_modules/.installed
 
 system-deps:
 	./scripts/install-system-deps.sh

@@ -10,6 +10,7 @@ pkgs=(
   iproute2 procps psmisc         # namespaces, process checks
   python3-venv                   # the sandbox's job environment (/usr/bin/python3 -m venv)
   xvfb xterm xpra tigervnc-standalone-server websockify novnc  # desktop apps
+  x11-apps                       # xwd: app tests read the X display to cross-check the browser
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -5,7 +5,14 @@
 ``POST   <base>/hpcgate/api/apps/<name>``        start (returns when ready)
 ``DELETE <base>/hpcgate/api/apps/<name>``        stop
 ``POST   <base>/hpcgate/api/apps/<name>/restart`` restart
+``POST   <base>/hpcgate/api/apps/<name>/new``    start the first free instance
 ``GET    <base>/hpcgate/api/apps/<name>/log``    last output, text/plain
+``GET    <base>/hpcgate/api/apps/<name>/icon``   the launcher icon (SVG or PNG)
+
+Start, restart and new take an optional JSON body ``{"parameters": {...}}`` with
+values for the app's ``parameters`` (e.g. TensorBoard's log directory). Apps whose
+programs are missing are listed with ``available: false`` and ``missing`` (program
+and what to install); starting them answers 503 with that text.
 
 All routes need the server's authentication; they do not count as user activity.
 """
@@ -13,6 +20,7 @@ All routes need the server's authentication; they do not count as user activity.
 from __future__ import annotations
 
 import json
+import os
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.base.handlers import APIHandler
@@ -36,12 +44,31 @@ class _AppsHandler(APIHandler):
             raise web.HTTPError(404, "no app with that name")
         return app
 
+    def _parameters(self) -> dict[str, Any] | None:
+        if not self.request.body:
+            return None
+        try:
+            body = json.loads(self.request.body)
+        except ValueError:
+            raise web.HTTPError(400, "the body must be JSON") from None
+        params = body.get("parameters") if isinstance(body, dict) else None
+        if params is not None and not isinstance(params, dict):
+            raise web.HTTPError(400, "parameters must be an object")
+        return params
+
     async def _lifecycle(self, app: ManagedApp, action: str) -> None:
-        """Start or restart; answers with the app's info, 503 with the reason on failure."""
+        """Start, restart or start a new instance; answers with the app's info, 503
+        with the reason on failure."""
         if not app.spec.managed:
             raise web.HTTPError(400, "this app is started outside hpcgate; it has no command")
+        params = self._parameters()
         try:
-            await (app.start() if action == "start" else app.restart())
+            if action == "new":
+                app = await self.lab.manager.start_new(app.spec.family or app.spec.name, params)
+            elif action == "start":
+                await app.start(params)
+            else:
+                await app.restart(params)
         except AppStartError as exc:
             self.set_status(503)
             self.finish(json.dumps({"message": str(exc), **app.info()}))
@@ -52,6 +79,7 @@ class _AppsHandler(APIHandler):
 class AppListHandler(_AppsHandler):
     @web.authenticated
     async def get(self) -> None:
+        await self.lab.manager.check_all_available()
         apps = [await self.lab.app_info(a) for a in self.lab.manager.apps.values()]
         self.finish(json.dumps({"apps": apps}))
 
@@ -59,7 +87,9 @@ class AppListHandler(_AppsHandler):
 class AppHandler(_AppsHandler):
     @web.authenticated
     async def get(self, name: str) -> None:
-        self.finish(json.dumps(await self.lab.app_info(self._app(name))))
+        app = self._app(name)
+        await app.check_available()
+        self.finish(json.dumps(await self.lab.app_info(app)))
 
     @web.authenticated
     async def post(self, name: str) -> None:
@@ -78,10 +108,32 @@ class AppRestartHandler(_AppsHandler):
         await self._lifecycle(self._app(name), "restart")
 
 
+class AppNewHandler(_AppsHandler):
+    @web.authenticated
+    async def post(self, name: str) -> None:
+        await self._lifecycle(self._app(name), "new")
+
+
 class AppLogHandler(_AppsHandler):
     @web.authenticated
     def get(self, name: str) -> None:
         self.finish(self._app(name).log.text(), set_content_type="text/plain; charset=utf-8")
+
+
+ICON_TYPES = {".svg": "image/svg+xml", ".png": "image/png"}
+
+
+class AppIconHandler(_AppsHandler):
+    @web.authenticated
+    def get(self, name: str) -> None:
+        path = str(self._app(name).spec.launcher().get("icon_path") or "")
+        ctype = ICON_TYPES.get(os.path.splitext(path)[1].lower())
+        if not ctype or not os.path.isfile(path):
+            raise web.HTTPError(404, "this app has no icon")
+        with open(path, "rb") as f:
+            body = f.read()
+        self.set_header("Cache-Control", "private, max-age=3600")
+        self.finish(body, set_content_type=ctype)
 
 
 def api_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
@@ -91,5 +143,7 @@ def api_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
         (r"hpcgate/api/apps", AppListHandler, kw),
         (rf"hpcgate/api/apps/{name}", AppHandler, kw),
         (rf"hpcgate/api/apps/{name}/restart", AppRestartHandler, kw),
+        (rf"hpcgate/api/apps/{name}/new", AppNewHandler, kw),
         (rf"hpcgate/api/apps/{name}/log", AppLogHandler, kw),
+        (rf"hpcgate/api/apps/{name}/icon", AppIconHandler, kw),
     ]

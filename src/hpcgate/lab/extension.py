@@ -168,6 +168,18 @@ class HPCGateLab(ExtensionApp):
         other source.""",
     ).tag(config=True)
 
+    apps_file = Unicode(
+        "",
+        help="""A YAML file mapping app names to specs, in the short form of
+        ``hpcgate.lab.apps.recipes.generic`` (``command`` as one string, ``title``,
+        ``icon``, ``install``...) or the full one. Read at start; ``c.HPCGateLab.apps``
+        overrides it by name. Default: ``$HPCGATE_APPS_FILE`` if set.""",
+    ).tag(config=True)
+
+    @default("apps_file")
+    def _default_apps_file(self) -> str:
+        return os.environ.get("HPCGATE_APPS_FILE", "")
+
     load_entry_points = Bool(
         True,
         help="Load app specs from the ``hpcgate_apps`` entry point group.",
@@ -198,8 +210,18 @@ class HPCGateLab(ExtensionApp):
     ).tag(config=True)
 
     socket_dir = Unicode(
-        help="""Directory for apps' unix sockets; created with mode 0700 and refused if
-        another user owns it. Default: a fresh temporary directory per server.""",
+        help="""Directory for apps' unix sockets and runtime files; created with mode
+        0700 and refused if another user owns it. Default: a fresh directory per server
+        under ``$XDG_RUNTIME_DIR`` when that is the user's own, else under the
+        temporary directory.""",
+    ).tag(config=True)
+
+    app_setup = List(
+        Unicode(),
+        default_value=[],
+        help="""Shell lines run before every app's command, before the app's own
+        ``setup`` lines: typically ``module load`` lines or a venv activation that
+        puts the apps' programs on PATH on this system.""",
     ).tag(config=True)
 
     bwrap_path = Unicode(
@@ -210,7 +232,12 @@ class HPCGateLab(ExtensionApp):
     @default("socket_dir")
     def _default_socket_dir(self) -> str:
         self._own_socket_dir = True
-        return tempfile.mkdtemp(prefix="hpcgate-apps-")
+        runtime = os.environ.get("XDG_RUNTIME_DIR", "")
+        try:
+            usable = bool(runtime) and os.stat(runtime).st_uid == os.getuid() and os.access(runtime, os.W_OK)
+        except OSError:
+            usable = False
+        return tempfile.mkdtemp(prefix="hpcgate-apps-", dir=runtime if usable else None)
 
     _own_socket_dir = False
 
@@ -227,7 +254,16 @@ class HPCGateLab(ExtensionApp):
                 "hpcgate.lab: jupyter_server_proxy is enabled too; hpcgate serves /proxy/ and named apps. "
                 "Disable it with c.ServerApp.jpserver_extensions = {'jupyter_server_proxy': False}"
             )
-        specs = collect_specs(servers, self.apps, self.load_serverproxy_entry_points, self.load_entry_points)
+        own_apps = dict(self.apps)
+        if self.apps_file:
+            from .apps.recipes.generic import load_apps_file
+            from .apps.spec import SpecError
+
+            try:
+                own_apps = {**load_apps_file(self.apps_file), **own_apps}
+            except SpecError as exc:
+                self.log.error("hpcgate.lab: c.HPCGateLab.apps_file is left out: %s", exc)
+        specs = collect_specs(servers, own_apps, self.load_serverproxy_entry_points, self.load_entry_points)
         manager = AppManager(
             specs,
             base_url=settings.get("base_url", "/"),
@@ -238,6 +274,7 @@ class HPCGateLab(ExtensionApp):
             check_owner=self.check_socket_owner,
             bwrap_path=self.bwrap_path,
             cwd=getattr(serverapp, "root_dir", None) or None,
+            setup=list(self.app_setup),
         )
         self.lab = LabContext(self, manager, settings)
         settings["hpcgate_lab"] = self.lab

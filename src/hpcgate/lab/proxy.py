@@ -181,6 +181,9 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self._touch()
         if self._is_websocket():
             return
+        if self.app is not None and self.app.spec.static_files:
+            self._serve_static()
+            return
         if self.app is not None and self.app.spec.raw_socket_proxy:
             raise ProxyError(405, reason="This app only accepts websocket connections")
         if self._has_body():
@@ -190,6 +193,26 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             head = self._request_head(chunked)
             self.conn.writer.write(head)
             self.body_writer = ChunkedWriter(self.conn, chunked)
+
+    def _serve_static(self) -> None:
+        """Answer from the spec's ``static_files`` (websockets still reach the app)."""
+        assert self.app is not None
+        from .apps.static import NotFound, index_url, static_file
+
+        static = self.app.spec.static_files
+        if self.request.method not in ("GET", "HEAD"):
+            raise ProxyError(405, reason="Method not allowed")
+        rest = self.request.path[len(self.prefix) :]
+        if rest in ("", "/") and static.get("index"):
+            self.redirect(index_url(self.prefix, static["index"]))
+            return
+        try:
+            body, ctype = static_file(static["dir"], rest or "/")
+        except NotFound:
+            raise ProxyError(404, reason="Not found") from None
+        self.set_header("Content-Type", ctype)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(body if self.request.method == "GET" else b"")
 
     def _has_body(self) -> bool:
         h = self.request.headers

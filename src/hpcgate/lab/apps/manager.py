@@ -10,15 +10,21 @@ Contracts:
 * The last ``log_tail_bytes`` of each app's combined stdout/stderr are kept in memory.
 * A crash (or, with ``restart: always``, a clean exit) restarts the app with backoff,
   at most ``max_restarts`` times in a row; after that it stays ``failed``.
+* Stopping also ends every process that carries the start's environment tag, even
+  those that moved to another session (see :mod:`.reaper`): nothing survives a stop.
+* An app whose ``requires`` programs are missing is never started; its info says
+  what to install.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import enum
 import logging
 import os
+import secrets
 import signal
 import socket
 import time
@@ -28,6 +34,8 @@ from typing import Any
 
 from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
 from .isolation import bwrap_argv
+from .launch import ParameterError, base_environ, missing_programs, resolve_parameters, with_setup
+from .reaper import TAG_VAR, kill_tagged, kill_tagged_now
 from .spec import AppSpec, render
 
 log = logging.getLogger(__name__)
@@ -85,6 +93,9 @@ class ManagedApp:
         self.log = LogTail(manager.log_tail_bytes)
         # Serialises start/stop/restart and every state change they make.
         self.lock = asyncio.Lock()
+        self.params: dict[str, str] = {}
+        self.missing: list[dict[str, str]] | None = None  # None: not checked yet
+        self._tag = ""
         self._stopping = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -100,8 +111,20 @@ class ManagedApp:
     def pid(self) -> int | None:
         return self.proc.pid if self.proc and self.proc.returncode is None else None
 
+    @property
+    def app_dir(self) -> str:
+        """A private directory for this instance's runtime files (sockets, X authority)."""
+        return str(Path(self.manager.socket_dir) / f"{self.spec.name}.d")
+
     def template_args(self) -> dict[str, Any]:
-        return {"port": self.port, "unix_socket": self.unix_socket or "", "base_url": self.manager.base_url}
+        return {
+            **self.params,
+            "port": self.port,
+            "unix_socket": self.unix_socket or "",
+            "base_url": self.manager.base_url,
+            "app_dir": self.app_dir,
+            "app_name": self.spec.name,
+        }
 
     def info(self) -> dict[str, Any]:
         """What the REST API reports about this app."""
@@ -123,6 +146,12 @@ class ManagedApp:
             "launcher_entry": self.spec.launcher(),
             "new_browser_tab": self.spec.new_browser_tab,
             "source": self.spec.source,
+            "family": self.spec.family or self.spec.name,
+            "instances": self.spec.instances,
+            "available": not self.missing,
+            "missing": self.missing or [],
+            "parameters": self.spec.parameters,
+            "values": self.params,
         }
 
     def touch(self) -> None:
@@ -139,26 +168,48 @@ class ManagedApp:
 
     # -------------------------------------------------------------- lifecycle
 
-    async def ensure_running(self) -> None:
-        """Return once the app is running, starting it if needed (raises AppStartError)."""
+    async def check_available(self) -> list[dict[str, str]]:
+        """The missing ``requires`` programs (checked once, then cached)."""
+        if self.missing is None:
+            self.missing = await missing_programs(self.spec, self.manager.setup + self.spec.setup)
+        return self.missing
+
+    def _set_params(self, params: dict[str, Any] | None) -> None:
+        try:
+            self.params = resolve_parameters(self.spec, params, self.manager.cwd)
+        except ParameterError as exc:
+            raise AppStartError(str(exc)) from None
+
+    async def ensure_running(self, params: dict[str, Any] | None = None) -> None:
+        """Return once the app is running, starting it if needed (raises AppStartError).
+
+        ``params`` (the spec's ``parameters``) apply when this call starts the app.
+        """
         if not self.spec.managed or (self.state == AppState.RUNNING and self.pid is not None):
             return
+        missing = await self.check_available()
+        if missing:
+            raise AppStartError(f"{self.spec.name} is not available here: " + "; ".join(f"{m['program']} is missing ({m['install']})" for m in missing))
         self.manager.start_idle_checker()
         async with self.lock:
             if self.state == AppState.RUNNING and self.pid is not None:
                 return
+            if params is not None or not self.params:
+                self._set_params(params)
             self.restarts = 0
             await self._start_locked()
 
-    async def start(self) -> None:
-        await self.ensure_running()
+    async def start(self, params: dict[str, Any] | None = None) -> None:
+        await self.ensure_running(params)
 
     async def stop(self, reason: str = "requested") -> None:
         async with self.lock:
             await self._stop_locked(reason)
 
-    async def restart(self) -> None:
+    async def restart(self, params: dict[str, Any] | None = None) -> None:
         async with self.lock:
+            if params is not None:
+                self._set_params(params)
             await self._stop_locked("restart requested")
             self.restarts = 0
             await self._start_locked()
@@ -175,11 +226,14 @@ class ManagedApp:
                 os.unlink(self.unix_socket)
         elif not spec.unix_socket:
             self.port = spec.port or free_port()
+        os.makedirs(self.app_dir, mode=0o700, exist_ok=True)
         args = self.template_args()
+        self._tag = f"{spec.name}.{secrets.token_hex(8)}"
         try:
-            argv = render(spec.command, args)
-            env = dict(os.environ)
+            argv = with_setup(render(spec.command, args), self.manager.setup + spec.setup, spec.name)
+            env = base_environ()
             env.update({str(k): str(v) for k, v in render(spec.environment, args).items()})
+            env[TAG_VAR] = self._tag
             if spec.isolate_network:
                 argv = bwrap_argv(argv, spec.name, self.manager.bwrap_path)
             self.log.write(f"[hpcgate] starting {spec.name}: {argv!r}\n".encode())
@@ -205,7 +259,7 @@ class ManagedApp:
         except AppStartError as exc:
             self.error = str(exc)
             self.log.write(f"[hpcgate] {exc}\n".encode())
-            await self._kill_group(proc, self._grace())
+            await self._kill_group(proc, self._grace(), self._tag)
             self.state = AppState.FAILED
             raise
         self.state = AppState.RUNNING
@@ -268,7 +322,7 @@ class ManagedApp:
             self.exit_code = code
             self.log.write(f"[hpcgate] {self.spec.name} exited with code {code}\n".encode())
             # Reap whatever else the app left in its process group.
-            await self._kill_group(proc, 0)
+            await self._kill_group(proc, 0, self._tag)
             policy = self.spec.restart
             wants = policy == "always" or (policy == "on-failure" and code != 0)
             if ran_for > 60:
@@ -296,7 +350,7 @@ class ManagedApp:
         proc = self.proc
         if proc is not None:
             self.log.write(f"[hpcgate] stopping {self.spec.name} ({reason})\n".encode())
-            await self._kill_group(proc, self._grace())
+            await self._kill_group(proc, self._grace(), self._tag)
             self.exit_code = proc.returncode
         if self.spec.unix_socket is True and self.unix_socket:
             with contextlib.suppress(FileNotFoundError):
@@ -305,8 +359,9 @@ class ManagedApp:
         self.started_at = None
 
     @staticmethod
-    async def _kill_group(proc: asyncio.subprocess.Process, grace: float) -> None:
-        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; reap the leader."""
+    async def _kill_group(proc: asyncio.subprocess.Process, grace: float, tag: str = "") -> None:
+        """SIGTERM the process group, SIGKILL it after ``grace`` seconds; reap the leader;
+        then the same for every process still carrying the start's ``tag``."""
         pgid = proc.pid  # start_new_session made the leader's pid the group id
         if grace > 0:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -317,12 +372,16 @@ class ManagedApp:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
         await proc.wait()
+        if tag:
+            await kill_tagged(tag, grace)
 
     def kill_now(self) -> None:
         """Synchronous last resort at interpreter exit."""
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
+        if self._tag:
+            kill_tagged_now(self._tag)
 
 
 class AppManager:
@@ -340,6 +399,7 @@ class AppManager:
         bwrap_path: str = "bwrap",
         cwd: str | None = None,
         clock: Callable[[], float] = time.time,
+        setup: list[str] | None = None,
     ):
         self.base_url = base_url
         self.socket_dir = socket_dir
@@ -350,11 +410,39 @@ class AppManager:
         self.bwrap_path = bwrap_path
         self.cwd = cwd
         self.clock = clock
-        self.apps = {name: ManagedApp(spec, self) for name, spec in specs.items()}
+        self.setup = list(setup or [])
+        self.apps: dict[str, ManagedApp] = {}
+        for name, spec in specs.items():
+            self.apps[name] = ManagedApp(spec, self)
+            for i in range(2, spec.instances + 1):
+                copy = dataclasses.replace(spec, name=f"{name}-{i}", family=spec.family or name)
+                self.apps.setdefault(copy.name, ManagedApp(copy, self))
         self._idle_task: asyncio.Task[None] | None = None
 
     def get(self, name: str) -> ManagedApp | None:
         return self.apps.get(name)
+
+    def instances(self, family: str) -> list[ManagedApp]:
+        """Every instance of the spec named ``family``, first one first."""
+        return [a for a in self.apps.values() if (a.spec.family or a.spec.name) == family]
+
+    async def start_new(self, family: str, params: dict[str, Any] | None = None) -> ManagedApp:
+        """Start the first stopped instance of ``family`` (raises AppStartError if none is free)."""
+        free = [a for a in self.instances(family) if a.state in (AppState.STOPPED, AppState.FAILED) and not a.lock.locked()]
+        if not free:
+            count = len(self.instances(family))
+            raise AppStartError(f"all {count} instance(s) of {family} are running; stop one before starting another")
+        app = free[0]
+        await app.start(params)
+        return app
+
+    async def check_all_available(self) -> None:
+        """Fill every app's ``missing`` list (once per family)."""
+        families = {a.spec.family or a.spec.name: a for a in self.apps.values()}
+        for head in families.values():
+            missing = await head.check_available()
+            for app in self.instances(head.spec.family or head.spec.name):
+                app.missing = missing
 
     def start_idle_checker(self) -> None:
         timeouts = [a.spec.idle_timeout for a in self.apps.values() if a.spec.idle_timeout > 0]

@@ -20,11 +20,31 @@ A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environ
 ``isolate_network``
     run the command under bubblewrap in its own network namespace; needs
     ``unix_socket`` because no TCP port is reachable from outside.
+``requires``
+    programs the command needs, as ``{"program": "xpra", "install": "the xpra
+    package"}`` dicts (or bare names). An app whose programs are not on ``PATH``
+    (after its ``setup`` lines) is listed as unavailable with that install hint.
+``setup``
+    shell lines run before the command (``module load ...``); the command itself is
+    passed to that shell as arguments, never interpolated into it.
+``instances``
+    how many copies may run at once (default 1): copies are named ``<name>-2``,
+    ``<name>-3``...; ``POST .../apps/<name>/new`` starts the first free one.
+``parameters``
+    values the user gives at start, by name: ``{"title": ..., "kind": "directory"
+    | "text", "default": ...}``; used in templates as ``{name}``.
+``static_files``
+    ``{"dir": "/usr/share/novnc", "index": "vnc.html?..."}``: plain HTTP requests
+    are answered with files from ``dir`` (websockets still go to the app); ``/``
+    redirects to ``index``, whose templates may use ``{prefix}`` (the app's path
+    without the leading slash).
 
 Sources, later ones overriding earlier ones by name: ``jupyter_serverproxy_servers``
 entry points, ``hpcgate_apps`` entry points, ``c.ServerProxy.servers``,
 ``c.HPCGateLab.apps``. Template strings may use ``{port}``, ``{unix_socket}`` and
-``{base_url}``; callables receive only the arguments they name.
+``{base_url}``, plus hpcgate's ``{app_dir}`` (a private directory per app instance
+for its runtime files), ``{app_name}`` (the instance's name, also its URL path) and
+the app's ``parameters``; callables receive only the arguments they name.
 """
 
 from __future__ import annotations
@@ -63,7 +83,23 @@ JSP_KEYS = frozenset(
         "progressive",  # accepted and ignored: hpcgate always streams
     }
 )
-OWN_KEYS = frozenset({"ready_check", "restart", "max_restarts", "idle_timeout", "stop_timeout", "isolate_network"})
+OWN_KEYS = frozenset(
+    {
+        "ready_check",
+        "restart",
+        "max_restarts",
+        "idle_timeout",
+        "stop_timeout",
+        "isolate_network",
+        "requires",
+        "setup",
+        "instances",
+        "parameters",
+        "static_files",
+    }
+)
+PARAMETER_KINDS = ("directory", "text")
+MAX_INSTANCES = 16
 
 
 class SpecError(ValueError):
@@ -124,7 +160,14 @@ class AppSpec:
     idle_timeout: float = 0.0
     stop_timeout: float | None = None
     isolate_network: bool = False
+    requires: list[dict[str, str]] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    instances: int = 1
+    parameters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    static_files: dict[str, str] = field(default_factory=dict)
     source: str = "config"
+    #: the spec's own name; differs from ``name`` for the 2nd, 3rd... instance
+    family: str = ""
 
     @property
     def managed(self) -> bool:
@@ -217,11 +260,45 @@ def make_spec(name: str, raw: Mapping[str, Any], source: str = "config") -> AppS
     spec.idle_timeout = float(raw.get("idle_timeout") or 0)
     if raw.get("stop_timeout") is not None:
         spec.stop_timeout = float(raw["stop_timeout"])
+    _own_extras(spec, raw)
     if spec.isolate_network and not spec.unix_socket:
         raise SpecError(f"app {name!r}: isolate_network needs unix_socket (its network namespace has no reachable TCP port)")
     if not spec.command and not (spec.port or isinstance(spec.unix_socket, str)):
         raise SpecError(f"app {name!r}: give a command, or the port or unix_socket path of an app started elsewhere")
     return spec
+
+
+def _own_extras(spec: AppSpec, raw: Mapping[str, Any]) -> None:
+    """Validate hpcgate's ``requires``, ``setup``, ``instances``, ``parameters``, ``static_files``."""
+    name = spec.name
+    for item in raw.get("requires") or []:
+        entry = {"program": item} if isinstance(item, str) else dict(item)
+        if not isinstance(entry.get("program"), str) or not entry["program"]:
+            raise SpecError(f"app {name!r}: each requires entry needs a program name")
+        entry.setdefault("install", f"install {entry['program']}")
+        spec.requires.append({"program": entry["program"], "install": str(entry["install"])})
+    setup = raw.get("setup") or []
+    if isinstance(setup, str) or not all(isinstance(line, str) for line in setup):
+        raise SpecError(f"app {name!r}: setup must be a list of shell lines")
+    spec.setup = list(setup)
+    spec.instances = int(raw.get("instances") or 1)
+    if not 1 <= spec.instances <= MAX_INSTANCES:
+        raise SpecError(f"app {name!r}: instances must be between 1 and {MAX_INSTANCES}")
+    for pname, pspec in (raw.get("parameters") or {}).items():
+        if not re.fullmatch(r"[a-z][a-z0-9_]{0,31}", pname) or pname in ("port", "unix_socket", "base_url", "app_dir", "app_name"):
+            raise SpecError(f"app {name!r}: parameter name {pname!r} is not allowed")
+        pspec = dict(pspec)
+        if pspec.setdefault("kind", "text") not in PARAMETER_KINDS:
+            raise SpecError(f"app {name!r}: parameter {pname!r} kind must be one of {PARAMETER_KINDS}")
+        pspec.setdefault("title", pname)
+        pspec.setdefault("default", "")
+        spec.parameters[pname] = pspec
+    static = raw.get("static_files") or {}
+    if static:
+        if not isinstance(static, Mapping) or not isinstance(static.get("dir"), str):
+            raise SpecError(f"app {name!r}: static_files needs a dir")
+        spec.static_files = {"dir": static["dir"], "index": str(static.get("index", ""))}
+    spec.family = name
 
 
 def _entry_point_specs(group: str) -> dict[str, tuple[dict[str, Any], str]]:

@@ -1,0 +1,103 @@
+"""What happens around an app's command: set-up lines, user parameters, availability.
+
+Contracts:
+
+* ``with_setup`` runs admin-provided shell lines (``module load ...``) and then
+  ``exec``s the command, which reaches the shell as positional arguments: no part of
+  the command (nor any user value in it) is ever parsed by the shell.
+* ``resolve_parameters`` returns only validated strings: directories exist and are
+  given as absolute paths, text has no control characters. Errors are sentences for
+  the user.
+* ``missing_programs`` answers which ``requires`` programs cannot be found, looking
+  through the set-up lines when there are any (they may change ``PATH``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shlex
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from .spec import AppSpec
+
+SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
+SETUP_CHECK_TIMEOUT = 120.0  # module systems on shared file systems can be slow
+
+
+class ParameterError(ValueError):
+    """A user-supplied parameter is unusable; the message says what to change."""
+
+
+def base_environ() -> dict[str, str]:
+    """The server's environment with its own ``bin`` directory at the end of ``PATH``:
+    programs installed next to the lab (``pip install tensorboard``) are found even
+    when the job did not activate the environment."""
+    env = dict(os.environ)
+    own_bin = os.path.dirname(sys.executable)
+    parts = env.get("PATH", os.defpath).split(os.pathsep)
+    if own_bin not in parts:
+        env["PATH"] = os.pathsep.join([*parts, own_bin])
+    return env
+
+
+def with_setup(argv: list[str], lines: list[str], name: str) -> list[str]:
+    """``argv`` preceded by the set-up ``lines`` in one shell, or ``argv`` if none."""
+    if not lines:
+        return argv
+    script = "\n".join(lines) + '\nexec "$@"\n'
+    return [SHELL, "-c", script, f"hpcgate-app-{name}", *argv]
+
+
+def resolve_parameters(spec: AppSpec, given: dict[str, Any] | None, cwd: str | None) -> dict[str, str]:
+    """The spec's parameters filled from ``given`` (or defaults), validated."""
+    given = dict(given or {})
+    unknown = set(given) - set(spec.parameters)
+    if unknown:
+        raise ParameterError(f"{spec.family or spec.name} has no parameter {sorted(unknown)[0]!r}")
+    values = {}
+    for pname, pspec in spec.parameters.items():
+        raw = given.get(pname, pspec.get("default", ""))
+        if not isinstance(raw, str):
+            raise ParameterError(f"{pspec['title']} must be text")
+        if any(ord(c) < 32 for c in raw):
+            raise ParameterError(f"{pspec['title']} must not contain control characters")
+        if pspec["kind"] == "directory":
+            path = Path(os.path.expanduser(raw or "."))
+            if not path.is_absolute():
+                path = Path(cwd or os.getcwd()) / path
+            if pspec.get("create") and not path.exists():
+                try:
+                    path.mkdir(mode=0o700, parents=True)
+                except OSError as exc:
+                    raise ParameterError(f"{pspec['title']}: cannot create {raw!r}: {exc.strerror}") from None
+            if not path.is_dir():
+                raise ParameterError(f"{pspec['title']}: {raw!r} is not a directory; create it or pick another one")
+            raw = str(path.resolve())
+        values[pname] = raw
+    return values
+
+
+async def missing_programs(spec: AppSpec, lines: list[str], env: dict[str, str] | None = None) -> list[dict[str, str]]:
+    """``requires`` entries whose program is not found (after ``lines``, if any)."""
+    env = env if env is not None else base_environ()
+    missing = [r for r in spec.requires if shutil.which(r["program"], path=env.get("PATH")) is None]
+    if not missing or not lines:
+        return missing
+    checks = " && ".join(f"command -v {shlex.quote(r['program'])} >/dev/null" for r in missing)
+    proc = await asyncio.create_subprocess_exec(
+        SHELL, "-c", "\n".join(lines) + "\n" + checks,
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        env=env, start_new_session=True,
+    )
+    try:
+        async with asyncio.timeout(SETUP_CHECK_TIMEOUT):
+            code = await proc.wait()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return missing
+    return [] if code == 0 else missing
