@@ -164,10 +164,8 @@ async def load_benchmark(sandbox: Sandbox, tmp: Path) -> None:
         theirs_s = await batchspawner_phase(backend, handles)
         theirs = rpcs(*sdiag(sandbox))
     finally:
-        for account in USERS.values():
-            ids = [h.job_id for h in handles if h.extra["account"] == account]
-            if ids:
-                await backend.remote.run(system.hosts[0], account, ["scancel", *ids])
+        # through the backend: it also removes each job's environment file
+        await asyncio.gather(*(backend.cancel(h) for h in handles))
         await backend.close()
     state = "held (pending)" if held else "running"
     table(

@@ -122,8 +122,9 @@ def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):
     assert running[0]["user"] == "hpcg-alice"
     assert_lab_works(hub, "alice")
     # the token file was read and removed by the job
+    run_id = hub.user_model("alice")["servers"][""]["state"]["job"]["extra"]["run_id"]
     left = sandbox.run_in("login", ["sh", "-c", "ls ~/.hpcgate/run"], user="hpcg-alice").stdout.split()
-    assert not [f for f in left if f.endswith(".env")], left
+    assert f"{run_id}.env" not in left, left
 
     hub.stop_server("alice")
     assert not active_jobs(sandbox, "hpcg-alice")

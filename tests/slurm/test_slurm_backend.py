@@ -69,7 +69,7 @@ async def test_environment_reaches_the_job_but_not_slurms_copy(backend, sandbox)
         await asyncio.sleep(0.2)
     assert f"token={TOKEN}" in log
     assert "test=it's $HOME `x`" in log
-    assert ".env" not in log.split("test=")[1]  # removed before the command ran
+    assert f"{handle.extra['run_id']}.env" not in log.split("test=")[1]  # removed before the command ran
     stored = sandbox.run_in("login", ["scontrol", "write", "batch_script", handle.job_id, "-"], user="hpcg-alice")
     assert "#SBATCH --partition=debug" in stored.stdout
     assert TOKEN not in stored.stdout

@@ -218,6 +218,9 @@ mkdir -p "$base/logs" "$base/run"
 chmod 700 "$base" "$base/logs" "$base/run"
 envfile="$base/run/$1.env"
 script="$base/run/$1.sh"
+# files of jobs that never ran and were cancelled behind hpcgate's back (their tokens
+# are revoked when the hub stops the server)
+find "$base/run" -name '*.env' -mmin +10080 -exec rm -f {} + 2>/dev/null || true
 : > "$envfile"
 : > "$script"
 chmod 600 "$envfile" "$script"
