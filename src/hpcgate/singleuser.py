@@ -47,7 +47,19 @@ def free_port(ip: str) -> int:
         return s.getsockname()[1]
 
 
-def report_to_hub(host: str, port: int, attempts: int = 5) -> bool:
+def report_timeout() -> float:
+    """Seconds to keep trying to report (``HPCGATE_REPORT_TIMEOUT``, default 300).
+
+    Long enough to outlast a hub restart while the job was pending: the report goes
+    through once the hub (and its tunnel to this system) is back.
+    """
+    try:
+        return max(1.0, float(os.environ.get("HPCGATE_REPORT_TIMEOUT", "300")))
+    except ValueError:
+        return 300.0
+
+
+def report_to_hub(host: str, port: int, timeout: float | None = None) -> bool:
     api = os.environ.get("JUPYTERHUB_API_URL")
     token = os.environ.get("JUPYTERHUB_API_TOKEN")
     if not api or not token:
@@ -62,8 +74,10 @@ def report_to_hub(host: str, port: int, attempts: int = 5) -> bool:
         method="POST",
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
     )
-    delay = 0.5
-    for attempt in range(1, attempts + 1):
+    deadline = time.monotonic() + (report_timeout() if timeout is None else timeout)
+    delay, attempt = 0.5, 0
+    while True:
+        attempt += 1
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
                 if response.status in (200, 204):
@@ -74,10 +88,11 @@ def report_to_hub(host: str, port: int, attempts: int = 5) -> bool:
             if exc.code in (400, 403, 404):
                 return False
         except (OSError, urllib.error.URLError) as exc:
-            log(f"cannot reach the hub API at {api} (attempt {attempt}/{attempts}): {exc}")
+            log(f"cannot reach the hub API at {api} (attempt {attempt}): {exc}")
+        if time.monotonic() + delay > deadline:
+            return False
         time.sleep(delay)
-        delay *= 2
-    return False
+        delay = min(delay * 2, 10.0)
 
 
 def write_connection_file(path: str, host: str, port: int) -> None:
