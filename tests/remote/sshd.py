@@ -95,6 +95,7 @@ class LoopbackSSHD:
             keydir.mkdir(parents=True, exist_ok=True, mode=0o700)
             key = asyncssh.generate_private_key("ssh-ed25519")
             key.write_private_key(str(keydir / "id_ed25519"))
+            os.chmod(keydir / "id_ed25519", 0o600)  # OpenSSH's client refuses others
             (auth / user).write_bytes(key.export_public_key())
             os.chmod(auth / user, 0o644)
             self.keys[user] = keydir / "id_ed25519"

@@ -15,7 +15,7 @@ from hpcgate.catalog import Catalog, CatalogModel, UserInfo
 from hpcgate.hub.backends.base import BackendContext, JobSpec, JobState, StatusUnavailable, SubmitError
 from hpcgate.hub.backends.ssh import SSHBackend
 from hpcgate.hub.remote import SSHPool
-from sshd import USERS, free_port
+from sshd import USERS
 
 
 def make_backend(sshd, tmp_path, **overrides) -> tuple[SSHBackend, Catalog]:

@@ -1,0 +1,266 @@
+"""Tunnels: hpcgate's TunnelManager vs OpenSSH ``ssh -L``, side by side in one run.
+
+1. Throughput: a 500 MiB HTTP download (curl) through hpcgate's forward and through
+   ``ssh -N -L``, same sshd, same account, same cipher (whatever hpcgate negotiated).
+2. Memory (PSS, shared pages split fairly): growth of the tunnel process per forward
+   with 200 forwards on one connection, vs one ``ssh -L`` process per forward (as a
+   tunnel service built on OpenSSH runs).
+3. Spawn on the sandbox login node (kind ssh, real hub), split into its phases from
+   the progress events: SSH connect + hub API forward, submit over SSH, the address
+   reported, JupyterLab listening + the tunnel's probe through it, routing (until
+   JupyterHub says ready).
+
+The sshd for 1 and 2 is the tests' loopback sshd (tests/remote/sshd.py, real OpenSSH);
+part 3 needs the sandbox (root) and says so when it cannot run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "remote"))
+
+from sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD, free_port  # noqa: E402
+
+
+from .report import median, ratio, table  # noqa: E402
+
+MIB = int(os.environ.get("HPCGATE_BENCH_MIB", "500"))
+FORWARDS = int(os.environ.get("HPCGATE_BENCH_FORWARDS", "200"))
+SPAWNS = int(os.environ.get("HPCGATE_BENCH_SPAWNS", "3"))
+
+
+def pss_kib(pid: int | str) -> int:
+    """Proportional set size: shared library pages split among the processes using them."""
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
+def start_blob_server() -> tuple[subprocess.Popen, int]:
+    """The stand-in lab (serves /blob/<MiB>) on 127.0.0.1; returns it and its port."""
+    script = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+    script.write(FAKE_LAB)
+    script.close()
+    env = {**os.environ, "HPCGATE_BIND_IP": "127.0.0.1"}
+    server = subprocess.Popen(["/usr/bin/python3", script.name], stdout=subprocess.PIPE, env=env, text=True)
+    line = server.stdout.readline()
+    port = int(re.search(r":(\d+)$", line.strip()).group(1))
+    return server, port
+
+
+def curl_seconds(port: int, mib: int) -> float:
+    out = subprocess.run(
+        ["curl", "-s", "-o", "/dev/null", "-w", "%{time_total}", f"http://127.0.0.1:{port}/blob/{mib}"],
+        check=True, capture_output=True, text=True, timeout=300,
+    ).stdout
+    return float(out)
+
+
+def ssh_argv(sshd: LoopbackSSHD, cipher: str, *extra: str) -> list[str]:
+    return [
+        "ssh", "-N", "-F", "/dev/null", "-c", cipher,
+        "-i", str(sshd.keys[TUNNEL_USER]), "-p", str(sshd.port),
+        "-o", f"UserKnownHostsFile={sshd.known_hosts}", "-o", "StrictHostKeyChecking=yes",
+        "-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "ServerAliveInterval=15",
+        *extra, f"{TUNNEL_USER}@127.0.0.1",
+    ]
+
+
+def wait_port(port: int, timeout: float = 20) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
+
+
+class TunnelProcess:
+    """The TunnelManager in a process of its own, as in the hub (its loop serves only it)."""
+
+    CODE = r"""
+import asyncio, json, sys
+from hpcgate.catalog import System
+from hpcgate.hub.tunnels import TunnelManager
+async def main():
+    system = System.model_validate(json.loads(sys.argv[1]))
+    manager = TunnelManager(state_dir=sys.argv[2])
+    dest_port, count = int(sys.argv[3]), int(sys.argv[4])
+    before = None
+    ports = []
+    for i in range(count):
+        ports.append(await manager.open_forward("bench", system, f"k{i}", "127.0.0.1", dest_port, timeout=30))
+        if i == 0:
+            before = open("/proc/self/smaps_rollup").read()
+    conn = manager.get("bench").conn
+    print(json.dumps({"ports": ports, "cipher": conn.get_extra_info("send_cipher"), "status_after_first": before}), flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+    def __init__(self, system_data: dict, state_dir: str, dest_port: int, count: int):
+        import json
+
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, json.dumps(system_data), state_dir, str(dest_port), str(count)],
+            stdout=subprocess.PIPE, text=True,
+        )
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
+    server, dest = start_blob_server()
+    try:
+        data = sshd.system_data()
+        one = TunnelProcess(data, tmp, dest, 1)
+        cipher = one.info["cipher"]
+        ours_port = one.info["ports"][0]
+        theirs_port = free_port()
+        ssh = subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{theirs_port}:127.0.0.1:{dest}"))
+        try:
+            wait_port(theirs_port)
+            curl_seconds(ours_port, 16)
+            curl_seconds(theirs_port, 16)
+            ours, theirs, direct = [], [], []
+            for _ in range(2):
+                ours.append(curl_seconds(ours_port, MIB))
+                theirs.append(curl_seconds(theirs_port, MIB))
+            direct.append(curl_seconds(dest, MIB))
+        finally:
+            ssh.kill()
+            ssh.wait()
+            one.close()
+        o, t = median(ours), median(theirs)
+        table(
+            f"{MIB} MiB download over SSH to 127.0.0.1 (cipher {cipher}), median of 2",
+            ["path", "seconds", "MiB/s", "vs ssh -L"],
+            [
+                ["hpcgate forward", o, MIB / o, ratio(o, t)],
+                ["ssh -L (OpenSSH)", t, MIB / t, "1.00x"],
+                ["direct, no tunnel", direct[0], MIB / direct[0], ratio(direct[0], t)],
+            ],
+        )
+
+        # memory: one connection with FORWARDS forwards vs FORWARDS ssh -L processes
+        many = TunnelProcess(data, tmp, dest, FORWARDS)
+        try:
+            after_first = next(
+                int(line.split()[1]) for line in many.info["status_after_first"].splitlines() if line.startswith("Pss:")
+            )
+            ok = sum(1 for p in many.info["ports"][:20] if curl_seconds(p, 1) > 0)
+            total = pss_kib(many.proc.pid)
+        finally:
+            many.close()
+        per_forward_ours = (total - after_first) / max(FORWARDS - 1, 1)
+        procs, ports = [], []
+        try:
+            for i in range(FORWARDS):
+                port = free_port()
+                ports.append(port)
+                procs.append(subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{port}:127.0.0.1:{dest}")))
+                if i % 20 == 19:
+                    for p in ports[-20:]:
+                        wait_port(p)
+            for p in ports[-20:]:
+                wait_port(p)
+            ssh_rss = [pss_kib(p.pid) for p in procs]
+        finally:
+            for p in procs:
+                p.kill()
+            for p in procs:
+                p.wait()
+        per_forward_theirs = sum(ssh_rss) / len(ssh_rss)
+        table(
+            f"Hub-side memory per forward, {FORWARDS} forwards ({ok}/20 checked by a download)",
+            ["tunnels", "PSS KiB per forward", "total PSS MiB", "ssh -L / this"],
+            [
+                ["hpcgate: 1 connection", per_forward_ours, total / 1024, ratio(per_forward_theirs, per_forward_ours)],
+                [f"ssh -L: {FORWARDS} processes", per_forward_theirs, sum(ssh_rss) / 1024, "1.00x"],
+            ],
+        )
+    finally:
+        server.kill()
+        server.wait()
+
+
+def spawn_phases() -> None:
+    from sandbox_fixtures import sandbox_missing
+
+    why = sandbox_missing()
+    if why:
+        print(f"spawn phases not measured: {why}")
+        return
+    from hubtools import Hub, wait_for
+
+    from hpcgate.sandbox import Sandbox
+
+    cluster = Sandbox()
+    info = cluster.hold()
+    names = ("connect + hub API forward", "submit over SSH", "address reported", "lab listening + tunnel", "routing", "total")
+    phases: dict[str, list[float]] = {k: [] for k in names}
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpcgate-bench-tunnels-") as tmp:
+            hub = Hub(Path(tmp) / "hub", catalog=str(info.catalog)).start()
+            try:
+                for i in range(SPAWNS):
+                    user = "alice" if i % 2 == 0 else "bob"
+                    hub.create_user(user)
+                    started = time.perf_counter()
+                    r, events = hub.spawn_with_progress(user, {"system": "login"})
+                    assert r.status_code in (201, 202), r.text
+                    wait_for(lambda: hub.user_model(user)["servers"].get("", {}).get("ready"), 120, "ready", interval=0.02)
+                    total = time.perf_counter() - started
+                    at = {}
+                    for e in events:
+                        m = re.match(r"\[\s*([\d.]+) s\] (\w+)", e.get("message", ""))
+                        if m:
+                            at.setdefault(m.group(2), float(m.group(1)))
+                    phases["connect + hub API forward"].append(at["Submitting"] - at.get("Connecting", 0.0))
+                    phases["submit over SSH"].append(at["Submitted"] - at["Submitting"])
+                    # hpcgate-singleuser reports its port before JupyterLab listens; the
+                    # tunnel's probe then waits for the lab: that phase holds the lab's start
+                    phases["address reported"].append(at["Server"] - at["Submitted"])
+                    phases["lab listening + tunnel"].append(at["Tunnel"] - at["Server"])
+                    phases["routing"].append(total - at["Tunnel"])
+                    phases["total"].append(total)
+                    hub.stop_server(user)
+            finally:
+                hub.stop()
+    finally:
+        cluster.release()
+    table(
+        f"Spawn on the sandbox login node (kind ssh), median of {SPAWNS}; first spawn opens the tunnel connection",
+        ["phase", "median s", "first s"],
+        [[k, median(v), v[0]] for k, v in phases.items()],
+    )
+
+
+def run() -> None:
+    if os.geteuid() != 0:
+        print("bench_tunnels needs root (it creates test accounts and runs sshd); not measured")
+        return
+    directory = tempfile.mkdtemp(prefix="hpcgate-sshd-")
+    sshd = LoopbackSSHD(Path(directory)).setup()
+    sshd.start()
+    try:
+        throughput_and_memory(sshd, directory)
+    finally:
+        sshd.kill()
+    spawn_phases()
