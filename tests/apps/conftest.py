@@ -1,22 +1,20 @@
 """Fixtures for the app recipes: a real ``jupyter server`` with hpcgate.lab and the
 installed recipes and jupyter-server-proxy plugins (whose own server extension is
-turned off: hpcgate serves them), plus helpers to look at processes and X displays."""
+turned off: hpcgate serves them)."""
 
 from __future__ import annotations
 
 import os
 import secrets
-import socket
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 import requests
+from apptools import BASE, Lab, free_port, wait_for
 
-BASE = "/user/alice/"
 XSTARTUP = "#!/bin/sh\nexec xterm\n"
 APPS_FILE = """
 webfiles:
@@ -28,90 +26,6 @@ notthere:
   title: Missing program
   install: load the NoSuch module (module load nosuch)
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 60.0, what: str = "condition", step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def alive(pid: int) -> bool:
-    """True for a live, non-zombie process (PID 1 here may reap late)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def family_pids(root_pid: int) -> set[int]:
-    """``root_pid`` and every live process that descends from it, shares its session,
-    or carries the same HPCGATE_APP_TAG (helpers that called setsid)."""
-    procs = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            env = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        tag = next((e for e in env if e.startswith(b"HPCGATE_APP_TAG=")), None)
-        procs[int(entry.name)] = (int(fields[1]), int(fields[3]), tag)
-    root = procs.get(root_pid)
-    if root is None:
-        return set()
-    found = {root_pid}
-    changed = True
-    while changed:
-        changed = False
-        for pid, (ppid, sid, tag) in procs.items():
-            if pid not in found and (ppid in found or sid == root_pid or (tag and tag == root[2])):
-                found.add(pid)
-                changed = True
-    return {p for p in found if alive(p)}
-
-
-def tcp_listeners(pids: set[int]) -> list[str]:
-    """``ss`` lines of TCP listening sockets that belong to any of ``pids``."""
-    out = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True, check=True).stdout
-    return [line for line in out.splitlines() if any(f"pid={p}," in line for p in pids)]
-
-
-class Lab:
-    """A running lab server: ``url(path)``, an authenticated ``requests`` session ``s``."""
-
-    def __init__(self, root: Path, port: int, token: str, proc: subprocess.Popen):
-        self.root = root
-        self.port = port
-        self.token = token
-        self.proc = proc
-        self.base = f"http://127.0.0.1:{port}{BASE}"
-        self.s = requests.Session()
-        self.s.headers["Authorization"] = f"token {token}"
-
-    def url(self, path: str = "") -> str:
-        return self.base + path.lstrip("/")
-
-    def api(self, method: str, path: str = "", **kw) -> requests.Response:
-        return self.s.request(method, self.url("hpcgate/api/apps" + path), timeout=300, **kw)
-
-    def apps(self) -> dict[str, dict]:
-        return {a["name"]: a for a in self.api("GET").json()["apps"]}
-
-    def log(self, name: str) -> str:
-        return self.api("GET", f"/{name}/log").text
 
 
 @pytest.fixture(scope="session")
@@ -183,29 +97,3 @@ def lab_apps(tmp_path_factory):
         print((root / "server.log").read_text())
 
 
-def write_scalars(logdir: Path, tag: str, values: list[float]) -> None:
-    """A TensorBoard event file with one scalar series, written with tensorboard's own
-    writer (no TensorFlow needed)."""
-    from tensorboard.compat.proto import event_pb2, summary_pb2
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter
-
-    writer = EventFileWriter(str(logdir))
-    for step, value in enumerate(values):
-        summary = summary_pb2.Summary(value=[summary_pb2.Summary.Value(tag=tag, simple_value=value)])
-        writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
-    writer.close()
-
-
-def xwd_text_pixels(display: str) -> int:
-    """Dark pixels on an X display's root window (xterm's text is black on white)."""
-    raw = subprocess.run(["xwd", "-root", "-silent", "-display", display], capture_output=True, check=True).stdout
-    header_size = int.from_bytes(raw[0:4], "big")
-    width, height = int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
-    bpl = int.from_bytes(raw[48:52], "big")
-    ncolors = int.from_bytes(raw[76:80], "big")
-    data = raw[header_size + ncolors * 12 :]
-    dark = 0
-    for y in range(0, height, 2):
-        row = data[y * bpl : y * bpl + width * 4]
-        dark += sum(1 for x in range(0, len(row), 8) if row[x] < 60 and row[x + 1] < 60 and row[x + 2] < 60)
-    return dark

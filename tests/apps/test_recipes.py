@@ -12,7 +12,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import family_pids, tcp_listeners, wait_for, write_scalars
+from apptools import alive, family_pids, tcp_listeners, wait_for, write_scalars
 
 DESKTOP_PORTS = range(5800, 6000)
 
@@ -30,17 +30,11 @@ def stop_and_check_gone(lab, name):
     assert pids, f"{name} has no processes"
     r = lab.api("DELETE", f"/{name}")
     assert r.json()["state"] == "stopped"
-    survivors = wait_for(lambda: not any(_alive(p) for p in pids) and "none", 20, f"{name}'s processes to end")
+    survivors = wait_for(lambda: not any(alive(p) for p in pids) and "none", 20, f"{name}'s processes to end")
     assert survivors == "none"
     if info["unix_socket"]:
         assert not os.path.exists(info["unix_socket"])
     return pids
-
-
-def _alive(pid):
-    from conftest import alive
-
-    return alive(pid)
 
 
 def display_of(lab, name) -> str:

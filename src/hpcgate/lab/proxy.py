@@ -181,9 +181,8 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self._touch()
         if self._is_websocket():
             return
-        if self.app is not None and self.app.spec.static_files:
-            self._serve_static()
-            return
+        if self._static():
+            return  # answered in get()/head(), after tornado has read the request
         if self.app is not None and self.app.spec.raw_socket_proxy:
             raise ProxyError(405, reason="This app only accepts websocket connections")
         if self._has_body():
@@ -193,6 +192,9 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             head = self._request_head(chunked)
             self.conn.writer.write(head)
             self.body_writer = ChunkedWriter(self.conn, chunked)
+
+    def _static(self) -> bool:
+        return self.app is not None and bool(self.app.spec.static_files) and not self._is_websocket()
 
     def _serve_static(self) -> None:
         """Answer from the spec's ``static_files`` (websockets still reach the app)."""
@@ -364,11 +366,16 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
     async def get(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
         if self._is_websocket():
             await self._open_websocket()
+        elif self._static():
+            self._serve_static()
         else:
             await self._proxy_http()
 
     async def _other_method(self, *args: Any) -> None:
-        await self._proxy_http()
+        if self._static():
+            self._serve_static()
+        else:
+            await self._proxy_http()
 
     head = post = put = patch = delete = options = _other_method  # type: ignore[assignment]
 

@@ -49,7 +49,7 @@ def xpra() -> dict[str, Any]:
             "--html=on", f"--start={TERMINAL}",
             "--sharing=no", "--clipboard=yes", *XPRA_QUIET,
         ],
-        environment={"XDG_RUNTIME_DIR": "{app_dir}", "XAUTHORITY": "{app_dir}/Xauthority"},
+        environment={"XDG_RUNTIME_DIR": "{app_dir}"},  # Xpra 3.1 keeps its X cookie in ~/.Xauthority
         ready_check={"path": "/", "status": 200},
     )
 
