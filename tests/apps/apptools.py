@@ -1,9 +1,8 @@
-"""Helpers for the app tests: waiting, processes, TCP listeners, TensorBoard event
+"""Helpers for the app tests: processes, TCP listeners, TensorBoard event
 files, reading an X window's pixels, and the lab server handle."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -11,22 +10,6 @@ from pathlib import Path
 import requests
 
 BASE = "/user/alice/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(pred, timeout: float = 60.0, what: str = "condition", step: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def alive(pid: int) -> bool:

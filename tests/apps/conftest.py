@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from apptools import BASE, Lab, free_port, wait_for
+from apptools import BASE, Lab
+from hubtools import free_port, wait_for
 
 XSTARTUP = "#!/bin/sh\nexec xterm\n"
 APPS_FILE = """

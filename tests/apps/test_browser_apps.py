@@ -13,9 +13,8 @@ import subprocess
 import time
 
 import pytest
-from apptools import alive, wait_for, write_scalars, xwd_text_pixels
-
-from hubtools import Hub
+from apptools import alive, write_scalars, xwd_text_pixels
+from hubtools import Hub, wait_for
 
 pytestmark = pytest.mark.browser
 

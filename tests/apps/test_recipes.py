@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from apptools import alive, family_pids, tcp_listeners, wait_for, write_scalars
+from apptools import alive, family_pids, tcp_listeners, write_scalars
+from hubtools import wait_for
 
 DESKTOP_PORTS = range(5800, 6000)
 
