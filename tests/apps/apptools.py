@@ -1,13 +1,19 @@
-"""Helpers for the app tests: processes, TCP listeners, TensorBoard event
+"""Helpers for the app tests: a lab server with hpcgate.lab (jupyter-server-proxy's own
+server extension off: hpcgate serves its plugins), processes, TCP listeners, TensorBoard event
 files, reading an X window's pixels, and the lab server handle."""
 
 from __future__ import annotations
 
+import os
+import secrets
 import subprocess
+import sys
+import textwrap
 import time
 from pathlib import Path
 
 import requests
+from hubtools import free_port, wait_for
 
 BASE = "/user/alice/"
 
@@ -107,3 +113,99 @@ def xwd_text_pixels(display: str, window: str = "xterm") -> int:
         row = data[y * bpl : y * bpl + width * 4]
         dark += sum(1 for x in range(0, len(row), 8) if row[x] < 60 and row[x + 1] < 60 and row[x + 2] < 60)
     return dark
+
+
+XSTARTUP = "#!/bin/sh\nexec xterm\n"
+APPS_FILE = """
+webfiles:
+  command: python3 -m http.server {port} --bind 127.0.0.1 --directory .
+  title: Files over HTTP
+  setup: ["echo from-setup-line > setup-ran.txt"]
+detacher:
+  # leaves a helper in a new session, as ssh-agent does under Xpra
+  command: bash -c "setsid sleep 600 & exec python3 -m http.server {port} --bind 127.0.0.1"
+  title: Detaching helper
+frommodule:
+  command: hpcgate-fake-tool {port}
+  setup: ["export PATH={tools}:$PATH"]
+  title: Program from a module
+notthere:
+  command: hpcgate-no-such-program --port {port}
+  title: Missing program
+  install: load the NoSuch module (module load nosuch)
+"""
+
+
+FAKE_TOOL = "#!/bin/sh\nexec python3 -m http.server \"$1\" --bind 127.0.0.1\n"
+
+
+def start_lab(root: Path) -> Lab:
+    """A lab server in ``root`` (home, runtime dir, apps file, a tool only a set-up
+    line puts on PATH); returns once it answers."""
+    home = root / "home"
+    runtime = root / "runtime"
+    tools = root / "modules" / "bin"
+    for d in (home, runtime, home / "logs"):
+        d.mkdir(mode=0o700)
+    tools.mkdir(parents=True)
+    (tools / "hpcgate-fake-tool").write_text(FAKE_TOOL)
+    (tools / "hpcgate-fake-tool").chmod(0o755)
+    (root / "xstartup").write_text(XSTARTUP)
+    (root / "xstartup").chmod(0o755)
+    (root / "apps.yaml").write_text(APPS_FILE.replace("{tools}", str(tools)))
+    port = free_port()
+    token = secrets.token_hex(16)
+    cfg = root / "jupyter_server_config.py"
+    cfg.write_text(
+        textwrap.dedent(
+            f"""
+            c.ServerApp.port = {port}
+            c.ServerApp.ip = "127.0.0.1"
+            c.ServerApp.open_browser = False
+            c.ServerApp.allow_root = True
+            c.ServerApp.base_url = {BASE!r}
+            c.ServerApp.root_dir = {str(home)!r}
+            # hpcgate serves the jupyter-server-proxy plugins; its own extension stays off
+            c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyter_lsp": False}}
+            c.HPCGateLab.stop_grace_period = 5
+            c.HPCGateLab.apps_file = {str(root / "apps.yaml")!r}
+            c.HPCGateLab.app_setup = ["export HPCGATE_TEST_SETUP=global-setup-ran"]
+            """
+        )
+    )
+    env = dict(os.environ)
+    env.update(
+        JUPYTER_TOKEN=token,
+        HOME=str(home),
+        XDG_RUNTIME_DIR=str(runtime),
+        JUPYTER_CONFIG_DIR=str(root / "cfgdir"),
+        JUPYTER_DATA_DIR=str(root / "data"),
+        JUPYTER_RUNTIME_DIR=str(root / "jrt"),
+        JUPYTER_REMOTE_DESKTOP_PROXY_XSTARTUP=str(root / "xstartup"),
+    )
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "jupyter"), "server", f"--config={cfg}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    lab = Lab(root, port, token, proc)
+    lab.home = home
+    lab.runtime = runtime
+
+    def up():
+        assert proc.poll() is None, (root / "server.log").read_text()
+        return lab.s.get(lab.url("api/status"), timeout=2).ok
+
+    wait_for(up, 60, "the lab server")
+    return lab
+
+
+def stop_lab(lab: Lab) -> None:
+    lab.proc.terminate()
+    try:
+        lab.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        lab.proc.kill()
+    if os.environ.get("HPCGATE_SHOW_LAB_LOG"):
+        print((lab.root / "server.log").read_text())

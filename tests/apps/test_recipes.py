@@ -9,10 +9,11 @@ import re
 import shutil
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
-from apptools import alive, family_pids, tcp_listeners, write_scalars
+from apptools import alive, family_pids, start_lab, stop_lab, tcp_listeners, write_scalars
 from hubtools import wait_for
 
 DESKTOP_PORTS = range(5800, 6000)
@@ -78,6 +79,43 @@ def test_generic_app_runs_setup_lines_then_its_command(lab_apps):
     environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     assert b"HPCGATE_TEST_SETUP=global-setup-ran" in environ  # c.HPCGateLab.app_setup ran first
     stop_and_check_gone(lab_apps, "webfiles")
+
+
+def test_program_found_through_setup_lines(lab_apps):
+    """A program that only a ``module load``-like set-up line puts on PATH counts as
+    installed, and runs."""
+    assert lab_apps.apps()["frommodule"]["available"]
+    start(lab_apps, "frommodule")
+    assert lab_apps.s.get(lab_apps.url("frommodule/")).status_code == 200
+    stop_and_check_gone(lab_apps, "frommodule")
+
+
+def test_stop_ends_helpers_that_left_the_session(lab_apps):
+    info = start(lab_apps, "detacher")
+    sessions = {int(Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()[3]) for p in family_pids(info["pid"])}
+    assert len(sessions) == 2, "the helper did not start in its own session"
+    pids = stop_and_check_gone(lab_apps, "detacher")
+    assert len(pids) >= 2
+
+
+def test_server_shutdown_stops_every_app(tmp_path):
+    lab = start_lab(tmp_path)
+    try:
+        pids = set()
+        for name in ("xpra", "novnc", "detacher"):
+            pids |= family_pids(start(lab, name)["pid"])
+    finally:
+        stop_lab(lab)
+    assert lab.proc.returncode is not None
+    wait_for(lambda: not any(alive(p) for p in pids), 30, "every app process to end with the server")
+
+
+def test_labextension_is_installed_and_enabled():
+    out = subprocess.run(
+        [str(Path(sys.executable).parent / "jupyter"), "labextension", "list"], capture_output=True, text=True, check=True
+    )
+    line = next((ln for ln in (out.stdout + out.stderr).splitlines() if "hpcgate-lab" in ln), "")
+    assert "enabled" in line and "OK" in line, out.stdout + out.stderr
 
 
 def test_xpra_desktops_on_unix_sockets_several_per_user(lab_apps):
