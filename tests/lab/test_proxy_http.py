@@ -8,7 +8,7 @@ import socket
 import threading
 
 import requests
-from conftest import RssWatch
+from labtools import RssWatch
 
 MiB = 1024 * 1024
 
@@ -210,7 +210,7 @@ def test_concurrent_requests_share_keepalive(lab, upstream):
 
 
 def test_unreachable_port_is_502(lab):
-    from conftest import free_port
+    from labtools import free_port
 
     r = lab.s.get(lab.url(f"proxy/{free_port()}/"))
     assert r.status_code == 502

@@ -8,7 +8,7 @@ import time
 
 import pytest
 import requests
-from conftest import free_port, wait_http
+from labtools import free_port, wait_http
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 

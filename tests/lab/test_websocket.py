@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 import requests
-from conftest import RssWatch
+from labtools import RssWatch
 from tornado.httpclient import HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -110,7 +110,7 @@ async def test_raw_socket_proxy(lab):
 
 
 async def test_websocket_to_closed_port_fails_cleanly(lab):
-    from conftest import free_port
+    from labtools import free_port
     from tornado.httpclient import HTTPClientError
 
     with pytest.raises(HTTPClientError) as err:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from conftest import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue
+from slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue
 from hubtools import Hub, wait_for
 
 pytestmark = pytest.mark.sandbox

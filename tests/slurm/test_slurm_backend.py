@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from conftest import active_jobs, squeue
+from slurmtools import active_jobs, squeue
 from hpcgate.catalog import load_catalog, UserInfo
 from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec, JobState
 from hpcgate.hub.backends.slurm import SlurmBackend
