@@ -433,7 +433,13 @@ class AppManager:
             count = len(self.instances(family))
             raise AppStartError(f"all {count} instance(s) of {family} are running; stop one before starting another")
         app = free[0]
-        await app.start(params)
+        app.state = AppState.STARTING  # reserved before the first await: a concurrent call takes the next one
+        try:
+            await app.start(params)
+        except AppStartError:
+            if app.state == AppState.STARTING:
+                app.state = AppState.FAILED
+            raise
         return app
 
     async def check_all_available(self) -> None:

@@ -281,7 +281,7 @@ def _own_extras(spec: AppSpec, raw: Mapping[str, Any]) -> None:
     if isinstance(setup, str) or not all(isinstance(line, str) for line in setup):
         raise SpecError(f"app {name!r}: setup must be a list of shell lines")
     spec.setup = list(setup)
-    spec.instances = int(raw.get("instances") or 1)
+    spec.instances = int(raw.get("instances", 1))
     if not 1 <= spec.instances <= MAX_INSTANCES:
         raise SpecError(f"app {name!r}: instances must be between 1 and {MAX_INSTANCES}")
     for pname, pspec in (raw.get("parameters") or {}).items():

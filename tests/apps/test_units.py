@@ -1,0 +1,54 @@
+"""Pure parts of the app machinery: set-up wrapping, parameters, generic specs, static files."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from hpcgate.lab.apps.launch import ParameterError, resolve_parameters, with_setup
+from hpcgate.lab.apps.recipes.generic import command_app
+from hpcgate.lab.apps.spec import SpecError, make_spec
+from hpcgate.lab.apps.static import NotFound, index_url, static_file
+
+
+def test_setup_lines_never_parse_the_command():
+    argv = with_setup(["printf", "%s|", "$(touch /tmp/x)", "a b;c"], ["export A=1"], "t")
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert out == "$(touch /tmp/x)|a b;c|"
+    assert with_setup(["true"], [], "t") == ["true"]
+
+
+def test_parameters_are_validated(tmp_path):
+    spec = make_spec("tb", {"command": ["x", "{logdir}"], "parameters": {"logdir": {"kind": "directory", "title": "Log directory"}}})
+    (tmp_path / "runs").mkdir()
+    assert resolve_parameters(spec, {"logdir": "runs"}, str(tmp_path)) == {"logdir": str(tmp_path / "runs")}
+    for bad in ({"logdir": "missing"}, {"logdir": "a\nb"}, {"other": "x"}, {"logdir": 3}):
+        with pytest.raises(ParameterError):
+            resolve_parameters(spec, bad, str(tmp_path))
+    with pytest.raises(SpecError):
+        make_spec("tb", {"command": ["x"], "parameters": {"port": {}}})
+    with pytest.raises(SpecError):
+        make_spec("tb", {"command": ["x"], "instances": 0})
+
+
+def test_generic_command_is_split_before_templates():
+    spec = command_app("dask", {"command": "dask scheduler --dashboard-address '127.0.0.1:{port}'", "title": "Dask"})
+    assert spec["command"] == ["dask", "scheduler", "--dashboard-address", "127.0.0.1:{port}"]
+    assert spec["requires"][0]["program"] == "dask"
+    assert spec["launcher_entry"]["title"] == "Dask"
+    made = make_spec("dask", spec)
+    assert made.managed and made.requires[0]["program"] == "dask"
+    with pytest.raises(SpecError):
+        command_app("bad", {"command": "unbalanced 'quote"})
+
+
+def test_static_files_stay_inside_their_directory(tmp_path):
+    (tmp_path / "www").mkdir()
+    (tmp_path / "www" / "vnc.html").write_text("<html>")
+    (tmp_path / "secret").write_text("no")
+    assert static_file(str(tmp_path / "www"), "/vnc.html") == (b"<html>", "text/html; charset=utf-8")
+    for path in ("/../secret", "/%2e%2e/secret", "/", "/nothing"):
+        with pytest.raises(NotFound):
+            static_file(str(tmp_path / "www"), path)
+    assert index_url("/user/a/novnc", "vnc.html?path={prefix}websockify") == "/user/a/novnc/vnc.html?path=user/a/novnc/websockify"
