@@ -9,7 +9,11 @@ from . import icon
 
 def mlflow() -> dict[str, Any]:
     """``mlflow server`` on 127.0.0.1 with a SQLite store and artifacts under the chosen
-    directory (default ``mlruns`` in the lab's root directory, created if missing)."""
+    directory (default ``mlruns`` in the lab's root directory, created if missing).
+
+    MLflow 3.5+ refuses requests whose Host header is not local (DNS-rebinding
+    protection); only hpcgate's authenticated proxy reaches it, so the proxy presents
+    the local address as Host."""
     return {
         "command": [
             "mlflow", "server", "--host", "127.0.0.1", "--port", "{port}", "--workers", "1",
@@ -17,6 +21,7 @@ def mlflow() -> dict[str, Any]:
             "--static-prefix", "{base_url}{app_name}",
         ],
         "absolute_url": True,
+        "request_headers_override": {"Host": "127.0.0.1:{port}"},
         "timeout": 240.0,
         "ready_check": {"path": "/health", "status": 200},
         "new_browser_tab": True,
