@@ -9,9 +9,12 @@ own display (the X server picks a free one) and its own runtime directory.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 from . import icon
+
+XPRA_CONF = Path(__file__).parent / "xpra-conf"
 
 XPRA_QUIET = [
     # Xpra 3.1 tries these services at start; on HPC nodes they are missing or unwanted.
@@ -49,7 +52,8 @@ def xpra() -> dict[str, Any]:
             "--html=on", f"--start={TERMINAL}",
             "--sharing=no", "--clipboard=yes", *XPRA_QUIET,
         ],
-        environment={"XDG_RUNTIME_DIR": "{app_dir}"},  # Xpra 3.1 keeps its X cookie in ~/.Xauthority
+        # Xpra 3.1 keeps its X cookie in ~/.Xauthority; its config: see xpra-conf/xpra.conf
+        environment={"XDG_RUNTIME_DIR": "{app_dir}", "XPRA_USER_CONF_DIRS": str(XPRA_CONF)},
         ready_check={"path": "/", "status": 200},
     )
 
