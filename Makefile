@@ -58,17 +58,11 @@ test: install system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make bench: side-by-side benchmarks, printed as tables with ratios.
-# The alternatives (jupyter-server-proxy) go into their own venv: installed, they
-# enable themselves in every Jupyter server of the venv, the test servers included.
-BENCH_VENV := .venv-bench
-$(BENCH_VENV)/.installed: pyproject.toml
-	$(PYTHON) -m venv $(BENCH_VENV)
-	$(BENCH_VENV)/bin/pip install -q --upgrade pip
-	$(BENCH_VENV)/bin/pip install -q -e '.[test,bench]'
-	touch $@
-
-bench: install system-deps $(BENCH_VENV)/.installed
-	PATH=$(CURDIR)/$(BENCH_VENV)/bin:$(NODE_BIN):$$PATH $(BENCH_VENV)/bin/python -m benchmarks $(ARGS)
+# jupyter-server-proxy (the alternative) is installed but kept disabled by hpcgate's
+# config; the benchmark enables it only in the Jupyter server it compares against.
+bench: install system-deps
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python -m benchmarks $(ARGS)
 
 clean:
-	rm -rf $(VENV) $(BENCH_VENV) node_modules artifacts .pytest_cache
+	rm -rf $(VENV) node_modules artifacts .pytest_cache
