@@ -107,7 +107,7 @@ from markupsafe import Markup
 from ...catalog import LaunchRequest, System
 from ..remote import CommandFailed, RemoteError, SSHPool
 from .base import BackendContext, JobHandle, JobSpec, JobState, JobStatus, StatusUnavailable, SubmitError
-from .ssh import HOST_RETRY_AFTER, SSHBackend, _safe_name, env_lines, remote_workdir
+from .ssh import HOST_RETRY_AFTER, PRIVATE_DIRS, SSHBackend, _safe_name, env_lines, remote_workdir
 
 log = logging.getLogger("hpcgate.backends.slurm")
 
@@ -209,13 +209,7 @@ JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
 
 #: $1 run id, $2 separator line. stdin: ``export NAME='value'`` lines, the separator, the
 #: job script. Prints the job id; sbatch's error goes to stderr.
-SUBMIT_SCRIPT = r"""
-set -e
-umask 077
-cd "$HOME"
-base="$HOME/.hpcgate"
-mkdir -p "$base/logs" "$base/run"
-chmod 700 "$base" "$base/logs" "$base/run"
+SUBMIT_SCRIPT = PRIVATE_DIRS + r"""
 envfile="$base/run/$1.env"
 script="$base/run/$1.sh"
 # files of jobs that never ran and were cancelled behind hpcgate's back (their tokens

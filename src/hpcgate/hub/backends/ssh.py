@@ -52,13 +52,18 @@ HOST_RETRY_AFTER = 30.0
 #: $1 log name, $2 run id, $3 working directory (relative to $HOME or absolute),
 #: $4 setup lines (admin's shell, from the catalog), $5 "1" for a connection file,
 #: $6... the server's argv. stdin: the environment as ``export NAME='value'`` lines.
-START_SCRIPT = r"""
+#: First lines of every remote script: strict, private files, a 0700 ~/.hpcgate with
+#: logs/ and run/ (environment files), ``$base`` pointing at it.
+PRIVATE_DIRS = r"""
 set -e
 umask 077
 cd "$HOME"
 base="$HOME/.hpcgate"
 mkdir -p "$base/logs" "$base/run"
 chmod 700 "$base" "$base/logs" "$base/run"
+"""
+
+START_SCRIPT = PRIVATE_DIRS + r"""
 log="$base/logs/$1.log"
 envfile="$base/run/$2.env"
 conn=""
