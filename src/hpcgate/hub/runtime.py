@@ -104,7 +104,7 @@ class HPCGate(SingletonConfigurable):
             )
             cache = StatusCache(backend, system.status_interval)
             if entry is not None:
-                for handle in list(entry[2]._watched.values()):
+                for handle in entry[2].watched():
                     cache.watch(handle)
             entry = (system, backend, cache)
             self._backends[system_name] = entry

@@ -64,6 +64,10 @@ class StatusCache:
             del self._statuses[handle.job_id]
         self._watched[handle.job_id] = handle
 
+    def watched(self) -> list[JobHandle]:
+        """The handles included in every query (a new cache for a changed system adopts them)."""
+        return list(self._watched.values())
+
     def forget(self, job_id: str) -> None:
         self._watched.pop(job_id, None)
         self._statuses.pop(job_id, None)
