@@ -13,8 +13,9 @@ Contracts:
   (websocket upgrades included); state-changing requests authenticated by cookie
   must come from the server's own origin.
 * Bodies stream both ways: at most a couple of chunks are held per request, a slow
-  reader slows the writer (awaited ``flush``/``drain``, websocket writes awaited one
-  message at a time).
+  reader slows the writer (awaited ``flush``/``drain``; a websocket write is awaited
+  whenever the receiving stream could not take it at once, so at most one message
+  waits in user space per direction).
 * Response headers are sent as soon as the app sends them (SSE, long polls).
 * Error pages are plain text and never contain the requested host or path.
 """
@@ -27,6 +28,7 @@ import re
 import socket
 import threading
 import time
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -86,9 +88,9 @@ class _UpstreamWebSocket(WebSocketClientConnection):
             self._handler.ping(data)
 
     def _on_message(self, message: None | str | bytes) -> Any:
-        # Hand each app message straight to the browser side. tornado awaits the
-        # returned coroutine before it reads the next frame: backpressure without a queue.
-        return asyncio.ensure_future(self._handler.forward_down(message))
+        # Hand each app message straight to the browser side. tornado awaits a returned
+        # awaitable before it reads the next frame: backpressure without a queue.
+        return self._handler.forward_down(message)
 
 
 class ProxyError(web.HTTPError):
@@ -608,21 +610,27 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         if self.raw_conn is not None:
             self._pump = asyncio.ensure_future(self._pump_raw())
 
-    async def forward_down(self, msg: None | str | bytes) -> None:
-        """One app message (``None``: the app closed) to the browser, write awaited."""
-        await self._ws_open.wait()  # the browser handshake may still be finishing
+    def forward_down(self, msg: None | str | bytes) -> Awaitable[None] | None:
+        """One app message (``None``: the app closed) to the browser.
+
+        Returns an awaitable only when the write must be waited for (the handshake is
+        still finishing, or the browser's stream could not take the message at once).
+        """
+        if not self._ws_open.is_set():  # the browser handshake may still be finishing
+            return self._forward_down_later(msg)
         up = self.ws_upstream
         if msg is None:
             code = up.close_code if up is not None else None
             self.close(code if code not in (None, 1005, 1006) else None, up.close_reason if code and up else None)
-            return
-        try:
-            await self.write_message(msg, binary=isinstance(msg, bytes))
-        except WebSocketClosedError:
-            if up is not None:
-                up.close()
-            return
+            return None
         self._touch()
+        return _relay(self, getattr(self.ws_connection, "stream", None), msg, on_closed=up.close if up is not None else None)
+
+    async def _forward_down_later(self, msg: None | str | bytes) -> None:
+        await self._ws_open.wait()
+        pending = self.forward_down(msg)
+        if pending is not None:
+            await pending
 
     async def _pump_raw(self) -> None:
         conn = self.raw_conn
@@ -636,21 +644,22 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         conn.close()
         self.close()
 
-    async def on_message(self, message: str | bytes) -> None:  # type: ignore[override]
-        # Awaited by tornado before it reads the next frame: backpressure to the browser.
+    def on_message(self, message: str | bytes) -> Awaitable[None] | None:  # type: ignore[override]
+        # A returned awaitable is awaited by tornado before it reads the next frame:
+        # backpressure to the browser.
         self._touch()
         if self.raw_conn is not None:
-            try:
-                self.raw_conn.writer.write(message.encode() if isinstance(message, str) else message)
-                await self.raw_conn.writer.drain()
-            except ConnectionError:
-                self.close()
-            return
+            return self._write_raw(message)
         if self.ws_upstream is None:
-            return
+            return None
+        return _relay(self.ws_upstream, getattr(self.ws_upstream.protocol, "stream", None), message, on_closed=self.close)
+
+    async def _write_raw(self, message: str | bytes) -> None:
+        assert self.raw_conn is not None
         try:
-            await self.ws_upstream.write_message(message, binary=isinstance(message, bytes))
-        except WebSocketClosedError:
+            self.raw_conn.writer.write(message.encode() if isinstance(message, str) else message)
+            await self.raw_conn.writer.drain()
+        except ConnectionError:
             self.close()
 
     def on_ping(self, data: bytes) -> None:
@@ -672,6 +681,34 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
             self.raw_conn.close()
         if self.conn is not None and self.ws_upstream is None and not self._finished:
             self.conn.close()  # browser left mid-download: free the app's connection
+
+
+def _relay(
+    ws: WebSocketHandler | WebSocketClientConnection, stream: IOStream | None, msg: str | bytes, on_closed: Any
+) -> Awaitable[None] | None:
+    """Write one message on ``ws``; return an awaitable only if ``stream`` is still flushing it.
+
+    A write that the kernel took at once needs no event-loop turn; one that left bytes
+    in tornado's buffer is awaited (until flushed), which bounds what a slow peer costs.
+    ``on_closed`` runs if the other side turns out to be gone.
+    """
+    try:
+        fut = ws.write_message(msg, binary=isinstance(msg, bytes))
+    except WebSocketClosedError:
+        if on_closed is not None:
+            on_closed()
+        return None
+    if stream is not None and not stream.writing():
+        return None  # fully written: the future has already resolved
+    return _await_write(fut, on_closed)
+
+
+async def _await_write(fut: Awaitable[None], on_closed: Any) -> None:
+    try:
+        await fut
+    except WebSocketClosedError:
+        if on_closed is not None:
+            on_closed()
 
 
 class RewritableResponse:
