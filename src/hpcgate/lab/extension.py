@@ -30,6 +30,29 @@ from .upstream import ConnectionPool, ForeignSocketError
 MiB = 1024 * 1024
 
 
+def tune_malloc(mmap_threshold: int) -> bool:
+    """Keep allocations below ``mmap_threshold`` on glibc's heap; False where unsupported.
+
+    glibc serves anything over 128 KiB with its own ``mmap`` and unmaps it on free, so
+    each such buffer is page-faulted in again. It raises that threshold by itself only
+    after the first large block is freed; this sets it (and the trim threshold, as glibc
+    would: twice as high) up front.
+    """
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, 2 * mmap_threshold))
+
+
 class LabContext:
     """What the handlers share: options, the app manager and the connection pool."""
 
@@ -134,6 +157,14 @@ class HPCGateLab(ExtensionApp):
         512 * 1024,
         help="""Largest piece of a response body read from an app before it is written to
         the browser. At most about two pieces per download are held in memory.""",
+    ).tag(config=True)
+
+    malloc_mmap_threshold = Int(
+        4 * MiB,
+        help="""On glibc, buffers smaller than this come from the heap rather than from a
+        fresh ``mmap`` each (set with ``mallopt``; free heap above twice this is returned
+        to the system). Without it every 1 MiB websocket message costs page faults on
+        each of its copies. 0 leaves the allocator alone.""",
     ).tag(config=True)
 
     splice_min_size = Int(
@@ -244,6 +275,8 @@ class HPCGateLab(ExtensionApp):
     def initialize_handlers(self) -> None:
         serverapp = self.serverapp
         assert serverapp is not None
+        if self.malloc_mmap_threshold > 0:
+            tune_malloc(self.malloc_mmap_threshold)
         settings = serverapp.web_app.settings
         cfg = serverapp.config
         servers: dict[str, Any] = {}
