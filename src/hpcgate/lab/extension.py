@@ -169,9 +169,9 @@ class HPCGateLab(ExtensionApp):
 
     splice_min_size = Int(
         1 * MiB,
-        help="""Fixed-length response bodies at least this large are relayed with Linux
-        ``splice(2)`` (app socket to browser socket inside the kernel, no copies in the
-        server). 0 disables it.""",
+        help="""Fixed-length response bodies at least this large are relayed by a worker
+        thread with plain read/write through one 1 MiB buffer, off the event loop
+        (faster on loopback than ``splice(2)``, which the name recalls). 0 disables it.""",
     ).tag(config=True)
 
     max_request_body_size = Int(

@@ -457,7 +457,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         await self.finish()
 
     async def _try_splice(self, resp: UpstreamResponse) -> bool:
-        """Relay the rest of a fixed-length body in the kernel; False if not possible here.
+        """Relay the rest of a fixed-length body in a worker thread; False if not possible here.
 
         Relies on tornado internals (the connection's ``stream`` and its count of
         outstanding Content-Length bytes); if those are not as expected, falls back.
