@@ -65,3 +65,52 @@ def test_log_tail_keeps_last_bytes():
     tail.write(b"0123456789")
     tail.write(b"abc")
     assert tail.text() == "3456789abc"
+
+
+def test_relay_moves_exactly_count_bytes_and_reports_early_close():
+    import threading
+
+    from hpcgate.lab import splice
+
+    for count, extra in ((3 * splice.BUFFER_SIZE + 17, b"next"), (5, b"")):
+        app, app_peer = socket.socketpair()
+        browser, browser_peer = socket.socketpair()
+        for s in (app_peer, browser):
+            s.setblocking(False)
+        payload = os.urandom(count)
+        feeder = threading.Thread(target=app.sendall, args=(payload + extra,))
+        feeder.start()
+        got = bytearray()
+
+        def read_all(peer: socket.socket = browser_peer, n: int = count) -> None:
+            while len(got) < n:
+                got.extend(peer.recv(1 << 16))
+
+        reader = threading.Thread(target=read_all)
+        reader.start()
+        splice.relay(app_peer.fileno(), browser.fileno(), count, threading.Event())
+        feeder.join()
+        reader.join()
+        assert bytes(got) == payload
+        if extra:
+            assert app_peer.recv(16) == extra  # the rest stays for the next response
+        for s in (app, app_peer, browser, browser_peer):
+            s.close()
+    app, app_peer = socket.socketpair()
+    browser, browser_peer = socket.socketpair()
+    app.sendall(b"short")
+    app.close()
+    with pytest.raises(splice.SpliceError):
+        splice.relay(app_peer.fileno(), browser.fileno(), 100, threading.Event())
+    for s in (app_peer, browser, browser_peer):
+        s.close()
+
+
+def test_tune_malloc_on_glibc():
+    import subprocess
+    import sys
+
+    code = "from hpcgate.lab.extension import tune_malloc; print(tune_malloc(4 << 20))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
+    assert out == str(glibc)
