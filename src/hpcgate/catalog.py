@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 log = logging.getLogger("hpcgate.catalog")
 
@@ -90,6 +90,37 @@ class Limits(_Model):
     memory: Range = Range(min=1, default=1, max=1)
     gpus: Range = _fixed(0)
     runtime: Range = Range(min=1, default=60, max=60)
+
+
+#: A web app beside the lab (see :mod:`hpcgate.lab.apps.recipes.generic`): ``command``
+#: as one string or a list, with ``{port}``/``{unix_socket}``/``{base_url}``/
+#: ``{app_dir}``/``{app_name}`` templates; ``title``, ``icon``, ``category``,
+#: ``install``, ``setup`` (module loads), ``environment``, ``ready_check``,
+#: ``timeout``, ``unix_socket``, ``new_browser_tab``... The lab validates it the same
+#: way; a catalog whose apps it would refuse does not load.
+AppEntry = Annotated[
+    dict[str, Any],
+    Field(
+        description="A web app beside the lab: command (string or list) with {port}, {unix_socket}, "
+        "{base_url}, {app_dir}, {app_name} templates, title, icon, category, install, setup, "
+        "environment, ready_check, timeout, unix_socket, new_browser_tab, idle_timeout, ..."
+    ),
+]
+
+
+def _check_apps(apps: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any] | None]:
+    """``apps`` unchanged; ValueError naming the app if the lab would refuse one."""
+    from .lab.apps.recipes.generic import catalog_app
+    from .lab.apps.spec import SpecError
+
+    for name, raw in apps.items():
+        if raw is None:
+            continue
+        try:
+            catalog_app(name, raw)
+        except (SpecError, TypeError, ValueError) as exc:
+            raise ValueError(str(exc)) from None
+    return apps
 
 
 class Partition(_Model):
@@ -194,7 +225,12 @@ class System(_Model):
     template: str | None = None
     #: Seconds between status queries for this system's jobs (StatusCache).
     status_interval: float = Field(10, gt=0)
+    #: Web apps offered beside the lab on this system, added to (or, by name,
+    #: replacing) the catalog's top-level ``apps``; ``null`` withdraws a top-level app.
+    apps: dict[Name, AppEntry | None] = {}
     partitions: dict[Name, Partition]
+
+    _apps_valid = field_validator("apps")(_check_apps)
 
     @model_validator(mode="after")
     def _complete(self) -> System:
@@ -257,6 +293,10 @@ class CatalogModel(_Model):
     projects: dict[Name, Project] = {}
     groups: dict[Name, Group] = {}
     defaults: Defaults = Defaults()
+    #: Web apps offered beside the lab on every system (see ``System.apps``).
+    apps: dict[Name, AppEntry] = {}
+
+    _apps_valid = field_validator("apps")(_check_apps)
 
     @model_validator(mode="after")
     def _references(self) -> CatalogModel:
@@ -363,6 +403,8 @@ class LaunchRequest:
     runtime: int
     system_config: System = field(repr=False, compare=False)
     partition_config: Partition = field(repr=False, compare=False)
+    #: The catalog's apps for this system, by name, in the catalog's short form.
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def as_options(self) -> dict[str, Any]:
         """The request as JSON-able ``user_options``."""
@@ -497,8 +539,20 @@ class Catalog:
             project=project,
             system_config=full,
             partition_config=full.partitions[partition.name],
+            apps=self.apps_for(system.name),
             **values,
         )
+
+    def apps_for(self, system: str) -> dict[str, dict[str, Any]]:
+        """The web apps offered beside the lab on ``system``: the top-level ``apps``
+        with the system's own added, replaced or (``null``) withdrawn by name."""
+        apps = {name: dict(raw) for name, raw in self.model.apps.items()}
+        for name, raw in self.systems[system].apps.items():
+            if raw is None:
+                apps.pop(name, None)
+            else:
+                apps[name] = dict(raw)
+        return apps
 
     def describe(self) -> str:
         """Human-readable summary: what each group may launch (``hpcgate check``)."""
@@ -513,6 +567,9 @@ class Catalog:
             for s in offer.systems:
                 projects = ", ".join(n for n, _ in s.projects) or "no project needed"
                 lines.append(f"  {s.name} ({s.kind}) -- projects: {projects}")
+                apps = ", ".join(self.apps_for(s.name))
+                if apps:
+                    lines.append(f"    apps beside the lab: {apps}")
                 for p in s.partitions:
                     limits = ", ".join(
                         f"{res} {r.min}-{r.max}{UNITS[res]} (default {r.default})"
@@ -609,7 +666,7 @@ def parse_catalog(text: str, source: str = "<memory>") -> Catalog:
     try:
         model = CatalogModel.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{_key_path(e['loc'])}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{_key_path(e['loc'])}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors()]
         raise CatalogError(f"{source}: " + "; ".join(problems)) from exc
     return Catalog(model, source)
 

@@ -42,12 +42,25 @@ CATALOG = textwrap.dedent(
           - system: broken
     defaults:
       system: local
+    apps:
+      workdir-files:
+        title: Files of the working directory
+        setup: ["printf 'set up by %s' catalog > hpcgate-app-marker.txt"]
+        command: ["{sys.executable}", "-m", "http.server", "--bind", "127.0.0.1", "{{port}}"]
+        ready_check: {{path: /, status: 200}}
+      withdrawn:
+        command: never-started {{port}}
     """
+).replace(
+    "    partitions:\n      interactive:",
+    "    apps:\n      withdrawn: null\n    partitions:\n      interactive:",
+    1,
 )
 
 
 @pytest.fixture(scope="module")
 def catalog_path(tmp_path_factory) -> Path:
+    assert "withdrawn: null" in CATALOG
     path = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     path.write_text(CATALOG)
     return path
@@ -147,6 +160,24 @@ def test_rest_spawn_progress_status_and_stop(hub):
     assert pid_alive(pid)
     hub.stop_server("alice")
     wait_for(lambda: not pid_alive(pid), 10, "the server process to end")
+
+
+def test_catalog_apps_run_beside_the_lab_with_their_setup(hub):
+    """An app the catalog defines reaches the user's lab (HPCGATE_APPS), runs after its
+    setup lines in the server's working directory, and is proxied under its name."""
+    assert hub.spawn("nina", {"system": "local"}).status_code in (201, 202)
+    hub.wait_ready("nina")
+    try:
+        apps = {a["name"]: a for a in hub.get("/user/nina/hpcgate/api/apps").json()["apps"]}
+        assert "workdir-files" in apps and "withdrawn" not in apps
+        assert apps["workdir-files"]["launcher_entry"]["title"] == "Files of the working directory"
+        assert apps["workdir-files"]["source"] == "the hub's catalog"
+        r = hub.get("/user/nina/workdir-files/hpcgate-app-marker.txt", timeout=180)
+        assert r.status_code == 200 and r.text == "set up by catalog"
+        state = hub.get("/user/nina/hpcgate/api/apps").json()["apps"]
+        assert next(a for a in state if a["name"] == "workdir-files")["state"] == "running"
+    finally:
+        hub.stop_server("nina")
 
 
 def test_rest_rejects_invalid_options_with_400(hub):

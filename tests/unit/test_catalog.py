@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from hpcgate.catalog import (
     CatalogError,
@@ -204,6 +205,57 @@ def test_broken_catalog_errors_name_file_key_and_problem(text, fragment):
         parse_catalog(text, "/etc/hpcgate/catalog.yaml")
     assert str(info.value).startswith("/etc/hpcgate/catalog.yaml:")
     assert fragment in str(info.value)
+
+
+APPS = """
+apps:
+  nest-desktop:
+    command: nest-desktop start -h 127.0.0.1 -p {port}
+    title: NEST Desktop
+    setup: ["module load NEST-Desktop"]
+  ray:
+    command: ray start --head --block --dashboard-port {port}
+"""
+
+
+def test_apps_go_to_every_system_and_systems_replace_or_withdraw_them():
+    text = SITE.replace(
+        "    ssh:\n",
+        "    apps:\n      ray: null\n      nest-desktop: {command: 'nest-desktop-jsc --port {port}'}\n    ssh:\n",
+        1,
+    ) + APPS
+    catalog = parse_catalog(text)
+    assert catalog.apps_for("local") == {
+        "nest-desktop": {"command": "nest-desktop start -h 127.0.0.1 -p {port}", "title": "NEST Desktop",
+                         "setup": ["module load NEST-Desktop"]},
+        "ray": {"command": "ray start --head --block --dashboard-port {port}"},
+    }
+    assert catalog.apps_for("jureca") == {"nest-desktop": {"command": "nest-desktop-jsc --port {port}"}}
+    request = catalog.validate(UserInfo("u"), {"system": "local"})
+    assert set(request.apps) == {"nest-desktop", "ray"}
+    assert "apps beside the lab: nest-desktop, ray" in catalog.describe()
+
+
+@pytest.mark.parametrize(
+    "apps, fragment",
+    [
+        ("apps: {x: {command: 'run {secret}'}}", "app 'x': template '{secret}' names {secret}"),
+        ("apps: {x: {command: ''}}", "app 'x': a generic app needs a command"),
+        ("apps: {x: {command: 'a \"b'}}", "cannot be split into words"),
+        ("apps: {x: {command: run, setup: 'module load x'}}", "setup must be a list of shell lines"),
+        ("apps: {lab: {command: run}}", "app name 'lab' is not allowed"),
+        ("apps: {x: {command: run, isolate_network: true}}", "isolate_network needs unix_socket"),
+        ("apps: {x: {command: run, restart: sometimes}}", "restart must be one of"),
+    ],
+)
+def test_broken_apps_name_the_app_and_what_is_wrong(apps, fragment):
+    with pytest.raises(CatalogError) as info:
+        parse_catalog("systems: {x: {kind: local, partitions: {p: {}}}}\n" + apps, "c.yaml")
+    assert str(info.value).startswith("c.yaml: apps: ") and fragment in str(info.value)
+    system_level = {"systems": {"x": {"kind": "local", "partitions": {"p": {}}, **yaml.safe_load(apps)}}}
+    with pytest.raises(CatalogError) as info:
+        parse_catalog(yaml.safe_dump(system_level), "c.yaml")
+    assert str(info.value).startswith("c.yaml: systems.x.apps: ") and fragment in str(info.value)
 
 
 def test_store_reloads_changes_and_keeps_last_good_on_error(tmp_path: Path, caplog):

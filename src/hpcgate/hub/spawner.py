@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import html
+import json
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -285,6 +286,9 @@ class HPCSpawner(Spawner):
         self._address = asyncio.get_running_loop().create_future()
         env = self.get_env()
         env["HPCGATE_SERVER_NAME"] = self.name
+        if request.apps:
+            # the catalog's apps for this system, read by hpcgate.lab (HPCGateLab.catalog_apps)
+            env["HPCGATE_APPS"] = json.dumps(request.apps, separators=(",", ":"))
         if backend.needs_tunnel and request.system_config.hub_api_forward:
             await self._route_hub_api(request, env)
         command = list(request.system_config.singleuser_command)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -22,7 +23,8 @@ from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, de
 
 from .api import api_handlers
 from .apps.manager import AppManager, AppState, ManagedApp
-from .apps.spec import collect_specs
+from .apps.recipes.generic import command_app, load_apps_file
+from .apps.spec import SpecError, collect_specs
 from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, HostAllowlist, private_socket_dir
 from .upstream import ConnectionPool, ForeignSocketError
@@ -211,6 +213,29 @@ class HPCGateLab(ExtensionApp):
     def _default_apps_file(self) -> str:
         return os.environ.get("HPCGATE_APPS_FILE", "")
 
+    catalog_apps = Dict(
+        help="""App specs from the hub's catalog, in the short form of
+        ``hpcgate.lab.apps.recipes.generic``: the apps the admin offers on this system.
+        Default: the JSON object in ``$HPCGATE_APPS``, which the hub's HPCSpawner sets
+        from the catalog. ``c.HPCGateLab.apps_file`` and ``c.HPCGateLab.apps`` override
+        them by name.""",
+    ).tag(config=True)
+
+    @default("catalog_apps")
+    def _default_catalog_apps(self) -> dict[str, Any]:
+        text = os.environ.get("HPCGATE_APPS", "")
+        if not text:
+            return {}
+        try:
+            apps = json.loads(text)
+        except ValueError as exc:
+            self.log.error("hpcgate.lab: $HPCGATE_APPS is not JSON, the catalog's apps are left out: %s", exc)
+            return {}
+        if not isinstance(apps, dict):
+            self.log.error("hpcgate.lab: $HPCGATE_APPS must be a JSON object; the catalog's apps are left out")
+            return {}
+        return apps
+
     load_entry_points = Bool(
         True,
         help="Load app specs from the ``hpcgate_apps`` entry point group.",
@@ -287,16 +312,17 @@ class HPCGateLab(ExtensionApp):
                 "hpcgate.lab: jupyter_server_proxy is enabled too; hpcgate serves /proxy/ and named apps. "
                 "Disable it with c.ServerApp.jpserver_extensions = {'jupyter_server_proxy': False}"
             )
-        own_apps = dict(self.apps)
+        own_apps: dict[str, Any] = {}
         if self.apps_file:
-            from .apps.recipes.generic import load_apps_file
-            from .apps.spec import SpecError
-
             try:
-                own_apps = {**load_apps_file(self.apps_file), **own_apps}
+                own_apps.update(load_apps_file(self.apps_file))
             except SpecError as exc:
                 self.log.error("hpcgate.lab: c.HPCGateLab.apps_file is left out: %s", exc)
-        specs = collect_specs(servers, own_apps, self.load_serverproxy_entry_points, self.load_entry_points)
+        own_apps.update(self.apps)
+        specs = collect_specs(
+            servers, own_apps, self.load_serverproxy_entry_points, self.load_entry_points,
+            catalog_apps=self._catalog_app_specs(),
+        )
         manager = AppManager(
             specs,
             base_url=settings.get("base_url", "/"),
@@ -315,6 +341,18 @@ class HPCGateLab(ExtensionApp):
         self.handlers.extend(api_handlers(self.lab))
         self.handlers.extend(proxy_handlers(self.lab))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
+
+    def _catalog_app_specs(self) -> dict[str, dict[str, Any]]:
+        """Full specs of ``catalog_apps``; one the lab cannot use is logged and left out."""
+        specs = {}
+        for name, raw in self.catalog_apps.items():
+            try:
+                if not isinstance(raw, dict):
+                    raise SpecError(f"app {name!r} must be a mapping of spec keys")
+                specs[str(name)] = command_app(str(name), raw)
+            except SpecError as exc:
+                self.log.error("hpcgate.lab: the catalog's app %r is left out: %s", name, exc)
+        return specs
 
     async def stop_extension(self) -> None:
         lab = getattr(self, "lab", None)

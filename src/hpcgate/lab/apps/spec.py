@@ -40,7 +40,8 @@ A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environ
     without the leading slash).
 
 Sources, later ones overriding earlier ones by name: ``jupyter_serverproxy_servers``
-entry points, ``hpcgate_apps`` entry points, ``c.ServerProxy.servers``,
+entry points, ``hpcgate_apps`` entry points, ``c.ServerProxy.servers``, the hub
+catalog's ``apps`` (``$HPCGATE_APPS``), ``c.HPCGateLab.apps_file`` and
 ``c.HPCGateLab.apps``. Template strings may use ``{port}``, ``{unix_socket}`` and
 ``{base_url}``, plus hpcgate's ``{app_dir}`` (a private directory per app instance
 for its runtime files), ``{app_name}`` (the instance's name, also its URL path) and
@@ -52,6 +53,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -261,6 +263,7 @@ def make_spec(name: str, raw: Mapping[str, Any], source: str = "config") -> AppS
     if raw.get("stop_timeout") is not None:
         spec.stop_timeout = float(raw["stop_timeout"])
     _own_extras(spec, raw)
+    _check_templates(spec)
     if spec.isolate_network and not spec.unix_socket:
         raise SpecError(f"app {name!r}: isolate_network needs unix_socket (its network namespace has no reachable TCP port)")
     if not spec.command and not (spec.port or isinstance(spec.unix_socket, str)):
@@ -301,6 +304,31 @@ def _own_extras(spec: AppSpec, raw: Mapping[str, Any]) -> None:
     spec.family = name
 
 
+#: What templates in ``command`` and ``environment`` may name, besides parameters.
+TEMPLATE_NAMES = frozenset({"port", "unix_socket", "base_url", "app_dir", "app_name"})
+
+
+def _check_templates(spec: AppSpec) -> None:
+    """Refuse a template naming a value hpcgate does not provide, now rather than at
+    the first start (``{{``/``}}`` stay literal braces)."""
+    known = TEMPLATE_NAMES | set(spec.parameters)
+    strings: list[str] = []
+    if isinstance(spec.command, list):
+        strings += spec.command
+    if isinstance(spec.environment, dict):
+        strings += [str(k) for k in spec.environment] + [str(v) for v in spec.environment.values()]
+    for text in strings:
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(text) if f is not None]
+        except ValueError as exc:
+            raise SpecError(f"app {spec.name!r}: template {text!r} is malformed ({exc}); write braces as {{{{ and }}}}") from None
+        for fname in fields:
+            base = re.split(r"[.\[!:]", fname, maxsplit=1)[0]
+            if base not in known:
+                names = ", ".join("{" + n + "}" for n in sorted(known))
+                raise SpecError(f"app {spec.name!r}: template {text!r} names {{{fname}}}; known are {names}")
+
+
 def _entry_point_specs(group: str) -> dict[str, tuple[dict[str, Any], str]]:
     found = {}
     for ep in entry_points(group=group):
@@ -322,14 +350,19 @@ def collect_specs(
     own_apps: Mapping[str, Mapping[str, Any]],
     load_serverproxy_entry_points: bool = True,
     load_own_entry_points: bool = True,
+    catalog_apps: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, AppSpec]:
-    """All specs by name; invalid ones are logged with the reason and left out."""
+    """All specs by name; invalid ones are logged with the reason and left out.
+
+    ``catalog_apps`` (full specs of the hub catalog's apps) override entry points and
+    ``c.ServerProxy.servers``; ``own_apps`` override everything."""
     raw: dict[str, tuple[dict[str, Any], str]] = {}
     if load_serverproxy_entry_points:
         raw.update(_entry_point_specs("jupyter_serverproxy_servers"))
     if load_own_entry_points:
         raw.update(_entry_point_specs("hpcgate_apps"))
     raw.update({k: (dict(v), "c.ServerProxy.servers") for k, v in serverproxy_servers.items()})
+    raw.update({k: (dict(v), "the hub's catalog") for k, v in (catalog_apps or {}).items()})
     raw.update({k: (dict(v), "c.HPCGateLab.apps") for k, v in own_apps.items()})
     specs = {}
     for name, (values, source) in raw.items():

@@ -26,8 +26,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ..spec import SpecError
-from . import icon
+from ..spec import AppSpec, SpecError, make_spec
+from . import ICONS, icon
 
 SHORTHANDS = ("title", "icon", "category", "install")
 
@@ -50,11 +50,29 @@ def command_app(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         spec["requires"] = [{"program": command[0], "install": hint}]
     entry = dict(spec.get("launcher_entry") or {})
     entry.setdefault("title", raw.get("title", name))
-    entry.setdefault("icon_path", raw.get("icon") or icon("app"))
+    entry.setdefault("icon_path", _icon_path(raw.get("icon")))
     entry.setdefault("category", raw.get("category", "Apps"))
     spec["launcher_entry"] = entry
     spec.setdefault("timeout", 180.0)
     return spec
+
+
+def _icon_path(value: Any) -> str:
+    """An icon file's path; a bare name picks one of the recipes' icons (``desktop``,
+    ``scalars``, ``tracking``, ``vnc``, ``app``)."""
+    if not value:
+        return icon("app")
+    value = str(value)
+    if "/" not in value and (ICONS / f"{value}.svg").is_file():
+        return icon(value)
+    return value
+
+
+def catalog_app(name: str, raw: Mapping[str, Any]) -> AppSpec:
+    """Validate an app of the hub's catalog as the lab will (raises SpecError)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"app {name!r} must be a mapping of spec keys")
+    return make_spec(name, command_app(name, raw), "the hub's catalog")
 
 
 def load_apps_file(path: str) -> dict[str, dict[str, Any]]:
