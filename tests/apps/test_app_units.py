@@ -1,12 +1,17 @@
-"""Pure parts of the app machinery: set-up wrapping, parameters, generic specs, static files."""
+"""Parts of the app machinery on their own: set-up wrapping, parameters, generic specs,
+static files, isolation choice (an AppManager without a server)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
+import sys
 
 import pytest
 
 from hpcgate.lab.apps.launch import ParameterError, resolve_parameters, with_setup
+from hpcgate.lab.apps.manager import AppManager
 from hpcgate.lab.apps.recipes.generic import command_app
 from hpcgate.lab.apps.spec import SpecError, make_spec
 from hpcgate.lab.apps.static import NotFound, index_url, static_file
@@ -52,3 +57,35 @@ def test_static_files_stay_inside_their_directory(tmp_path):
         with pytest.raises(NotFound):
             static_file(str(tmp_path / "www"), path)
     assert index_url("/user/a/novnc", "vnc.html?path={prefix}websockify") == "/user/a/novnc/vnc.html?path=user/a/novnc/websockify"
+
+
+@pytest.mark.parametrize("bwrap", ["/usr/bin/bwrap", "/nonexistent/bwrap"])
+async def test_auto_isolation_where_bubblewrap_works_and_plain_tcp_elsewhere(tmp_path, bwrap):
+    """``isolate_network: auto`` (TensorBoard, MLflow): behind a unix socket in its own
+    namespace with bubblewrap; on 127.0.0.1, said in its log, without."""
+    if bwrap == "/usr/bin/bwrap" and not os.path.exists(bwrap):
+        print("SKIP reason: bubblewrap is not installed")
+        pytest.skip("bubblewrap is not installed")
+    spec = make_spec("webfiles", {"command": [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "{port}"],
+                               "isolate_network": "auto", "ready_check": {"path": "/", "status": 200}})
+    sockets = tmp_path / "s"
+    sockets.mkdir(mode=0o700)
+    manager = AppManager({"webfiles": spec}, base_url="/", socket_dir=str(sockets), bwrap_path=bwrap,
+                         cwd=str(tmp_path), stop_grace_period=2)
+    app = manager.get("webfiles")
+    await app.start()
+    try:
+        info = app.info()
+        assert info["state"] == "running"
+        if bwrap == "/nonexistent/bwrap":
+            assert not info["isolated"] and info["port"] and info["unix_socket"] is None
+            assert "runs without network isolation (bubblewrap ('/nonexistent/bwrap') is not installed)" in app.log.text()
+            socket.create_connection(("127.0.0.1", info["port"]), timeout=5).close()
+        else:
+            assert info["isolated"] and info["port"] is None and info["unix_socket"].startswith(str(sockets))
+            with pytest.raises(OSError):
+                socket.create_connection(("127.0.0.1", app.port), timeout=2)
+        assert await app.probe()
+    finally:
+        await manager.stop_all()
+    assert app.info()["state"] == "stopped"

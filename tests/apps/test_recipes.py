@@ -182,6 +182,11 @@ def test_tensorboard_on_a_directory_the_user_picks(lab_apps):
         90, "TensorBoard to load the scalar",
     )
     assert "exp1" in tags
+    # TCP-only TensorBoard runs in its own network namespace behind a unix socket
+    # (bubblewrap comes with `make test`): no port on this host's network
+    running = lab_apps.apps()[info["name"]]
+    assert running["isolated"] and running["port"] is None and running["unix_socket"]
+    assert tcp_listeners(family_pids(running["pid"])) == []
     stop_and_check_gone(lab_apps, info["name"])
 
 

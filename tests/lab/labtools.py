@@ -192,6 +192,8 @@ def lab(tmp_path_factory):
                 "failstart": {{"command": [{py!r}, "-c", "import sys; print('boom on stderr', file=sys.stderr); sys.exit(7)"], "timeout": 10}},
                 "isolated": {{"command": up + ["--unix", "{{unix_socket}}", "--also-tcp", "{iso_tcp}"],
                               "unix_socket": True, "isolate_network": True}},
+                "isotcp": {{"command": up + ["--port", "{{port}}"], "isolate_network": True,
+                            "ready_check": {{"path": "/health", "status": 200}}}},
             }}
             def jsp_command(port, base_url):
                 return [{py!r}, {up!r}, "--port", str(port)]

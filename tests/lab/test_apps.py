@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import time
@@ -185,3 +186,45 @@ def test_isolated_app_reachable_only_through_proxy(lab, other_user):
     assert other.returncode != 0 and "PermissionError" in other.stderr
     # We can (same user), proving the socket is there.
     assert subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True).stdout.strip() == "connected"
+
+
+def test_tcp_only_app_isolated_behind_its_unix_socket(lab, other_user):
+    """An app that can only listen on TCP runs in its own network namespace; the lab
+    reaches it through the bridge's unix socket, nobody reaches its port."""
+    if not Path("/usr/bin/bwrap").exists():
+        print("SKIP reason: bubblewrap is not installed")
+        pytest.skip("bubblewrap is not installed")
+    r = lab.s.get(lab.url("isotcp/through-the-bridge?x=1"))
+    assert r.status_code == 200, r.text
+    assert r.json()["uri"] == "/through-the-bridge?x=1"
+    a = info(lab, "isotcp")
+    assert a["isolated"] and a["state"] == "running" and a["port"] is None
+    sock_path = Path(a["unix_socket"])
+    assert sock_path.is_socket() and sock_path.stat().st_mode & 0o777 == 0o600
+    # the port the app listens on exists only inside its namespace
+    log = lab.s.get(lab.url("hpcgate/api/apps/isotcp/log")).text
+    port = int(re.search(r"'--port', '(\d+)'", log).group(1))
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=2)
+    probe = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); print('connected')"
+    other = subprocess.run(["runuser", "-u", other_user, "--", "/usr/bin/python3", "-c", probe], capture_output=True, text=True)
+    assert other.returncode != 0 and "PermissionError" in other.stderr
+    # a stop ends app and bridge and removes the socket
+    pid = a["pid"]
+    assert lab.s.delete(lab.url("hpcgate/api/apps/isotcp")).status_code == 200
+    assert not sock_path.exists()
+    assert group_members(pid) == []
+
+
+def group_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes of process group ``pgid``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[0] != "Z" and int(fields[2]) == pgid:
+                found.append(int(entry.name))
+    return found

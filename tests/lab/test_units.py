@@ -50,8 +50,9 @@ def test_named_args_and_templates():
 
 
 def test_spec_validation():
-    with pytest.raises(SpecError, match="isolate_network needs unix_socket"):
-        make_spec("a", {"command": ["x"], "isolate_network": True})
+    with pytest.raises(SpecError, match="isolate_network must be true, false or 'auto'"):
+        make_spec("a", {"command": ["x"], "isolate_network": "yes"})
+    assert make_spec("a", {"command": ["x", "{port}"], "isolate_network": True}).isolate_network is True
     with pytest.raises(SpecError, match="not allowed"):
         make_spec("proxy", {"command": ["x"]})
     with pytest.raises(SpecError, match="restart must be"):

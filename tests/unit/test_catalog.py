@@ -244,7 +244,7 @@ def test_apps_go_to_every_system_and_systems_replace_or_withdraw_them():
         ("apps: {x: {command: 'a \"b'}}", "cannot be split into words"),
         ("apps: {x: {command: run, setup: 'module load x'}}", "setup must be a list of shell lines"),
         ("apps: {lab: {command: run}}", "app name 'lab' is not allowed"),
-        ("apps: {x: {command: run, isolate_network: true}}", "isolate_network needs unix_socket"),
+        ("apps: {x: {command: run, isolate_network: maybe}}", "isolate_network must be true, false or 'auto'"),
         ("apps: {x: {command: run, restart: sometimes}}", "restart must be one of"),
     ],
 )

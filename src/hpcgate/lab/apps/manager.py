@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
-from .isolation import bwrap_argv
+from .isolation import bridged_argv, bwrap_argv, bwrap_unusable
 from .launch import ParameterError, base_environ, missing_programs, resolve_parameters, with_setup
 from .reaper import TAG_VAR, kill_tagged, kill_tagged_now
 from .spec import AppSpec, render
@@ -85,6 +85,9 @@ class ManagedApp:
         self.proc: asyncio.subprocess.Process | None = None
         self.port = spec.port
         self.unix_socket: str | None = spec.unix_socket if isinstance(spec.unix_socket, str) else None
+        #: the last start ran in its own network namespace / put a TCP app behind the bridge
+        self.isolated = False
+        self.bridged = False
         self.started_at: float | None = None
         self.last_activity: float | None = None
         self.exit_code: int | None = None
@@ -103,7 +106,7 @@ class ManagedApp:
 
     @property
     def target(self) -> Target:
-        if self.spec.unix_socket:
+        if self.spec.unix_socket or self.bridged:
             return Target(unix_socket=self.unix_socket or self._socket_path())
         return Target(host="localhost", port=self.port)
 
@@ -137,12 +140,12 @@ class ManagedApp:
             "uptime": round(now - self.started_at, 3) if self.started_at and self.state == AppState.RUNNING else None,
             "last_activity": self.last_activity,
             "url": self.manager.base_url + self.spec.name + "/",
-            "port": None if self.spec.unix_socket else self.port or None,
+            "port": None if self.target.unix_socket else self.port or None,
             "unix_socket": self.unix_socket,
             "exit_code": self.exit_code,
             "restarts": self.restarts,
             "error": self.error,
-            "isolated": self.spec.isolate_network,
+            "isolated": self.isolated,
             "launcher_entry": self.spec.launcher(),
             "new_browser_tab": self.spec.new_browser_tab,
             "source": self.spec.source,
@@ -220,11 +223,12 @@ class ManagedApp:
         self.error = ""
         self.exit_code = None
         self._stopping = False
-        if spec.unix_socket is True:
+        await self._choose_isolation()
+        if spec.unix_socket is True or self.bridged:
             self.unix_socket = self._socket_path()
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.unix_socket)
-        elif not spec.unix_socket:
+        if not spec.unix_socket:
             self.port = spec.port or free_port()
         os.makedirs(self.app_dir, mode=0o700, exist_ok=True)
         args = self.template_args()
@@ -234,7 +238,9 @@ class ManagedApp:
             env = base_environ()
             env.update({str(k): str(v) for k, v in render(spec.environment, args).items()})
             env[TAG_VAR] = self._tag
-            if spec.isolate_network:
+            if self.bridged:
+                argv = bridged_argv(argv, self.unix_socket or "", self.port)
+            if self.isolated:
                 argv = bwrap_argv(argv, spec.name, self.manager.bwrap_path)
             self.log.write(f"[hpcgate] starting {spec.name}: {argv!r}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
@@ -266,6 +272,21 @@ class ManagedApp:
         self.started_at = time.time()
         self.touch()
         self._spawn(self._watch(proc))
+
+    async def _choose_isolation(self) -> None:
+        """Set ``isolated`` and ``bridged`` for this start (``isolate_network: auto``
+        falls back to plain TCP where bubblewrap cannot work, and says so)."""
+        wanted = self.spec.isolate_network
+        if wanted == "auto":
+            why_not = await bwrap_unusable(self.manager.bwrap_path)
+            if why_not:
+                self.log.write(
+                    f"[hpcgate] {self.spec.name} runs without network isolation ({why_not}): "
+                    "its port on 127.0.0.1 is reachable by other users of this node\n".encode()
+                )
+            wanted = why_not is None
+        self.isolated = bool(wanted)
+        self.bridged = self.isolated and not self.spec.unix_socket
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -352,7 +373,7 @@ class ManagedApp:
             self.log.write(f"[hpcgate] stopping {self.spec.name} ({reason})\n".encode())
             await self._kill_group(proc, self._grace(), self._tag)
             self.exit_code = proc.returncode
-        if self.spec.unix_socket is True and self.unix_socket:
+        if (self.spec.unix_socket is True or self.bridged) and self.unix_socket:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.unix_socket)
         self.state = AppState.STOPPED

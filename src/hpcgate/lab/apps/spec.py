@@ -18,8 +18,10 @@ A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environ
 ``stop_timeout``
     seconds between SIGTERM and SIGKILL (default: ``HPCGateLab.stop_grace_period``).
 ``isolate_network``
-    run the command under bubblewrap in its own network namespace; needs
-    ``unix_socket`` because no TCP port is reachable from outside.
+    ``true``: run the command under bubblewrap in its own network namespace, reached
+    only through its unix socket (an app on a TCP ``{port}`` gets a bridge inside the
+    namespace that offers the port as a unix socket); ``"auto"``: the same where
+    bubblewrap works, plain TCP on 127.0.0.1 elsewhere (said in the app's log).
 ``requires``
     programs the command needs, as ``{"program": "xpra", "install": "the xpra
     package"}`` dicts (or bare names). An app whose programs are not on ``PATH``
@@ -161,7 +163,7 @@ class AppSpec:
     max_restarts: int = 5
     idle_timeout: float = 0.0
     stop_timeout: float | None = None
-    isolate_network: bool = False
+    isolate_network: bool | str = False
     requires: list[dict[str, str]] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     instances: int = 1
@@ -229,9 +231,13 @@ def make_spec(name: str, raw: Mapping[str, Any], source: str = "config") -> AppS
             setattr(spec, key, value if callable(value) else dict(value))
     if raw.get("timeout") is not None:
         spec.timeout = float(raw["timeout"])
-    for key in ("absolute_url", "new_browser_tab", "raw_socket_proxy", "isolate_network"):
+    for key in ("absolute_url", "new_browser_tab", "raw_socket_proxy"):
         if key in raw:
             setattr(spec, key, _as_bool(name, key, raw[key]))
+    isolate = raw.get("isolate_network", False)
+    if not (isinstance(isolate, bool) or isolate == "auto"):
+        raise SpecError(f"app {name!r}: isolate_network must be true, false or 'auto', not {isolate!r}")
+    spec.isolate_network = isolate
     spec.port = int(raw.get("port") or 0)
     if not 0 <= spec.port <= 65535:
         raise SpecError(f"app {name!r}: port {spec.port} is out of range")
@@ -264,8 +270,6 @@ def make_spec(name: str, raw: Mapping[str, Any], source: str = "config") -> AppS
         spec.stop_timeout = float(raw["stop_timeout"])
     _own_extras(spec, raw)
     _check_templates(spec)
-    if spec.isolate_network and not spec.unix_socket:
-        raise SpecError(f"app {name!r}: isolate_network needs unix_socket (its network namespace has no reachable TCP port)")
     if not spec.command and not (spec.port or isinstance(spec.unix_socket, str)):
         raise SpecError(f"app {name!r}: give a command, or the port or unix_socket path of an app started elsewhere")
     return spec

@@ -8,9 +8,10 @@ from . import icon
 
 
 def tensorboard() -> dict[str, Any]:
-    """TensorBoard bound to 127.0.0.1 (it cannot listen on a unix socket); the lab's
-    owner check keeps other users' processes from posing as it. Up to three run at
-    once, one per log directory."""
+    """TensorBoard, which can only listen on TCP: in its own network namespace behind
+    a unix socket where bubblewrap works, so other users of the node cannot reach it;
+    on 127.0.0.1 elsewhere (the lab's owner check keeps other users' processes from
+    posing as it). Up to three run at once, one per log directory."""
     return {
         "command": [
             "tensorboard", "--logdir", "{logdir}", "--host", "127.0.0.1", "--port", "{port}",
@@ -19,6 +20,7 @@ def tensorboard() -> dict[str, Any]:
         "absolute_url": True,
         "timeout": 180.0,
         "ready_check": {"path": "/", "status": 200},
+        "isolate_network": "auto",
         "new_browser_tab": False,
         "instances": 3,
         "parameters": {"logdir": {"title": "Log directory", "kind": "directory", "default": "."}},
