@@ -167,10 +167,21 @@ def test_proxy_traffic_counts_as_server_activity(lab, upstream):
     assert _server_activity(lab) > after
 
 
-def test_isolated_app_reachable_only_through_proxy(lab, other_user):
+def needs_bwrap() -> None:
     if not Path("/usr/bin/bwrap").exists():
         print("SKIP reason: bubblewrap is not installed")
         pytest.skip("bubblewrap is not installed")
+
+
+def unix_connect(sock_path: Path, as_user: str | None = None) -> subprocess.CompletedProcess:
+    """Connect to ``sock_path`` from a new process, as ``as_user`` if given."""
+    probe = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); print('connected')"
+    runas = ["runuser", "-u", as_user, "--"] if as_user else []
+    return subprocess.run([*runas, "/usr/bin/python3", "-c", probe], capture_output=True, text=True)
+
+
+def test_isolated_app_reachable_only_through_proxy(lab, other_user):
+    needs_bwrap()
     r = lab.s.get(lab.url("isolated/inside"))
     assert r.status_code == 200, r.text
     assert r.json()["uri"] == "/inside"
@@ -180,20 +191,17 @@ def test_isolated_app_reachable_only_through_proxy(lab, other_user):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", lab.iso_tcp), timeout=2)
     sock_path = Path(a["unix_socket"])
-    probe = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); print('connected')"
     # Another Unix user cannot connect to its unix socket.
-    other = subprocess.run(["runuser", "-u", other_user, "--", "/usr/bin/python3", "-c", probe], capture_output=True, text=True)
+    other = unix_connect(sock_path, other_user)
     assert other.returncode != 0 and "PermissionError" in other.stderr
     # We can (same user), proving the socket is there.
-    assert subprocess.run(["/usr/bin/python3", "-c", probe], capture_output=True, text=True).stdout.strip() == "connected"
+    assert unix_connect(sock_path).stdout.strip() == "connected"
 
 
 def test_tcp_only_app_isolated_behind_its_unix_socket(lab, other_user):
     """An app that can only listen on TCP runs in its own network namespace; the lab
     reaches it through the bridge's unix socket, nobody reaches its port."""
-    if not Path("/usr/bin/bwrap").exists():
-        print("SKIP reason: bubblewrap is not installed")
-        pytest.skip("bubblewrap is not installed")
+    needs_bwrap()
     r = lab.s.get(lab.url("isotcp/through-the-bridge?x=1"))
     assert r.status_code == 200, r.text
     assert r.json()["uri"] == "/through-the-bridge?x=1"
@@ -206,9 +214,9 @@ def test_tcp_only_app_isolated_behind_its_unix_socket(lab, other_user):
     port = int(re.search(r"'--port', '(\d+)'", log).group(1))
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2)
-    probe = f"import socket; s = socket.socket(socket.AF_UNIX); s.connect({str(sock_path)!r}); print('connected')"
-    other = subprocess.run(["runuser", "-u", other_user, "--", "/usr/bin/python3", "-c", probe], capture_output=True, text=True)
+    other = unix_connect(sock_path, other_user)
     assert other.returncode != 0 and "PermissionError" in other.stderr
+    assert unix_connect(sock_path).stdout.strip() == "connected"
     # a stop ends app and bridge and removes the socket
     pid = a["pid"]
     assert lab.s.delete(lab.url("hpcgate/api/apps/isotcp")).status_code == 200
