@@ -169,6 +169,7 @@ def lab(tmp_path_factory):
                                                 "jupyter_lsp": False, "notebook_shim": False}}
             up = [{py!r}, {up!r}]
             c.HPCGateLab.stop_grace_period = 3
+            c.HPCGateLab.websocket_max_message_size = 48 * 1024 * 1024  # test_websocket: over it, 1009
             c.HPCGateLab.apps = {{
                 "echoapp": {{"command": up + ["--port", "{{port}}"], "ready_check": {{"path": "/health", "status": 200}}}},
                 "unixapp": {{"command": up + ["--unix", "{{unix_socket}}"], "unix_socket": True}},

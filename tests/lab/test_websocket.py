@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import pytest
 import requests
@@ -73,12 +74,31 @@ async def test_close_codes_pass_both_ways(lab, upstream):
 
 
 async def test_messages_larger_than_peers_limit(lab, upstream):
-    """jupyter-server-proxy drops connections at 10 MiB; the default here is 256 MiB."""
+    """jupyter-server-proxy drops connections at 10 MiB; the limit in these tests is 48 MiB (default 256)."""
     ws = await connect(lab, f"proxy/{upstream}/ws")
     payload = bytes(range(256)) * (64 * 1024 * 2)  # 32 MiB
     await ws.write_message(payload, binary=True)
     assert await ws.read_message() == payload
     ws.close()
+
+
+async def test_message_over_the_limit_closes_with_1009(lab, upstream):
+    """Both directions: the relay follows frame headers and refuses before passing the frame on."""
+    from tornado.iostream import StreamClosedError
+    from tornado.websocket import WebSocketClosedError
+
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    writing = ws.write_message(b"x" * (49 * MiB), binary=True)
+    assert await ws.read_message() is None
+    assert ws.close_code == 1009
+    with contextlib.suppress(WebSocketClosedError, StreamClosedError):
+        await writing
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    await ws.write_message("small first")
+    assert await ws.read_message() == "small first"
+    await ws.write_message(f"flood:1:{49 * MiB}")
+    assert await ws.read_message() is None
+    assert ws.close_code == 1009
 
 
 async def test_slow_client_slows_the_app(lab, upstream):

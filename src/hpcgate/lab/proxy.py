@@ -13,9 +13,10 @@ Contracts:
   (websocket upgrades included); state-changing requests authenticated by cookie
   must come from the server's own origin.
 * Bodies stream both ways: at most a couple of chunks are held per request, a slow
-  reader slows the writer (awaited ``flush``/``drain``; a websocket write is awaited
-  whenever the receiving stream could not take it at once, so at most one message
-  waits in user space per direction).
+  reader slows the writer (awaited ``flush``/``drain``).
+* Websockets: the app's handshake comes first (the browser's 101 carries its answer),
+  then frames are relayed verbatim both ways, at most one chunk held per direction
+  (:class:`_FrameRelay`); only ``raw_socket_proxy`` apps get tornado's framing.
 * Response headers are sent as soon as the app sends them (SSE, long polls).
 * Error pages are plain text and never contain the requested host or path.
 """
@@ -24,21 +25,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
-import socket
 import threading
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.utils import url_path_join
-from tornado import httpclient, web
+from tornado import web
 from tornado.httputil import HTTPHeaders
+from tornado.ioloop import IOLoop
 from tornado.iostream import IOStream, StreamClosedError
-from tornado.netutil import Resolver
-from tornado.websocket import WebSocketClientConnection, WebSocketClosedError, WebSocketHandler
+from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
 
 from . import splice
 from .apps.manager import AppStartError, ManagedApp
@@ -54,43 +55,19 @@ from .upstream import (
     open_connection,
     read_response_head,
 )
+from .wsframes import CLOSE_TOO_BIG, FrameScanner, MessageTooBig, close_frame
 
 if TYPE_CHECKING:
     from .extension import LabContext
 
-WS_HANDSHAKE_HEADERS = frozenset(
-    {"sec-websocket-key", "sec-websocket-version", "sec-websocket-extensions", "sec-websocket-protocol", "upgrade", "connection", "host"}
-)
+log = logging.getLogger(__name__)
+
 BODYLESS = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
 SMALL_BODY = 64 * 1024
 ACTIVITY_EVERY = 1.0  # seconds between activity updates during one long stream
-
-
-class _UnixResolver(Resolver):
-    """Resolves every name to one unix socket path (for the websocket client)."""
-
-    def initialize(self, path: str) -> None:  # type: ignore[override]
-        self.path = path
-
-    async def resolve(self, host: str, port: int, family: Any = None) -> list[tuple[int, Any]]:
-        return [(socket.AF_UNIX, self.path)]
-
-
-class _UpstreamWebSocket(WebSocketClientConnection):
-    """The client side towards the app; forwards the app's pings to the browser."""
-
-    def __init__(self, *args: Any, handler: ProxyHandler, **kwargs: Any):
-        self._handler = handler
-        super().__init__(*args, **kwargs)
-
-    def on_ping(self, data: bytes) -> None:
-        with contextlib.suppress(WebSocketClosedError):
-            self._handler.ping(data)
-
-    def _on_message(self, message: None | str | bytes) -> Any:
-        # Hand each app message straight to the browser side. tornado awaits a returned
-        # awaitable before it reads the next frame: backpressure without a queue.
-        return self._handler.forward_down(message)
+WS_HANDSHAKE_TIMEOUT = 60.0  # seconds for the app's answer to a websocket upgrade
+READ_CHUNK = 256 * 1024  # largest read from a TLS browser stream (asyncio reads as much)
+WS_LINGER = 5.0  # seconds to let a refused websocket's sender see the close frame
 
 
 class ProxyError(web.HTTPError):
@@ -111,12 +88,11 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self.upstream_path = "/"
         self.conn: Connection | None = None
         self.body_writer: ChunkedWriter | None = None
-        self.ws_upstream: _UpstreamWebSocket | None = None
+        self.ws_conn: Connection | None = None  # the app's side of a relayed websocket
         self.raw_conn: Connection | None = None
         self._pump: asyncio.Task[None] | None = None
         self._last_touch = 0.0
         self._client_gone = False
-        self._ws_open = asyncio.Event()
 
     # ------------------------------------------------------------ auth and errors
 
@@ -531,106 +507,97 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
 
     @property
     def max_message_size(self) -> int:  # type: ignore[override]
-        return self.lab.websocket_max_message_size
+        return self.lab.websocket_max_message_size  # raw_socket_proxy mode only
 
     def get_compression_options(self) -> dict[str, Any] | None:
         return None
 
     async def _open_websocket(self) -> None:
-        """Connect to the app first, then finish the browser's handshake with its choice."""
+        """Connect to the app first, then finish the browser's handshake with its answer."""
         assert self.target is not None
         if self.app is not None and self.app.spec.raw_socket_proxy:
             self.raw_conn = await self._connect(reuse=False)
             await WebSocketHandler.get(self)
             return
-        if self.lab.check_owner:
-            # Refuse another user's socket before any handshake bytes (with our
-            # client's headers) are sent to it; re-checked on the real connection below.
-            (await self._connect(reuse=False)).close()
-        offered = [p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
-        headers = [
-            (k, v)
-            for k, v in scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns, keep=("upgrade",))
-            if k.lower() not in WS_HANDSHAKE_HEADERS
-        ]
-        headers = self._override_headers(headers + self._forwarded_headers())
-        resolver = None
-        if self.target.unix_socket:
-            resolver = _UnixResolver(path=self.target.unix_socket)
-            url = "ws://localhost" + self.upstream_path
-        else:
-            host = f"[{self.target.host}]" if ":" in self.target.host else self.target.host
-            url = f"ws://{host}:{self.target.port}{self.upstream_path}"
-        upstream_headers = HTTPHeaders()
-        for name, value in headers + [("Host", self.request.host)]:
-            upstream_headers.add(name, value)
-        request = httpclient.HTTPRequest(url, headers=upstream_headers, connect_timeout=30, request_timeout=60)
-        ws = _UpstreamWebSocket(
-            request,
-            handler=self,
-            max_message_size=self.lab.websocket_max_message_size,
-            subprotocols=offered or None,
-            resolver=resolver,
-        )
+        if not self._websocket_request_ok():
+            return
+        conn = await self._connect(reuse=False)  # refuses another user's socket before sending
+        self.ws_conn = conn
         try:
-            await ws.connect_future
-        except Exception as exc:  # any handshake failure (refused, HTTP error, bad upgrade) is a 502
+            resp = await self._app_handshake(conn)
+        except BaseException:
+            conn.close()
+            raise
+        self.clear_header("Content-Type")
+        self.set_status(101)
+        self.set_header("Upgrade", "websocket")
+        self.set_header("Connection", "Upgrade")
+        for name in ("Sec-WebSocket-Accept", "Sec-WebSocket-Protocol", "Sec-WebSocket-Extensions"):
+            value = resp.header(name)
+            if value:
+                self.set_header(name, value)
+        flushed = self.finish()
+        stream = self.detach()
+        try:
+            await flushed  # the 101 is out before the socket changes hands
+        except StreamClosedError:
+            conn.close()  # the browser left meanwhile
+            return
+        stream.set_nodelay(True)  # after detach: finishing the request turned it off
+        await _FrameRelay(self.lab.websocket_max_message_size, self._touch).run(stream, conn)
+
+    def _websocket_request_ok(self) -> bool:
+        """tornado's checks of an upgrade request (its own ``get`` does them in raw mode)."""
+        headers = self.request.headers
+        if "upgrade" not in {t.strip().lower() for t in headers.get("Connection", "").split(",")}:
+            raise ProxyError(400, reason='"Connection" must be "Upgrade"')
+        # Browsers do not apply the same-origin policy to websockets: always checked.
+        if not self.check_origin(headers.get("Origin")):
+            raise ProxyError(403, reason="Cross origin websockets not allowed")
+        if headers.get("Sec-WebSocket-Version") != "13":
+            self.set_status(426, "Upgrade Required")
+            self.set_header("Sec-WebSocket-Version", "13")
+            self.finish()
+            return False
+        if not headers.get("Sec-WebSocket-Key") or not headers.get("Host"):
+            raise ProxyError(400, reason="Missing/Invalid WebSocket headers")
+        return True
+
+    async def _app_handshake(self, conn: Connection) -> UpstreamResponse:
+        """Send the browser's upgrade (scrubbed) to the app; its 101 or a 502.
+
+        The browser's Sec-WebSocket-Key/-Version/-Protocol/-Extensions go as they are,
+        so the app's answer is valid for the browser unchanged.
+        """
+        scrubbed = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        headers = [("Host", self.request.host), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
+        headers += [(k, v) for k, v in scrubbed if k.lower() != "host"]
+        headers = self._override_headers(headers + self._forwarded_headers())
+        try:
+            conn.writer.write(encode_head("GET", self.upstream_path, headers))
+            async with asyncio.timeout(WS_HANDSHAKE_TIMEOUT):
+                resp = await read_response_head(conn, "GET")
+        except (UpstreamError, ConnectionError, TimeoutError) as exc:
             self.log.warning("hpcgate.lab: websocket to %s failed: %r", self.target, exc)
             raise ProxyError(502, reason="The app refused the websocket") from None
-        if self.lab.check_owner and self._foreign(ws):
-            ws.close()
-            raise ProxyError(403, reason="That port belongs to another user")
-        stream = getattr(ws.protocol, "stream", None)
-        if stream is not None and stream.socket is not None and stream.socket.family != socket.AF_UNIX:
-            stream.set_nodelay(True)  # small messages go out at once, both hops
-        self.ws_upstream = ws
-        await WebSocketHandler.get(self)
-
-    def _foreign(self, ws: _UpstreamWebSocket) -> bool:
-        import os
-
-        from .security import tcp_peer_uid, unix_peer_uid
-
-        stream = getattr(ws.protocol, "stream", None)
-        sock = getattr(stream, "socket", None)
-        if sock is None:
-            return False
-        uid = unix_peer_uid(sock) if sock.family == socket.AF_UNIX else tcp_peer_uid(sock)
-        return uid is not None and uid != os.getuid()
-
-    def select_subprotocol(self, subprotocols: list[str]) -> str | None:
-        if self.ws_upstream is not None:
-            chosen = self.ws_upstream.selected_subprotocol
-            return chosen if chosen in subprotocols else None
-        return None
+        key = self.request.headers.get("Sec-WebSocket-Key", "")
+        offered = {p.strip() for p in self.request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()}
+        chosen = resp.header("Sec-WebSocket-Protocol")
+        if (
+            resp.status != 101
+            or (resp.header("Upgrade") or "").lower() != "websocket"
+            or resp.header("Sec-WebSocket-Accept") != WebSocketProtocol13.compute_accept_value(key)
+            or (chosen is not None and chosen not in offered)
+        ):
+            self.log.warning("hpcgate.lab: websocket to %s refused by the app (HTTP %s)", self.target, resp.status)
+            raise ProxyError(502, reason="The app refused the websocket")
+        return resp
 
     def open(self, *args: Any, **kwargs: Any) -> None:
+        # Only raw_socket_proxy connections are tornado websockets here.
         self.set_nodelay(True)
-        self._ws_open.set()
         if self.raw_conn is not None:
             self._pump = asyncio.ensure_future(self._pump_raw())
-
-    def forward_down(self, msg: None | str | bytes) -> Awaitable[None] | None:
-        """One app message (``None``: the app closed) to the browser.
-
-        Returns an awaitable only when the write must be waited for (the handshake is
-        still finishing, or the browser's stream could not take the message at once).
-        """
-        if not self._ws_open.is_set():  # the browser handshake may still be finishing
-            return self._forward_down_later(msg)
-        up = self.ws_upstream
-        if msg is None:
-            code = up.close_code if up is not None else None
-            self.close(code if code not in (None, 1005, 1006) else None, up.close_reason if code and up else None)
-            return None
-        self._touch()
-        return _relay(self, getattr(self.ws_connection, "stream", None), msg, on_closed=up.close if up is not None else None)
-
-    async def _forward_down_later(self, msg: None | str | bytes) -> None:
-        await self._ws_open.wait()
-        pending = self.forward_down(msg)
-        if pending is not None:
-            await pending
 
     async def _pump_raw(self) -> None:
         conn = self.raw_conn
@@ -650,9 +617,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         self._touch()
         if self.raw_conn is not None:
             return self._write_raw(message)
-        if self.ws_upstream is None:
-            return None
-        return _relay(self.ws_upstream, getattr(self.ws_upstream.protocol, "stream", None), message, on_closed=self.close)
+        return None
 
     async def _write_raw(self, message: str | bytes) -> None:
         assert self.raw_conn is not None
@@ -662,53 +627,192 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         except ConnectionError:
             self.close()
 
-    def on_ping(self, data: bytes) -> None:
-        if self.ws_upstream is not None:
-            with contextlib.suppress(WebSocketClosedError):
-                self.ws_upstream.ping(data)
-
-    def on_finish(self) -> None:
-        # The browser handshake was refused after the app's succeeded: let the app go.
-        if self.ws_upstream is not None and self.get_status() != 101:
-            self.ws_upstream.close()
-
     def on_close(self) -> None:
         self._client_gone = True
-        if self.ws_upstream is not None:
-            code = self.close_code
-            self.ws_upstream.close(code if code not in (None, 1005, 1006) else None, self.close_reason if code else None)
+        if self.ws_conn is not None and not self._finished:
+            self.ws_conn.close()  # browser left during the app's handshake
         if self.raw_conn is not None:
             self.raw_conn.close()
-        if self.conn is not None and self.ws_upstream is None and not self._finished:
+        if self.conn is not None and not self._finished:
             self.conn.close()  # browser left mid-download: free the app's connection
 
 
-def _relay(
-    ws: WebSocketHandler | WebSocketClientConnection, stream: IOStream | None, msg: str | bytes, on_closed: Any
-) -> Awaitable[None] | None:
-    """Write one message on ``ws``; return an awaitable only if ``stream`` is still flushing it.
+class _FrameRelay:
+    """Relays one websocket's bytes verbatim between the browser and the app.
 
-    A write that the kernel took at once needs no event-loop turn; one that left bytes
-    in tornado's buffer is awaited (until flushed), which bounds what a slow peer costs.
-    ``on_closed`` runs if the other side turns out to be gone.
+    Contracts:
+
+    * Frames pass unchanged both ways: the browser's masked frames go to the app as
+      they are (the mask key travels in each header), the app's to the browser. Text,
+      binary, fragments, ping/pong, close codes and negotiated extensions are the
+      endpoints' business.
+    * Each direction's frame headers are followed (:class:`wsframes.FrameScanner`): a
+      message over ``limit`` gets both sides a close frame 1009 (where their stream is
+      at a frame boundary; otherwise their connection is just closed).
+    * Backpressure: a side whose outgoing buffer is full stops reading from the other
+      side (asyncio flow control), so at most about one buffer per direction is held.
+    * When either side closes or fails, both are closed; :meth:`run` returns then.
+
+    Both sockets become asyncio transports with callback protocols: data is forwarded
+    in the read callback itself, without a task switch (that is where latency goes).
+    A TLS browser connection cannot be taken from tornado; it stays an IOStream
+    behind :class:`_IOStreamTransport`.
     """
-    try:
-        fut = ws.write_message(msg, binary=isinstance(msg, bytes))
-    except WebSocketClosedError:
-        if on_closed is not None:
-            on_closed()
-        return None
-    if stream is not None and not stream.writing():
-        return None  # fully written: the future has already resolved
-    return _await_write(fut, on_closed)
+
+    def __init__(self, limit: int, touch: Callable[[], None]):
+        self.touch = touch
+        self.browser = _RelaySide(self, FrameScanner(limit), masks=False)
+        self.app = _RelaySide(self, FrameScanner(limit), masks=True)
+        self.browser.peer, self.app.peer = self.app, self.browser
+        self.refusing = False
+        self.done = asyncio.get_running_loop().create_future()
+
+    async def run(self, stream: IOStream, conn: Connection) -> None:
+        """Take over the browser's ``stream`` and the app's ``conn`` until both are closed."""
+        loop = asyncio.get_running_loop()
+        # Bytes already read past the HTTP heads, in tornado's and asyncio's buffers.
+        early = stream._read_buffer_size and await stream.read_bytes(stream._read_buffer_size)  # noqa: SLF001
+        app_early = bytes(conn.reader._buffer)  # noqa: SLF001
+        conn.reader._buffer.clear()  # noqa: SLF001
+        app_transport = conn.writer.transport
+        app_transport.pause_reading()  # until the browser side is in place
+        app_transport.set_protocol(self.app)
+        self.app.connection_made(app_transport)
+        if early:
+            self.browser.data_received(early)
+        if type(stream) is IOStream:
+            IOLoop.current().remove_handler(stream.socket)  # the socket changes hands
+            await loop.connect_accepted_socket(lambda: self.browser, stream.socket)
+        else:
+            self.browser.connection_made(_IOStreamTransport(stream, self.browser))
+        if app_early:
+            self.app.data_received(app_early)
+        if conn.reader.at_eof():
+            self.shutdown()
+        app_transport.resume_reading()
+        try:
+            await self.done
+        finally:
+            self.shutdown()
+
+    def shutdown(self) -> None:
+        """Close both sides (queued bytes are still sent) and end :meth:`run`."""
+        for side in (self.browser, self.app):
+            if side.transport is not None:
+                side.transport.close()
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def refuse(self, sender: _RelaySide, exc: MessageTooBig, data: bytes) -> None:
+        """A message over the limit: 1009 to both sides, after the frames before it."""
+        log.info("hpcgate.lab: websocket message of %d+ bytes refused (1009)", exc.size)
+        self.refusing = True
+        receiver = sender.peer
+        if exc.offset >= 0:  # else the receiver has part of the oversized header: just cut
+            receiver.send(data[: exc.offset] + close_frame(CLOSE_TOO_BIG, masked=receiver.masks))
+        if receiver.transport is not None:
+            receiver.transport.close()
+        if receiver.scanner.at_boundary:  # the sender's incoming stream
+            sender.send(close_frame(CLOSE_TOO_BIG, masked=sender.masks))
+        # Keep reading (and dropping) from the sender until it closes: closing a socket
+        # with unread data resets it, and the reset can destroy the close frame.
+        sender.discard = True
+        asyncio.get_running_loop().call_later(WS_LINGER, self.shutdown)
 
 
-async def _await_write(fut: Awaitable[None], on_closed: Any) -> None:
-    try:
-        await fut
-    except WebSocketClosedError:
-        if on_closed is not None:
-            on_closed()
+class _RelaySide(asyncio.Protocol):
+    """One socket of a :class:`_FrameRelay`: what it receives goes to ``peer``."""
+
+    def __init__(self, relay: _FrameRelay, scanner: FrameScanner, masks: bool):
+        self.relay = relay
+        self.scanner = scanner  # follows the frames this side receives
+        self.masks = masks  # frames towards this side must be masked (it is the app)
+        self.peer: _RelaySide
+        self.transport: Any = None
+        self.discard = False
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def send(self, data: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def data_received(self, data: bytes) -> None:
+        if self.discard:
+            return
+        try:
+            self.scanner.feed(data)
+        except MessageTooBig as exc:
+            self.relay.refuse(self, exc, data)
+            return
+        self.peer.send(data)
+        self.relay.touch()
+
+    def eof_received(self) -> bool:
+        self.relay.shutdown()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not (self.relay.refusing and not self.discard):  # the refused sender decides
+            self.relay.shutdown()
+
+    def pause_writing(self) -> None:
+        if self.peer.transport is not None:
+            self.peer.transport.pause_reading()  # our buffer is full: stop reading theirs
+
+    def resume_writing(self) -> None:
+        if self.peer.transport is not None:
+            self.peer.transport.resume_reading()
+
+
+class _IOStreamTransport:
+    """The transport calls :class:`_RelaySide` makes, over a tornado IOStream (TLS)."""
+
+    def __init__(self, stream: IOStream, protocol: _RelaySide):
+        self.stream = stream
+        self.protocol = protocol
+        self.reading = asyncio.Event()
+        self.reading.set()
+        self.paused_writing = False
+        stream.set_close_callback(lambda: protocol.connection_lost(None))
+        self._pump = asyncio.ensure_future(self._read())
+
+    async def _read(self) -> None:
+        with contextlib.suppress(StreamClosedError):
+            while True:
+                await self.reading.wait()
+                self.protocol.data_received(await self.stream.read_bytes(READ_CHUNK, partial=True))
+
+    def write(self, data: bytes) -> None:
+        written = self.stream.write(data)
+        if self.stream.writing() and not self.paused_writing:
+            self.paused_writing = True
+            self.protocol.pause_writing()
+            written.add_done_callback(self._drained)
+
+    def _drained(self, fut: asyncio.Future[None]) -> None:
+        self.paused_writing = False
+        if fut.exception() is None:
+            self.protocol.resume_writing()
+
+    def pause_reading(self) -> None:
+        self.reading.clear()
+
+    def resume_reading(self) -> None:
+        self.reading.set()
+
+    def is_closing(self) -> bool:
+        return self.stream.closed()
+
+    def close(self) -> None:
+        self._pump.cancel()
+        if self.stream.closed():
+            return
+        if self.stream.writing():  # send what is queued first
+            self.stream.write(b"").add_done_callback(lambda f: self.stream.close())
+        else:
+            self.stream.close()
 
 
 class RewritableResponse:
