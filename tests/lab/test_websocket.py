@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 import requests
-from labtools import RssWatch
-from tornado.httpclient import HTTPRequest
+from labtools import RssWatch, free_port, wait_http
+from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection, websocket_connect
 
@@ -136,3 +142,58 @@ async def test_websocket_to_closed_port_fails_cleanly(lab):
     with pytest.raises(HTTPClientError) as err:
         await connect(lab, f"proxy/{free_port()}/ws")
     assert err.value.code == 502
+
+
+@pytest.fixture(scope="module")
+def tls_lab(tmp_path_factory):
+    """A second server with hpcgate.lab that speaks HTTPS itself (JupyterHub's
+    internal_ssl, a site's own certificate): the browser side of the relay is then a
+    TLS stream, not a plain socket."""
+    root = tmp_path_factory.mktemp("tls-lab")
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(root / "key.pem"), "-out", str(root / "cert.pem")],
+        check=True, capture_output=True,
+    )
+    port, token = free_port(), secrets.token_hex(16)
+    (root / "config.py").write_text(textwrap.dedent(f"""
+        c.ServerApp.port = {port}
+        c.ServerApp.ip = "127.0.0.1"
+        c.ServerApp.open_browser = False
+        c.ServerApp.allow_root = True
+        c.ServerApp.root_dir = {str(root)!r}
+        c.ServerApp.certfile = {str(root / "cert.pem")!r}
+        c.ServerApp.keyfile = {str(root / "key.pem")!r}
+        c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyterlab": False,
+                                            "jupyter_lsp": False, "notebook_shim": False}}
+    """))
+    env = {**os.environ, "JUPYTER_TOKEN": token, "JUPYTER_CONFIG_DIR": str(root / "cfg"),
+           "JUPYTER_RUNTIME_DIR": str(root / "runtime")}
+    with open(root / "server.log", "wb") as log:
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyter"), "server", f"--config={root / 'config.py'}"],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        wait_http(f"https://127.0.0.1:{port}/api/status", timeout=60, verify=False)
+        yield port, token
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+async def test_relay_behind_a_tls_server(tls_lab, upstream):
+    port, token = tls_lab
+    req = HTTPRequest(f"wss://127.0.0.1:{port}/proxy/{upstream}/ws", headers={"Authorization": f"token {token}"},
+                      validate_cert=False)
+    ws = await websocket_connect(req, max_message_size=1 << 30)
+    await ws.write_message("over tls")
+    assert await ws.read_message() == "over tls"
+    payload = bytes(range(256)) * (4 * 4096)  # 4 MiB: more than one TLS read and write
+    await ws.write_message(payload, binary=True)
+    assert await ws.read_message() == payload
+    await ws.write_message("close:4003")
+    assert await ws.read_message() is None
+    assert ws.close_code == 4003
+    no_auth = HTTPRequest(f"wss://127.0.0.1:{port}/proxy/{upstream}/ws", validate_cert=False)
+    with pytest.raises(HTTPClientError) as refused:
+        await websocket_connect(no_auth)
+    assert refused.value.code == 403
