@@ -88,6 +88,33 @@ def wait_port(port: int, timeout: float = 20) -> None:
     raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f} s")
 
 
+def ssh_forwards(sshd: LoopbackSSHD, cipher: str, dest: int, count: int) -> list[subprocess.Popen]:
+    """``count`` running ``ssh -L`` processes to ``dest``; one whose port was taken
+    meanwhile (it exits: "Address already in use") is started again on another port."""
+    running: list[subprocess.Popen] = []
+    for _attempt in range(5):
+        batch = {}
+        for _ in range(count - len(running)):
+            port = free_port()
+            argv = ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{port}:127.0.0.1:{dest}")
+            batch[port] = subprocess.Popen(argv, stderr=subprocess.DEVNULL)
+        for port, proc in batch.items():
+            deadline = time.monotonic() + 20
+            while proc.poll() is None and time.monotonic() < deadline:
+                try:
+                    wait_port(port, timeout=0.5)
+                    break
+                except RuntimeError:
+                    continue
+            if proc.poll() is None:
+                running.append(proc)
+            else:
+                proc.wait()
+        if len(running) == count:
+            return running
+    raise RuntimeError(f"only {len(running)} of {count} ssh -L forwards came up")
+
+
 class TunnelProcess:
     """The TunnelManager in a process of its own, as in the hub (its loop serves only it)."""
 
@@ -169,17 +196,10 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
         finally:
             many.close()
         per_forward_ours = (total - after_first) / max(FORWARDS - 1, 1)
-        procs, ports = [], []
+        procs: list[subprocess.Popen] = []
         try:
-            for i in range(FORWARDS):
-                port = free_port()
-                ports.append(port)
-                procs.append(subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{port}:127.0.0.1:{dest}")))
-                if i % 20 == 19:
-                    for p in ports[-20:]:
-                        wait_port(p)
-            for p in ports[-20:]:
-                wait_port(p)
+            for _ in range(FORWARDS // 20):
+                procs += ssh_forwards(sshd, cipher, dest, 20)
             ssh_rss = [pss_kib(p.pid) for p in procs]
         finally:
             for p in procs:
