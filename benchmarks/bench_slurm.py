@@ -282,8 +282,10 @@ def spawn_benchmark(sandbox: Sandbox, tmp: Path) -> None:
 
 def run() -> None:
     sandbox = Sandbox()
-    if not sandbox.is_up():
-        sandbox.up()
-    with tempfile.TemporaryDirectory(prefix="hpcgate-bench-slurm-") as tmp:
-        asyncio.run(load_benchmark(sandbox, Path(tmp)))
-        spawn_benchmark(sandbox, Path(tmp))
+    sandbox.hold()  # released below: a sandbox the benchmark brought up goes down again
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpcgate-bench-slurm-") as tmp:
+            asyncio.run(load_benchmark(sandbox, Path(tmp)))
+            spawn_benchmark(sandbox, Path(tmp))
+    finally:
+        sandbox.release()

@@ -22,7 +22,6 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from hubtools import Hub, wait_for
-from sandbox_fixtures import sandbox  # noqa: F401
 
 USERS = ("alice", "bob")
 OPTIONS = {"system": "login", "partition": "interactive"}

@@ -430,7 +430,14 @@ class Sandbox:
         return info
 
     def other_holders(self) -> list[int]:
-        """PIDs of the live holders other than this object (stale entries are removed)."""
+        """PIDs of the live holders in other processes (stale entries are removed).
+
+        Holders in this process are not "others": one test session may hold the
+        sandbox through more than one object."""
+        return [pid for pid in self._live_holders() if pid != os.getpid()]
+
+    def _live_holders(self) -> list[int]:
+        """PIDs of the live holders except this object; removes stale entries."""
         found = []
         for entry in self.layout.holders_dir.glob("*"):
             if entry == self._holder:
@@ -451,7 +458,7 @@ class Sandbox:
             if self._holder is not None:
                 self._holder.unlink(missing_ok=True)
                 self._holder = None
-            if keep or self.other_holders() or not lay.test_owned_marker.exists():
+            if keep or self._live_holders() or not lay.test_owned_marker.exists():
                 return False
             self._down_locked()
             return True
