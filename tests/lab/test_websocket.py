@@ -173,17 +173,17 @@ def tls_lab(tmp_path_factory):
         proc = subprocess.Popen([str(Path(sys.executable).parent / "jupyter"), "server", f"--config={root / 'config.py'}"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"https://127.0.0.1:{port}/api/status", timeout=60, verify=False)
-        yield port, token
+        wait_http(f"https://127.0.0.1:{port}/api/status", timeout=60, verify=str(root / "cert.pem"))
+        yield port, token, str(root / "cert.pem")
     finally:
         proc.terminate()
         proc.wait(30)
 
 
 async def test_relay_behind_a_tls_server(tls_lab, upstream):
-    port, token = tls_lab
+    port, token, cert = tls_lab
     req = HTTPRequest(f"wss://127.0.0.1:{port}/proxy/{upstream}/ws", headers={"Authorization": f"token {token}"},
-                      validate_cert=False)
+                      ca_certs=cert)
     ws = await websocket_connect(req, max_message_size=1 << 30)
     await ws.write_message("over tls")
     assert await ws.read_message() == "over tls"
@@ -193,7 +193,7 @@ async def test_relay_behind_a_tls_server(tls_lab, upstream):
     await ws.write_message("close:4003")
     assert await ws.read_message() is None
     assert ws.close_code == 4003
-    no_auth = HTTPRequest(f"wss://127.0.0.1:{port}/proxy/{upstream}/ws", validate_cert=False)
+    no_auth = HTTPRequest(f"wss://127.0.0.1:{port}/proxy/{upstream}/ws", ca_certs=cert)
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(no_auth)
     assert refused.value.code == 403
