@@ -197,3 +197,23 @@ async def test_relay_behind_a_tls_server(tls_lab, upstream):
     with pytest.raises(HTTPClientError) as refused:
         await websocket_connect(no_auth)
     assert refused.value.code == 403
+
+
+async def test_messages_on_an_open_websocket_count_as_activity(lab, upstream):
+    """A long-lived websocket (a desktop, a kernel-like app) keeps the server active for
+    the hub's idle culler while messages flow, not only at its upgrade."""
+
+    def activity():
+        return requests.get(lab.url("api/status"), headers=lab.auth, timeout=10).json()["last_activity"]
+
+    ws = await connect(lab, f"proxy/{upstream}/ws")
+    await ws.write_message("first")
+    assert await ws.read_message() == "first"
+    await asyncio.sleep(1.2)  # past the proxy's once-a-second throttle
+    before = activity()
+    await asyncio.sleep(1.2)
+    assert activity() == before  # an idle websocket is not activity
+    await ws.write_message("later")
+    assert await ws.read_message() == "later"
+    assert activity() > before
+    ws.close()
