@@ -22,7 +22,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
+# the product alone (what `make demo` runs); the test extras (pytest, playwright and the
+# third-party apps and jupyter-server-proxy plugins the tests drive) only for `make test`
 $(VENV)/.installed: pyproject.toml $(LABEXT_OUT) | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: $(VENV)/.installed
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@
 
@@ -46,6 +52,8 @@ node_modules/.installed: package.json package-lock.json
 
 install: labext $(VENV)/.installed node_modules/.installed
 
+install-test: install $(VENV)/.installed-test
+
 system-deps:
 	./scripts/install-system-deps.sh
 
@@ -54,13 +62,13 @@ demo: install
 	$(BIN)/hpcgate up $(ARGS)
 
 ## make test: install what the tests need, start what they need, run them.
-test: install system-deps
+test: install-test system-deps
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 ## make bench: side-by-side benchmarks, printed as tables with ratios.
 # jupyter-server-proxy (the alternative) is installed but kept disabled by hpcgate's
 # config; the benchmark enables it only in the Jupyter server it compares against.
-bench: install system-deps
+bench: install-test system-deps
 	$(BIN)/pip install -q -e '.[test,bench]'
 	$(BIN)/python -m benchmarks $(ARGS)
 

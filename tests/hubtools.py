@@ -60,8 +60,16 @@ c.HPCSpawner.progress_poll_interval = 0.5
 
 
 class Hub:
-    def __init__(self, state_dir: Path, catalog: str | None = None, extra: str = "", keep_servers: bool = True):
+    def __init__(
+        self,
+        state_dir: Path,
+        catalog: str | None = None,
+        extra: str = "",
+        keep_servers: bool = True,
+        admins: tuple[str, ...] = (),
+    ):
         self.state_dir = Path(state_dir)
+        self.admins = tuple(admins)
         self.catalog = catalog
         self.extra = extra
         self.keep_servers = keep_servers
@@ -84,6 +92,8 @@ class Hub:
             argv += ["--catalog", self.catalog]
         if self.keep_servers:
             argv.append("--keep-servers")
+        for admin in self.admins:
+            argv += ["--admin", admin]
         env = dict(os.environ)
         env["PATH"] = os.pathsep.join([str(ROOT / "node_modules/.bin"), str(Path(sys.executable).parent), env["PATH"]])
         log = open(self.log_path, "ab")
@@ -116,6 +126,11 @@ class Hub:
     @property
     def password(self) -> str:
         return (self.state_dir / "demo-password").read_text().strip()
+
+    @property
+    def admin_password(self) -> str:
+        """The password of the ``--admin`` users (``hpcgate up`` writes it 0600)."""
+        return (self.state_dir / "admin-password").read_text().strip()
 
     # --- API -------------------------------------------------------------------------
 
@@ -191,16 +206,22 @@ class Hub:
 
     # --- a logged-in browser-like session ---------------------------------------------
 
-    def login(self, user: str) -> requests.Session:
+    def login(self, user: str, password: str | None = None) -> requests.Session:
+        """A session logged in as ``user`` (with the demo password unless ``password``)."""
+        session, r = self.try_login(user, password)
+        assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
+        return session
+
+    def try_login(self, user: str, password: str | None = None) -> tuple[requests.Session, requests.Response]:
+        """Submit the login form as a browser does; the session and the form's answer."""
         session = requests.Session()
         page = session.get(self.url + "/hub/login", timeout=30)
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
-        data = {"username": user, "password": self.password}
+        data = {"username": user, "password": self.password if password is None else password}
         if xsrf:
             data["_xsrf"] = xsrf.group(1)
         r = session.post(self.url + "/hub/login", data=data, timeout=30, allow_redirects=False)
-        assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
-        return session
+        return session, r
 
 
 def xsrf_headers(session: requests.Session) -> dict:

@@ -14,31 +14,22 @@ tests that use it are skipped with the reason.
 from __future__ import annotations
 
 import os
-import shutil
 
 import pytest
 
-from hpcgate.sandbox import Sandbox
-
-REQUIRED = {
-    "/usr/sbin/sshd": "openssh-server",
-    "/usr/sbin/munged": "munge",
-    "/usr/sbin/slurmctld": "slurm-wlm",
-    "/usr/sbin/slurmd": "slurm-wlm",
-    "/usr/bin/python3": "python3 (with python3-venv)",
-}
+from hpcgate.sandbox import Sandbox, packages
 
 
 def sandbox_missing() -> str:
     """Why the sandbox cannot be built here, or ``""``."""
     if os.geteuid() != 0:
         return "the sandbox creates network namespaces, accounts and daemons: it needs root"
-    missing = sorted({pkg for path, pkg in REQUIRED.items() if not os.path.exists(path)})
-    for tool, pkg in (("nsenter", "util-linux"), ("ip", "iproute2"), ("ssh", "openssh-client")):
-        if shutil.which(tool) is None:
-            missing.append(pkg)
+    missing = packages.missing()
     if missing:
-        return f"missing Debian packages {', '.join(missing)} (scripts/install-system-deps.sh installs them)"
+        return (
+            f"missing Debian packages {', '.join(missing)} (scripts/install-system-deps.sh or "
+            "`hpcgate sandbox up` installs them)"
+        )
     return ""
 
 

@@ -41,6 +41,9 @@ c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = (here / "demo-password").read_text().strip()
 c.Authenticator.allow_all = True
 c.Authenticator.admin_users = set(settings["admins"])
+if settings["admins"]:
+    # the shared-password login lets admins in only with a password of their own
+    c.SharedPasswordAuthenticator.admin_password = (here / "admin-password").read_text().strip()
 
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
@@ -84,15 +87,28 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def demo_password(state_dir: Path) -> str:
-    """The demo login's password: generated once, kept 0600 in the state directory."""
-    path = state_dir / "demo-password"
+def _kept_password(path: Path, nbytes: int) -> str:
+    """A password generated once (``nbytes`` random bytes) and kept 0600 at ``path``."""
     if path.exists():
         os.chmod(path, 0o600)
         return path.read_text().strip()
-    password = secrets.token_urlsafe(12)
+    password = secrets.token_urlsafe(nbytes)
     _write_private(path, password + "\n")
     return password
+
+
+def demo_password(state_dir: Path) -> str:
+    """The demo login's password: generated once, kept 0600 in the state directory."""
+    return _kept_password(state_dir / "demo-password", 12)
+
+
+def admin_password(state_dir: Path) -> str:
+    """The password of the ``--admin`` users, kept 0600 beside the demo password.
+
+    JupyterHub's shared-password login wants a separate admin password of at least 32
+    characters for the users in ``admin_users``; 32 random bytes give 43.
+    """
+    return _kept_password(state_dir / "admin-password", 32)
 
 
 def find_proxy() -> str | None:
@@ -137,6 +153,12 @@ def cmd_up(args: argparse.Namespace) -> int:
     config = state_dir / "jupyterhub_config.py"
     config.write_text(CONFIG_TEMPLATE)
     password = demo_password(state_dir)
+    admin_line = ""
+    if args.admin:
+        admin_line = (
+            f"  admins ({', '.join(args.admin)}) log in with their own password: {admin_password(state_dir)}\n"
+            f"  (kept in {state_dir / 'admin-password'}, mode 0600)\n"
+        )
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
     hub = subprocess.Popen(
@@ -149,6 +171,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"\nhpcgate {__version__}: JupyterHub on http://{host}:{args.port}/\n"
         f"  log in with any user name and the password: {password}\n"
         f"  (kept in {state_dir / 'demo-password'}, mode 0600)\n"
+        f"{admin_line}"
         f"  catalog: {catalog or 'built-in default (this machine)'}\n"
         f"  state:   {state_dir}\n"
         f"  servers {'keep running' if args.keep_servers else 'stop'} when the hub stops; Ctrl-C stops the hub.\n",
@@ -200,7 +223,12 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave users' servers running when the hub stops; the next `hpcgate up` adopts them",
     )
-    up.add_argument("--admin", action="append", default=[], help="a user name with admin rights (repeatable)")
+    up.add_argument(
+        "--admin",
+        action="append",
+        default=[],
+        help="a user name with admin rights (repeatable); admins log in with the admin password it prints",
+    )
     up.add_argument(
         "--config", action="append", default=[], help="extra jupyterhub_config.py loaded last (repeatable)"
     )

@@ -89,3 +89,74 @@ async def test_auto_isolation_where_bubblewrap_works_and_plain_tcp_elsewhere(tmp
     finally:
         await manager.stop_all()
     assert app.info()["state"] == "stopped"
+
+
+PLUGIN_MODULE = '''
+def setup_mlflow():
+    return {"command": ["true", "{port}"], "launcher_entry": {"title": "MLflow", "path_info": "mlflow"}}
+
+
+def setup_tensorboard():
+    def command(port):
+        raise FileNotFoundError("Can not find tensorboard executable in $PATH")
+    return {"command": command}
+'''
+
+
+@pytest.fixture
+def plugin_on_path(tmp_path, monkeypatch):
+    """A real installed distribution (a dist-info on sys.path) with two
+    jupyter-server-proxy plugins; one has the name of hpcgate's MLflow recipe."""
+    (tmp_path / "hpcgate_test_plugin.py").write_text(PLUGIN_MODULE)
+    info = tmp_path / "hpcgate_test_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: hpcgate-test-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[jupyter_serverproxy_servers]\n"
+        "mlflow = hpcgate_test_plugin:setup_mlflow\n"
+        "tb-plugin-test = hpcgate_test_plugin:setup_tensorboard\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path
+
+
+def test_a_recipe_and_a_plugin_of_one_name_are_both_kept_and_the_choice_is_stated(plugin_on_path, caplog):
+    from hpcgate.lab.apps.spec import collect_specs
+
+    with caplog.at_level("WARNING", logger="hpcgate.lab.apps.spec"):
+        specs = collect_specs({}, {})
+    recipe, plugin = specs["mlflow"], specs["mlflow-plugin"]
+    assert recipe.source.startswith("entry point hpcgate_apps:mlflow")
+    assert "chosen over entry point jupyter_serverproxy_servers:mlflow" in recipe.source
+    assert "served as 'mlflow-plugin'" in recipe.source
+    assert plugin.source.startswith("entry point jupyter_serverproxy_servers:mlflow (renamed")
+    assert plugin.command == ["true", "{port}"]
+    assert plugin.launcher()["path_info"] == "mlflow-plugin" and plugin.launcher()["title"] == "MLflow (plugin)"
+    assert any("share the name" in r.getMessage() and "'mlflow-plugin'" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_app_whose_program_is_missing_is_unavailable_before_a_start(plugin_on_path, tmp_path):
+    from hpcgate.lab.apps.launch import missing_programs
+    from hpcgate.lab.apps.spec import collect_specs
+
+    specs = collect_specs({}, {})
+    # a plugin whose command function looks its program up and raises: its message
+    assert await missing_programs(specs["tb-plugin-test"], []) == [
+        {"program": "the command of tb-plugin-test", "install": "Can not find tensorboard executable in $PATH"}
+    ]
+    # a plain command whose program is not on PATH (no `requires` needed for that)
+    absent = make_spec("absent", {"command": ["hpcgate-no-such-program", "--port", "{port}"]})
+    assert [m["program"] for m in await missing_programs(absent, [])] == ["hpcgate-no-such-program"]
+    # ... unless the app's set-up lines put it there
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    tool = bindir / "hpcgate-no-such-program"
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    assert await missing_programs(absent, [f"PATH={bindir}:$PATH"]) == []
+    # a program that is there
+    assert await missing_programs(specs["mlflow-plugin"], []) == []
+    manager = AppManager({"absent": absent}, "/user/x/", str(tmp_path / "sockets"))
+    await manager.check_all_available()
+    info = manager.get("absent").info()
+    assert info["available"] is False and info["missing"][0]["install"].startswith("not found on PATH")

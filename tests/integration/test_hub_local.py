@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import signal
+import subprocess
 import sys
 import textwrap
 import time
@@ -69,7 +71,7 @@ def catalog_path(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory, catalog_path):
     extra = "c.HPCGate.catalog_check_interval = 0.2"
-    hub = Hub(tmp_path_factory.mktemp("hub"), catalog=str(catalog_path), extra=extra).start()
+    hub = Hub(tmp_path_factory.mktemp("hub"), catalog=str(catalog_path), extra=extra, admins=("ada",)).start()
     yield hub
     for user in hub.get("/hub/api/users").json():
         if user["servers"]:
@@ -101,6 +103,21 @@ def test_login_and_offer(hub):
     assert local["partitions"][0]["name"] == "interactive"
     assert local["partitions"][0]["limits"]["cpus"] == {"min": 1, "default": 1, "max": 2}
     assert local["projects"] == []
+
+
+def test_the_admin_logs_in_with_the_admin_password_and_reaches_the_admin_page(hub):
+    assert (hub.state_dir / "admin-password").stat().st_mode & 0o777 == 0o600
+    assert len(hub.admin_password) >= 32 and hub.admin_password != hub.password
+    session = hub.login("ada", hub.admin_password)
+    page = session.get(hub.url + "/hub/admin", timeout=10)
+    assert page.status_code == 200 and page.url.endswith("/hub/admin")
+    assert session.get(hub.url + "/hub/api/users", timeout=10).status_code == 200
+    assert session.get(hub.url + "/hub/api/user", timeout=10).json()["admin"] is True
+    # the users' shared password does not make anyone the admin, nor an admin of anyone
+    _, refused = hub.try_login("ada", hub.password)
+    assert refused.status_code == 403 and "Invalid username or password" in refused.text
+    olga = hub.login("olga")
+    assert olga.get(hub.url + "/hub/api/users", timeout=10).status_code == 403
 
 
 def test_spawn_through_the_form(hub):
@@ -160,6 +177,51 @@ def test_rest_spawn_progress_status_and_stop(hub):
     assert pid_alive(pid)
     hub.stop_server("alice")
     wait_for(lambda: not pid_alive(pid), 10, "the server process to end")
+
+
+#: What a local server may take from the hub's environment (the session's variables).
+SESSION = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "USER", "LOGNAME", "SHELL"}
+
+
+def environ_of(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_a_local_server_has_the_users_session_environment_and_nothing_of_the_hub(hub):
+    assert hub.spawn("emil", {"system": "local"}).status_code in (201, 202)
+    hub.wait_ready("emil")
+    try:
+        env = environ_of(job_pid(hub, "emil"))
+        account = pwd.getpwuid(os.getuid())
+        assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (
+            account.pw_dir, account.pw_name, account.pw_name, account.pw_shell
+        )
+        # the server's own Python environment first (pip and jupyter in a notebook are its)
+        assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+        assert "/usr/bin" in env["PATH"].split(":")
+        assert env.get("LANG") or any(k.startswith("LC_") for k in env)
+        # the hub's own environment stays with the hub (proxy token, test runner's variables...)
+        hub_env = environ_of(hub.proc.pid)
+        leaked = {
+            name for name in hub_env
+            if name in env and name not in SESSION and not name.startswith(("LC_", "JUPYTERHUB_", "HPCGATE_"))
+        }
+        assert leaked == set()
+        assert "CONFIGPROXY_AUTH_TOKEN" not in env and "JPY_COOKIE_SECRET" not in env
+        # plugins that look their program up on PATH are there and usable: the remote
+        # desktop's (vncserver, at load time; TigerVNC is installed for the tests) and the
+        # third-party TensorBoard's (tensorboard, in the server's environment)
+        apps = {a["name"]: a for a in hub.get("/user/emil/hpcgate/api/apps").json()["apps"]}
+        assert "desktop-websockify" in apps, sorted(apps)
+        assert apps["tensorboard"]["available"] is True, apps["tensorboard"]["missing"]
+        # and a notebook's `!pip` is the server's environment's pip
+        shell = subprocess.run(
+            ["sh", "-c", "command -v pip"], env=env, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        assert shell == str(Path(sys.executable).parent / "pip")
+    finally:
+        hub.stop_server("emil")
 
 
 def test_catalog_apps_run_beside_the_lab_with_their_setup(hub):

@@ -12,6 +12,7 @@ import sys
 import time
 from typing import Any
 
+from . import packages
 from .cluster import Sandbox, require_root
 from .proc import SandboxError
 
@@ -23,7 +24,16 @@ def _parser() -> argparse.ArgumentParser:
         "slurmctld, a compute node with slurmd, in network namespaces; real Unix accounts.",
     )
     sub = p.add_subparsers(dest="action", required=True)
-    up = sub.add_parser("up", help="build and start the sandbox (idempotent: reports a running one)")
+    up = sub.add_parser(
+        "up",
+        help="build and start the sandbox (idempotent: reports a running one); installs the "
+        "Debian packages it needs first",
+    )
+    up.add_argument(
+        "--no-install",
+        action="store_true",
+        help="do not install missing Debian packages: name them and the command that installs them",
+    )
     up.add_argument(
         "--rebuild-venv", action="store_true", help="rebuild the job venv even if its stamp matches"
     )
@@ -74,6 +84,15 @@ def main(argv: list[str]) -> int:
     sandbox = Sandbox()
     try:
         if args.action == "up":
+            absent = packages.missing()
+            if absent and args.no_install:
+                print(
+                    f"error: the sandbox needs these Debian packages: {', '.join(absent)}. "
+                    f"Install them with: {packages.install_command(absent)}",
+                    file=sys.stderr,
+                )
+                return 1
+            packages.install(absent, log=lambda line: print(f"  {line}", flush=True))
             started = time.monotonic()
             sandbox.up(rebuild_venv=args.rebuild_venv, log=lambda line: print(f"  {line}", flush=True))
             print(f"sandbox up in {time.monotonic() - started:.1f} s\n")

@@ -5,12 +5,21 @@ Each server is ``hpcgate-singleuser`` in its own session (so a hub restart with
 output in ``<state_dir>/logs/<account>/<server>.log`` (0600 in a 0700 directory). The
 job id is the PID; the handle also keeps the process start time from ``/proc`` so that a
 recycled PID is never mistaken for the server after a restart.
+
+The server runs as the hub's own Unix account, so it gets that account's session
+environment (:func:`session_environment`): ``HOME``, ``USER``, ``LOGNAME`` and ``SHELL``
+from the password database, the hub's ``PATH`` (with the server program's directory
+first, as an activated virtual environment has it) and its locale, time zone and
+``TMPDIR``. Nothing else of the hub's environment (proxy token, cookie secret, database
+URL) reaches the server; the spawner's own variables (``JUPYTERHUB_*``, ``HPCGATE_*``,
+``Spawner.environment``) come on top.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
+import pwd
 import signal
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +51,41 @@ def tail_file(path: str | os.PathLike[str], nbytes: int) -> str:
         return ""
 
 
+#: Variables of the hub's environment that describe the session, not the hub: passed on.
+SESSION_VARIABLES = ("PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR")
+
+
+def session_environment(program: str) -> dict[str, str]:
+    """The environment a user of this host expects, for a server running ``program``.
+
+    ``HOME``, ``USER``, ``LOGNAME``, ``SHELL`` of the current Unix account; ``PATH``,
+    ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR`` as the hub has them. An
+    absolute ``program`` puts its directory first on ``PATH`` (the server's Python
+    environment, so ``pip`` and ``jupyter`` in a notebook are that environment's). No
+    locale at all becomes ``LANG=C.UTF-8``.
+    """
+    account = pwd.getpwuid(os.getuid())
+    env = {
+        "HOME": account.pw_dir,
+        "USER": account.pw_name,
+        "LOGNAME": account.pw_name,
+        "SHELL": account.pw_shell or "/bin/sh",
+    }
+    env.update(
+        (name, value)
+        for name, value in os.environ.items()
+        if name in SESSION_VARIABLES or name.startswith("LC_")
+    )
+    path = [d for d in env.get("PATH", os.defpath).split(os.pathsep) if d]
+    if os.path.isabs(program):
+        here = os.path.dirname(program)
+        path = [here, *(d for d in path if d != here)]
+    env["PATH"] = os.pathsep.join(path)
+    if not any(name == "LANG" or name.startswith("LC_") for name in env):
+        env["LANG"] = "C.UTF-8"
+    return env
+
+
 class LocalBackend(Backend):
     kind = "local"
     needs_tunnel = False
@@ -67,8 +111,13 @@ class LocalBackend(Backend):
             raise SubmitError(f"Cannot create the working directory {workdir}: {exc.strerror}.") from exc
         log_path = self._log_path(spec.account, spec.server_name)
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        env = {**spec.env, "HPCGATE_BIND_IP": "127.0.0.1", "HPCGATE_REPORT_HOST": "127.0.0.1"}
         command = list(spec.command)
+        env = {
+            **session_environment(command[0]),
+            **spec.env,
+            "HPCGATE_BIND_IP": "127.0.0.1",
+            "HPCGATE_REPORT_HOST": "127.0.0.1",
+        }
         if os.geteuid() == 0 and "--allow-root" not in command:
             # a hub run as root (containers, CI) runs its local servers as root too
             command.append("--allow-root")

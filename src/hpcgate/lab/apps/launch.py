@@ -8,8 +8,12 @@ Contracts:
 * ``resolve_parameters`` returns only validated strings: directories exist and are
   given as absolute paths, text has no control characters. Errors are sentences for
   the user.
-* ``missing_programs`` answers which ``requires`` programs cannot be found, looking
-  through the set-up lines when there are any (they may change ``PATH``).
+* ``missing_programs`` answers which ``requires`` programs cannot be found, and whether
+  the command's own program can (a command built by a plugin's function is built once
+  for that, with placeholder values; a function that raises makes the app unavailable
+  with the function's message), looking through the set-up lines when there are any
+  (they may change ``PATH``). So an app that cannot start is said to be unavailable
+  before anyone starts it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .spec import AppSpec
+from .spec import AppSpec, render
 
 SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 SETUP_CHECK_TIMEOUT = 120.0  # module systems on shared file systems can be slow
@@ -81,10 +85,52 @@ def resolve_parameters(spec: AppSpec, given: dict[str, Any] | None, cwd: str | N
     return values
 
 
+#: Values the command of an app is built with to learn its program (never run).
+PROBE_ARGS = {"port": 1, "unix_socket": "/nonexistent/probe.sock", "base_url": "/", "app_dir": "/nonexistent"}
+
+
+def command_program(spec: AppSpec) -> tuple[str, str]:
+    """``(program, "")`` the app's command runs, or ``("", why)`` if it cannot be built.
+
+    A plugin's command function is called here with placeholder values; functions that
+    look their program up (and raise when it is missing) thereby say so before a start.
+    """
+    args = {
+        **PROBE_ARGS,
+        "app_name": spec.name,
+        **{name: str(p.get("default", "")) for name, p in spec.parameters.items()},
+    }
+    try:
+        argv = render(spec.command, args)
+    except Exception as exc:  # a plugin's function: whatever it raises means "cannot start"
+        return "", (str(exc) or type(exc).__name__)
+    if not argv or not isinstance(argv, list) or not isinstance(argv[0], str) or not argv[0]:
+        return "", "its command is empty"
+    return argv[0], ""
+
+
+def _findable(program: str, path: str | None) -> bool:
+    if os.sep in program:
+        return os.access(program, os.X_OK) and not os.path.isdir(program)
+    return shutil.which(program, path=path) is not None
+
+
 async def missing_programs(spec: AppSpec, lines: list[str], env: dict[str, str] | None = None) -> list[dict[str, str]]:
-    """``requires`` entries whose program is not found (after ``lines``, if any)."""
+    """What keeps the app from starting: ``{"program", "install"}`` entries, ``[]`` if nothing.
+
+    The ``requires`` entries whose program is not found, then the command's own program
+    (``install``: "not found on PATH", or the message of a command function that
+    raised) -- after ``lines``, if any.
+    """
     env = env if env is not None else base_environ()
-    missing = [r for r in spec.requires if shutil.which(r["program"], path=env.get("PATH")) is None]
+    path = env.get("PATH")
+    missing = [r for r in spec.requires if not _findable(r["program"], path)]
+    if spec.managed:
+        program, why = command_program(spec)
+        if why:
+            return [*missing, {"program": f"the command of {spec.name}", "install": why}]
+        if program not in {r["program"] for r in spec.requires} and not _findable(program, path):
+            missing.append({"program": program, "install": "not found on PATH; install it or load its module"})
     if not missing or not lines:
         return missing
     checks = " && ".join(f"command -v {shlex.quote(r['program'])} >/dev/null" for r in missing)

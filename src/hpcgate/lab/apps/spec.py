@@ -42,7 +42,8 @@ A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environ
     without the leading slash).
 
 Sources, later ones overriding earlier ones by name: ``jupyter_serverproxy_servers``
-entry points, ``hpcgate_apps`` entry points, ``c.ServerProxy.servers``, the hub
+entry points, ``hpcgate_apps`` entry points (a recipe and a plugin of the same name are
+both kept: the plugin as ``<name>-plugin``), ``c.ServerProxy.servers``, the hub
 catalog's ``apps`` (``$HPCGATE_APPS``), ``c.HPCGateLab.apps_file`` and
 ``c.HPCGateLab.apps``. Template strings may use ``{port}``, ``{unix_socket}`` and
 ``{base_url}``, plus hpcgate's ``{app_dir}`` (a private directory per app instance
@@ -349,6 +350,40 @@ def _entry_point_specs(group: str) -> dict[str, tuple[dict[str, Any], str]]:
     return found
 
 
+#: Suffix of a third-party plugin's name when one of hpcgate's recipes has that name.
+PLUGIN_SUFFIX = "-plugin"
+
+
+def _keep_both(raw: dict[str, tuple[dict[str, Any], str]], name: str, values: dict[str, Any], source: str) -> None:
+    """An hpcgate recipe and a jupyter-server-proxy plugin both named ``name``.
+
+    The recipe keeps the name; the plugin moves to ``<name>-plugin`` (``-plugin-2``...
+    if that is taken too). The choice is logged and written into both ``source``
+    strings, which the lab's API reports.
+    """
+    plugin_values, plugin_source = raw.pop(name)
+    new_name = name + PLUGIN_SUFFIX
+    n = 2
+    while new_name in raw:
+        new_name, n = f"{name}{PLUGIN_SUFFIX}-{n}", n + 1
+    log.warning(
+        "app %r: hpcgate's recipe (%s) and a jupyter-server-proxy plugin (%s) share the name; "
+        "the recipe keeps it, the plugin is served as %r",
+        name, source, plugin_source, new_name,
+    )
+    entry = plugin_values.get("launcher_entry")
+    if isinstance(entry, Mapping):
+        # its launcher tile opens the plugin, and says which one it is
+        entry = dict(entry)
+        path = str(entry.get("path_info", name))
+        if path == name or path.startswith(name + "/"):
+            entry["path_info"] = new_name + path[len(name) :]
+        entry["title"] = f"{entry.get('title') or name} (plugin)"
+        plugin_values = {**plugin_values, "launcher_entry": entry}
+    raw[name] = (values, f"{source} (chosen over {plugin_source}, which is served as {new_name!r})")
+    raw[new_name] = (plugin_values, f"{plugin_source} (renamed: hpcgate's recipe {name!r} has its name)")
+
+
 def collect_specs(
     serverproxy_servers: Mapping[str, Mapping[str, Any]],
     own_apps: Mapping[str, Mapping[str, Any]],
@@ -364,7 +399,11 @@ def collect_specs(
     if load_serverproxy_entry_points:
         raw.update(_entry_point_specs("jupyter_serverproxy_servers"))
     if load_own_entry_points:
-        raw.update(_entry_point_specs("hpcgate_apps"))
+        for name, (values, source) in _entry_point_specs("hpcgate_apps").items():
+            if name in raw:
+                _keep_both(raw, name, values, source)
+            else:
+                raw[name] = (values, source)
     raw.update({k: (dict(v), "c.ServerProxy.servers") for k, v in serverproxy_servers.items()})
     raw.update({k: (dict(v), "the hub's catalog") for k, v in (catalog_apps or {}).items()})
     raw.update({k: (dict(v), "c.HPCGateLab.apps") for k, v in own_apps.items()})
