@@ -31,6 +31,28 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def process_environ(pid: int) -> dict[str, str]:
+    """The environment a process was started (exec'd) with, from ``/proc/PID/environ``."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(item.decode("utf-8", "replace").split("=", 1) for item in raw if b"=" in item)
+
+
+def hub_leaks(server_env: dict[str, str], hub_pid: int, allowed: set[str]) -> set[str]:
+    """Variables of the hub process that a server's environment has with the hub's value.
+
+    ``allowed``: names a server may share with the hub (``SHELL``, the locale...);
+    ``JUPYTERHUB_*``, ``HPCGATE_*`` and ``LC_*`` are always allowed.
+    """
+    hub_env = process_environ(hub_pid)
+    return {
+        name
+        for name, value in hub_env.items()
+        if server_env.get(name) == value
+        and name not in allowed
+        and not name.startswith(("LC_", "JUPYTERHUB_", "HPCGATE_"))
+    }
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll ``predicate`` until it returns a truthy value; fail naming ``what``."""
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from hubtools import Hub, wait_for, xsrf_headers
+from hubtools import Hub, hub_leaks, process_environ, wait_for, xsrf_headers
 
 CATALOG = textwrap.dedent(
     f"""
@@ -183,16 +183,11 @@ def test_rest_spawn_progress_status_and_stop(hub):
 SESSION = {"PATH", "LANG", "LANGUAGE", "TZ", "TMPDIR", "HOME", "USER", "LOGNAME", "SHELL"}
 
 
-def environ_of(pid: int) -> dict[str, str]:
-    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
-
-
 def test_a_local_server_has_the_users_session_environment_and_nothing_of_the_hub(hub):
     assert hub.spawn("emil", {"system": "local"}).status_code in (201, 202)
     hub.wait_ready("emil")
     try:
-        env = environ_of(job_pid(hub, "emil"))
+        env = process_environ(job_pid(hub, "emil"))
         account = pwd.getpwuid(os.getuid())
         assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (
             account.pw_dir, account.pw_name, account.pw_name, account.pw_shell
@@ -202,11 +197,7 @@ def test_a_local_server_has_the_users_session_environment_and_nothing_of_the_hub
         assert "/usr/bin" in env["PATH"].split(":")
         assert env.get("LANG") or any(k.startswith("LC_") for k in env)
         # the hub's own environment stays with the hub (proxy token, test runner's variables...)
-        hub_env = environ_of(hub.proc.pid)
-        leaked = {
-            name for name in hub_env
-            if name in env and name not in SESSION and not name.startswith(("LC_", "JUPYTERHUB_", "HPCGATE_"))
-        }
+        leaked = hub_leaks(env, hub.proc.pid, SESSION)
         assert leaked == set()
         assert "CONFIGPROXY_AUTH_TOKEN" not in env and "JPY_COOKIE_SECRET" not in env
         # plugins that look their program up on PATH are there and usable: the remote

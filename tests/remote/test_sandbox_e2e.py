@@ -11,6 +11,8 @@ import asyncio
 import concurrent.futures
 import json
 import os
+import pwd
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -21,7 +23,7 @@ import yaml
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from hubtools import Hub, wait_for
+from hubtools import Hub, hub_leaks, process_environ, wait_for
 
 USERS = ("alice", "bob")
 OPTIONS = {"system": "login", "partition": "interactive"}
@@ -153,6 +155,24 @@ def test_two_users_spawn_at_once_and_run_code(hub):
             f"hpcg-{user}",
             "42",
         ]
+
+
+def test_a_server_has_the_accounts_login_environment_and_nothing_of_the_hub(hub, sandbox):  # noqa: F811
+    """The lab on the login node: the account's login shell environment (/etc/profile,
+    ~/.profile), then the catalog's setup lines; nothing of the hub's environment."""
+    pid = hub.user_model("alice")["servers"][""]["state"]["job"]["extra"]["pid"]
+    env = process_environ(pid)
+    account = pwd.getpwnam("hpcg-alice")
+    assert (env["HOME"], env["USER"], env["LOGNAME"], env["SHELL"]) == (
+        account.pw_dir, "hpcg-alice", "hpcg-alice", account.pw_shell
+    )
+    login_path = sandbox.run_in("login", ["sh", "-l", "-c", 'printf %s "$PATH"'], user="hpcg-alice").stdout
+    # the sandbox catalog's setup line puts the job venv first
+    assert env["PATH"] == f"{sandbox.info.venv / 'bin'}:{login_path}"
+    assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
+    assert env["LANG"]
+    leaked = hub_leaks(env, hub.proc.pid, {"SHELL", "LANG", "LANGUAGE", "TZ", "TERM"})
+    assert leaked == set()
 
 
 def test_one_user_cannot_reach_the_others_lab(hub):

@@ -8,12 +8,16 @@ no server and no job of its own behind.
 from __future__ import annotations
 
 import concurrent.futures
+import os
+import pwd
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue
-from hubtools import Hub, wait_for
+from hubtools import Hub, hub_leaks, process_environ, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -106,6 +110,34 @@ def assert_lab_works(hub: Hub, user: str) -> None:
     assert out.split()[0] == "compute1", out
 
 
+def job_environ(job: str, account: str) -> dict[str, str]:
+    """The environment of the job's server (compute1 shares our PID namespace)."""
+    uid = pwd.getpwnam(account).pw_uid
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{entry}").st_uid != uid:
+                continue
+            env = process_environ(int(entry))
+        except OSError:
+            continue
+        if env.get("SLURM_JOB_ID") == job and "JUPYTERHUB_SERVICE_URL" in env:
+            return env
+    raise AssertionError(f"no process of job {job} with the server's environment")
+
+
+def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:  # noqa: F811
+    """The job's server: the account's login environment on compute1 (bash -l), then the
+    catalog's setup lines; nothing of the hub's environment."""
+    env = job_environ(job, account)
+    entry = pwd.getpwnam(account)
+    assert (env["HOME"], env["USER"], env["SHELL"]) == (entry.pw_dir, account, entry.pw_shell)
+    login_path = sandbox.run_in("compute", ["bash", "-l", "-c", 'printf %s "$PATH"'], user=account).stdout
+    assert env["PATH"] == f"{sandbox.info.venv / 'bin'}:{login_path}"
+    assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
+    assert env["LANG"]
+    assert hub_leaks(env, hub.proc.pid, {"SHELL", "LANG", "LANGUAGE", "TZ", "TERM"}) == set()
+
+
 def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):
     response, events = hub.spawn_with_progress("alice", {"system": "cluster"})
     assert response.status_code in (201, 202), response.text
@@ -121,6 +153,7 @@ def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):
     assert running and running[0]["state"] == "RUNNING" and running[0]["node"] == "compute1", running
     assert running[0]["user"] == "hpcg-alice"
     assert_lab_works(hub, "alice")
+    assert_login_environment(hub, sandbox, job, "hpcg-alice")
     # the token file was read and removed by the job
     run_id = hub.user_model("alice")["servers"][""]["state"]["job"]["extra"]["run_id"]
     left = sandbox.run_in("login", ["sh", "-c", "ls ~/.hpcgate/run"], user="hpcg-alice").stdout.split()

@@ -60,7 +60,7 @@ def sbatch_options(script: str) -> list[str]:
 
 def test_resources_map_to_sbatch_options():
     script = render(catalog(), {"cpus": 4, "memory": 8, "gpus": 1, "runtime": 30})
-    assert script.startswith("#!/bin/bash\n#SBATCH ")
+    assert script.startswith("#!/bin/bash -l\n#SBATCH ")
     options = sbatch_options(script)
     for wanted in (
         "--partition=debug",

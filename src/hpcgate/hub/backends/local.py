@@ -61,8 +61,8 @@ def session_environment(program: str) -> dict[str, str]:
     ``HOME``, ``USER``, ``LOGNAME``, ``SHELL`` of the current Unix account; ``PATH``,
     ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR`` as the hub has them. An
     absolute ``program`` puts its directory first on ``PATH`` (the server's Python
-    environment, so ``pip`` and ``jupyter`` in a notebook are that environment's). No
-    locale at all becomes ``LANG=C.UTF-8``.
+    environment, so ``pip`` and ``jupyter`` in a notebook are that environment's).
+    (No locale at all becomes ``LANG=C.UTF-8`` in ``hpcgate-singleuser``, on every backend.)
     """
     account = pwd.getpwuid(os.getuid())
     env = {
@@ -81,8 +81,6 @@ def session_environment(program: str) -> dict[str, str]:
         here = os.path.dirname(program)
         path = [here, *(d for d in path if d != here)]
     env["PATH"] = os.pathsep.join(path)
-    if not any(name == "LANG" or name.startswith("LC_") for name in env):
-        env["LANG"] = "C.UTF-8"
     return env
 
 

@@ -6,8 +6,11 @@
   ``HOST_RETRY_AFTER`` seconds) and the next one is tried.
 - Start: one SSH command as the user's account runs :data:`START_SCRIPT`. The
   environment (with the server's API token) arrives on stdin and is written to a 0600
-  file under ``~/.hpcgate/run`` (0700), which the server's shell reads and removes
-  before anything else runs. The server runs in its own session (``setsid``), detached
+  file under ``~/.hpcgate/run`` (0700). The server's shell is a login shell
+  (``sh -l``: ``/etc/profile`` and ``~/.profile``), so the server has the account's
+  login environment (``PATH``, module systems); it then reads and removes that file,
+  whose variables (``JUPYTERHUB_*``, ``HPCGATE_*``; never the hub's ``PATH`` or other
+  hub-side variables) come on top. The server runs in its own session (``setsid``), detached
   from the SSH session, with stdin from /dev/null and its output in
   ``~/.hpcgate/logs/<server>.log`` (0600). The job id is ``<pid>@<host>``; the handle
   keeps the process start time so a recycled PID is never taken for the server.
@@ -74,7 +77,7 @@ chmod 600 "$log" "$envfile"
 workdir=$3
 setup=$4
 shift 5
-setsid sh -c '
+setsid sh -l -c '
   . "$1"; rm -f "$1"
   if [ -n "$2" ]; then HPCGATE_CONNECTION_FILE=$2; export HPCGATE_CONNECTION_FILE; fi
   cd "$3" || { echo "hpcgate: cannot change to the working directory $3" >&2; exit 1; }
