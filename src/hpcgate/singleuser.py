@@ -7,10 +7,7 @@
    file (``HPCGATE_CONNECTION_FILE``, written 0600) that the hub reads over SSH where the
    node cannot reach the hub.
 3. Exec the Jupyter single-user server on that address (``JUPYTERHUB_SERVICE_URL`` is
-   rewritten to it), passing the remaining arguments through. The server keeps the
-   environment it was started with (the account's login environment on ssh and slurm
-   systems, the user's session on local ones); only a missing locale becomes
-   ``LANG=C.UTF-8``, so that terminals and ``!`` commands in notebooks speak UTF-8.
+   rewritten to it), passing the remaining arguments through.
 
 The token is read from the environment only; it never appears in argv or a URL.
 """
@@ -25,7 +22,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import MutableMapping
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -116,16 +112,8 @@ def service_url(ip: str, port: int) -> str:
     return urlunparse(current._replace(netloc=f"{host}:{port}"))
 
 
-def default_locale(env: MutableMapping[str, str]) -> None:
-    """Set ``LANG=C.UTF-8`` in ``env`` when it names no locale at all (login nodes whose
-    sshd passes none); a locale the account has is never changed."""
-    if not any(env.get(name) for name in ("LANG", "LC_ALL", "LC_CTYPE")):
-        env["LANG"] = "C.UTF-8"
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
-    default_locale(os.environ)
     ip = bind_address()
     port = free_port(ip)
     host = os.environ.get("HPCGATE_REPORT_HOST") or ip

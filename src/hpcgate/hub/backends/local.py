@@ -61,8 +61,8 @@ def session_environment(program: str) -> dict[str, str]:
     ``HOME``, ``USER``, ``LOGNAME``, ``SHELL`` of the current Unix account; ``PATH``,
     ``LANG``, ``LANGUAGE``, ``LC_*``, ``TZ``, ``TMPDIR`` as the hub has them. An
     absolute ``program`` puts its directory first on ``PATH`` (the server's Python
-    environment, so ``pip`` and ``jupyter`` in a notebook are that environment's).
-    (No locale at all becomes ``LANG=C.UTF-8`` in ``hpcgate-singleuser``, on every backend.)
+    environment, so ``pip`` and ``jupyter`` in a notebook are that environment's). No
+    locale at all becomes ``LANG=C.UTF-8``.
     """
     account = pwd.getpwuid(os.getuid())
     env = {
@@ -81,6 +81,8 @@ def session_environment(program: str) -> dict[str, str]:
         here = os.path.dirname(program)
         path = [here, *(d for d in path if d != here)]
     env["PATH"] = os.pathsep.join(path)
+    if not any(env.get(name) for name in ("LANG", "LC_ALL", "LC_CTYPE")):
+        env["LANG"] = "C.UTF-8"  # as the environment files of ssh and slurm servers do
     return env
 
 

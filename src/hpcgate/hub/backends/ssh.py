@@ -10,8 +10,9 @@
   (``sh -l``: ``/etc/profile`` and ``~/.profile``), so the server has the account's
   login environment (``PATH``, module systems); it then reads and removes that file,
   whose variables (``JUPYTERHUB_*``, ``HPCGATE_*``; never the hub's ``PATH`` or other
-  hub-side variables) come on top. The server runs in its own session (``setsid``), detached
-  from the SSH session, with stdin from /dev/null and its output in
+  hub-side variables) come on top; no locale at all becomes ``LANG=C.UTF-8``. The
+  server runs in its own session (``setsid``), detached from the SSH session, with
+  stdin from /dev/null and its output in
   ``~/.hpcgate/logs/<server>.log`` (0600). The job id is ``<pid>@<host>``; the handle
   keeps the process start time so a recycled PID is never taken for the server.
 - Status: one ``ps -o pid=,stat=,lstart= -p pid1,pid2,...`` per host for every server there.
@@ -165,8 +166,15 @@ def remote_workdir(template: str, account: str) -> str:
     return rendered
 
 
+#: Last line of every environment file: a login environment without any locale (an
+#: sshd without PAM passes none) gets a UTF-8 one, so that terminals and ``!`` commands
+#: in notebooks speak UTF-8; a locale the account has is kept.
+DEFAULT_LOCALE = '[ -n "${LANG-}${LC_ALL-}${LC_CTYPE-}" ] || export LANG=C.UTF-8'
+
+
 def env_lines(env: dict[str, str]) -> str:
-    """``export NAME='value'`` lines for the server's environment (sent on stdin)."""
+    """The server's environment file (sent on stdin), sourced after the login profile:
+    ``export NAME='value'`` lines, then :data:`DEFAULT_LOCALE`."""
     lines = []
     for name, value in env.items():
         if name in HUB_LOCAL_ENV:
@@ -174,6 +182,7 @@ def env_lines(env: dict[str, str]) -> str:
         if not ENV_NAME.fullmatch(name):
             raise SubmitError(f"Cannot pass the environment variable {name[:40]!r}: not a valid name.")
         lines.append(f"export {name}={shlex.quote(value)}")
+    lines.append(DEFAULT_LOCALE)
     return "\n".join(lines) + "\n"
 
 
