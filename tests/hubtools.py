@@ -37,7 +37,7 @@ def process_environ(pid: int) -> dict[str, str]:
     return dict(item.decode("utf-8", "replace").split("=", 1) for item in raw if b"=" in item)
 
 
-def hub_leaks(server_env: dict[str, str], hub_pid: int, allowed: set[str]) -> set[str]:
+def hub_leaks(server_env: dict[str, str], hub_pid: int, allowed: set[str] | frozenset[str]) -> set[str]:
     """Variables of the hub process that a server's environment has with the hub's value.
 
     ``allowed``: names a server may share with the hub (``SHELL``, the locale...);
@@ -51,6 +51,11 @@ def hub_leaks(server_env: dict[str, str], hub_pid: int, allowed: set[str]) -> se
         and name not in allowed
         and not name.startswith(("LC_", "JUPYTERHUB_", "HPCGATE_"))
     }
+
+
+#: Variables a login environment on a node may have with the same value as the hub:
+#: the shell, the locale, the terminal type and the shell's nesting counter.
+LOGIN_SHARED = frozenset({"SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "SHLVL"})
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):

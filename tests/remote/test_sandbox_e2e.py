@@ -23,7 +23,7 @@ import yaml
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from hubtools import Hub, hub_leaks, process_environ, wait_for
+from hubtools import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
 
 USERS = ("alice", "bob")
 OPTIONS = {"system": "login", "partition": "interactive"}
@@ -171,7 +171,7 @@ def test_a_server_has_the_accounts_login_environment_and_nothing_of_the_hub(hub,
     assert env["PATH"] == f"{sandbox.info.venv / 'bin'}:{login_path}"
     assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
     assert env["LANG"]
-    leaked = hub_leaks(env, hub.proc.pid, {"SHELL", "LANG", "LANGUAGE", "TZ", "TERM"})
+    leaked = hub_leaks(env, hub.proc.pid, LOGIN_SHARED)
     assert leaked == set()
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue
-from hubtools import Hub, hub_leaks, process_environ, wait_for
+from hubtools import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
 
 pytestmark = pytest.mark.sandbox
 
@@ -135,7 +135,7 @@ def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:
     assert env["PATH"] == f"{sandbox.info.venv / 'bin'}:{login_path}"
     assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
     assert env["LANG"]
-    assert hub_leaks(env, hub.proc.pid, {"SHELL", "LANG", "LANGUAGE", "TZ", "TERM"}) == set()
+    assert hub_leaks(env, hub.proc.pid, LOGIN_SHARED) == set()
 
 
 def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):
