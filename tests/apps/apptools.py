@@ -170,6 +170,13 @@ def start_lab(root: Path) -> Lab:
             c.HPCGateLab.stop_grace_period = 5
             c.HPCGateLab.apps_file = {str(root / "apps.yaml")!r}
             c.HPCGateLab.app_setup = ["export HPCGATE_TEST_SETUP=global-setup-ran"]
+
+            # a plugin-style app whose command function looks its program up, as
+            # jupyter-tensorboard-proxy does, and raises when it is missing
+            def _lookup_command(port):
+                raise FileNotFoundError("Can not find hpcgate-no-such-tool executable in $PATH")
+
+            c.ServerProxy.servers = {{"lookup": {{"command": _lookup_command, "timeout": 5}}}}
             """
         )
     )

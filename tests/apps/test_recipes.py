@@ -63,6 +63,17 @@ def test_catalog_lists_recipes_plugins_and_generic_apps(lab_apps):
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("image/svg+xml") and b"<svg" in r.content
 
 
+def test_a_plugin_whose_program_is_missing_is_listed_unavailable_before_a_start(lab_apps):
+    app = lab_apps.apps()["lookup"]
+    assert app["available"] is False and app["state"] == "stopped"
+    assert app["missing"] == [
+        {"program": "the command of lookup", "install": "Can not find hpcgate-no-such-tool executable in $PATH"}
+    ]
+    r = lab_apps.api("POST", "/lookup")
+    assert r.status_code == 503 and "hpcgate-no-such-tool" in r.json()["message"]
+    assert lab_apps.apps()["lookup"]["state"] == "stopped"
+
+
 def test_unavailable_app_says_what_to_install(lab_apps):
     r = lab_apps.api("POST", "/notthere")
     assert r.status_code == 503
