@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import os
 import secrets
@@ -52,6 +53,10 @@ c.HPCGate.state_dir = str(here)
 
 for extra in settings["extra_config"]:
     load_subconfig(extra)  # noqa: F821
+
+if c.JupyterHub.authenticator_class == "shared-password" and "template_vars" not in c.JupyterHub:
+    # the login page says how the demo login works (never the password itself)
+    c.JupyterHub.template_vars = {"announcement_login": settings["login_note"]}
 '''
 
 
@@ -111,6 +116,20 @@ def admin_password(state_dir: Path) -> str:
     return _kept_password(state_dir / "admin-password", 32)
 
 
+def login_note(state_dir: Path, admins: list[str]) -> str:
+    """The login page's note (HTML) on how the demo login works; no password in it."""
+    note = (
+        "hpcgate demo: log in with any user name and the password <code>hpcgate up</code> "
+        f"printed (also in <code>{html.escape(str(state_dir / 'demo-password'))}</code>)."
+    )
+    if admins:
+        note += (
+            f" Admins ({html.escape(', '.join(admins))}) use the admin password "
+            f"(<code>{html.escape(str(state_dir / 'admin-password'))}</code>)."
+        )
+    return note
+
+
 def find_proxy() -> str | None:
     here = Path(__file__).resolve()
     candidates = [shutil.which("configurable-http-proxy")]
@@ -148,6 +167,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "keep_servers": args.keep_servers,
         "admins": args.admin,
         "extra_config": [str(Path(p).expanduser().resolve()) for p in args.config],
+        "login_note": login_note(state_dir, args.admin),
     }
     (state_dir / "hpcgate-up.json").write_text(json.dumps(settings, indent=2))
     config = state_dir / "jupyterhub_config.py"

@@ -105,6 +105,13 @@ def test_login_and_offer(hub):
     assert local["projects"] == []
 
 
+def test_the_login_page_says_how_to_log_in_without_the_password(hub):
+    page = requests.get(hub.url + "/hub/login", timeout=10).text
+    assert "log in with any user name and the password" in page
+    assert str(hub.state_dir / "demo-password") in page and "Admins (ada)" in page
+    assert hub.password not in page and hub.admin_password not in page
+
+
 def test_the_admin_logs_in_with_the_admin_password_and_reaches_the_admin_page(hub):
     assert (hub.state_dir / "admin-password").stat().st_mode & 0o777 == 0o600
     assert len(hub.admin_password) >= 32 and hub.admin_password != hub.password
