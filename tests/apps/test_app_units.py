@@ -100,6 +100,10 @@ def setup_tensorboard():
     def command(port):
         raise FileNotFoundError("Can not find tensorboard executable in $PATH")
     return {"command": command}
+
+
+def setup_desktop():
+    raise RuntimeError("vncserver executable not found, please install a VNC server")
 '''
 
 
@@ -115,6 +119,7 @@ def plugin_on_path(tmp_path, monkeypatch):
         "[jupyter_serverproxy_servers]\n"
         "mlflow = hpcgate_test_plugin:setup_mlflow\n"
         "tb-plugin-test = hpcgate_test_plugin:setup_tensorboard\n"
+        "desktop-plugin-test = hpcgate_test_plugin:setup_desktop\n"
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path
@@ -143,6 +148,15 @@ async def test_an_app_whose_program_is_missing_is_unavailable_before_a_start(plu
     # a plugin whose command function looks its program up and raises: its message
     assert await missing_programs(specs["tb-plugin-test"], []) == [
         {"program": "the command of tb-plugin-test", "install": "Can not find tensorboard executable in $PATH"}
+    ]
+    # a plugin whose set-up function raises (as jupyter-remote-desktop-proxy's does
+    # without vncserver): listed, unavailable, with the reason
+    assert "(not loaded)" in specs["desktop-plugin-test"].source
+    assert await missing_programs(specs["desktop-plugin-test"], []) == [
+        {
+            "program": "the command of desktop-plugin-test",
+            "install": "the plugin could not be loaded: vncserver executable not found, please install a VNC server",
+        }
     ]
     # a plain command whose program is not on PATH (no `requires` needed for that)
     absent = make_spec("absent", {"command": ["hpcgate-no-such-program", "--port", "{port}"]})

@@ -334,14 +334,31 @@ def _check_templates(spec: AppSpec) -> None:
                 raise SpecError(f"app {spec.name!r}: template {text!r} names {{{fname}}}; known are {names}")
 
 
+def _unloadable(reason: str) -> Callable[[], Any]:
+    """A command for a plugin that could not be loaded: building it raises ``reason``,
+    so the app is listed as unavailable with that reason and never started."""
+
+    def command() -> Any:
+        raise RuntimeError(reason)
+
+    return command
+
+
 def _entry_point_specs(group: str) -> dict[str, tuple[dict[str, Any], str]]:
+    """Raw specs of the entry points in ``group``, with their sources.
+
+    A plugin whose set-up function raises (for instance because its program is not on
+    ``PATH``) is kept as an unavailable app whose reason is the exception's message.
+    """
     found = {}
     for ep in entry_points(group=group):
         try:
             loaded = ep.load()
             raw = loaded() if callable(loaded) else loaded
-        except Exception:  # a broken plugin must not take the server down
-            log.exception("entry point %s in %s could not be loaded; skipping it", ep.name, group)
+        except Exception as exc:  # a broken plugin must not take the server down
+            log.exception("entry point %s in %s could not be loaded; it is listed as unavailable", ep.name, group)
+            reason = f"the plugin could not be loaded: {exc or type(exc).__name__}"
+            found[ep.name] = ({"command": _unloadable(reason)}, f"entry point {group}:{ep.name} (not loaded)")
             continue
         if not isinstance(raw, Mapping):
             log.error("entry point %s in %s returned %r, not a dict; skipping it", ep.name, group, type(raw).__name__)
