@@ -11,6 +11,9 @@ pkgs=(
   python3-venv                   # the sandbox's job environment (/usr/bin/python3 -m venv)
   xvfb xterm xpra tigervnc-standalone-server websockify novnc  # desktop apps
   x11-apps                       # xwd: app tests read the X display to cross-check the browser
+  postgresql                     # the hub on PostgreSQL (tests start their own server, as user postgres)
+  nginx                          # TLS in front of the hub (tests/deploy)
+  systemd                        # systemd-analyze verify for the shipped units (no systemd as PID 1 needed)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -11,6 +11,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
 
+from pgtools import postgres  # noqa: E402,F401  (a PostgreSQL server, started on first use)
 from sandbox_fixtures import sandbox  # noqa: E402,F401  (the shared session fixture)
 
 

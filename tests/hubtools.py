@@ -94,9 +94,15 @@ class Hub:
         extra: str = "",
         keep_servers: bool = True,
         admins: tuple[str, ...] = (),
+        db_url: str | None = None,
+        args: list[str] | None = None,
     ):
+        """``db_url``: the hub's database (a secret: passed in HPCGATE_DB_URL, never in argv);
+        None is the SQLite default. ``args``: more ``hpcgate up`` options."""
         self.state_dir = Path(state_dir)
         self.admins = tuple(admins)
+        self.db_url = db_url
+        self.args = list(args or [])
         self.catalog = catalog
         self.extra = extra
         self.keep_servers = keep_servers
@@ -121,7 +127,11 @@ class Hub:
             argv.append("--keep-servers")
         for admin in self.admins:
             argv += ["--admin", admin]
+        argv += self.args
         env = dict(os.environ)
+        env.pop("HPCGATE_DB_URL", None)
+        if self.db_url:
+            env["HPCGATE_DB_URL"] = self.db_url
         env["PATH"] = os.pathsep.join([str(ROOT / "node_modules/.bin"), str(Path(sys.executable).parent), env["PATH"]])
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=self.state_dir)

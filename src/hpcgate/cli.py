@@ -16,10 +16,12 @@ from pathlib import Path
 
 from . import __version__
 from .catalog import CatalogError, json_schema_text, load_catalog
+from .database import ENV_VAR as DB_URL_ENV
+from .database import DatabaseURLError, redacted, resolve_db_url
 
 CONFIG_TEMPLATE = '''\
 # Written by `hpcgate up`; settings come from hpcgate-up.json beside this file.
-import json, pathlib
+import json, os, pathlib
 import hpcgate.hub
 
 c = get_config()  # noqa: F821
@@ -31,7 +33,9 @@ c.JupyterHub.port = settings["port"]
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = settings["hub_port"]
 c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
-c.JupyterHub.db_url = "sqlite:///" + str(here / "jupyterhub.sqlite")
+# the URL may hold a password: it comes in the environment, never in a file here, and
+# leaves the environment at once so that the proxy and servers do not inherit it
+c.JupyterHub.db_url = os.environ.pop("HPCGATE_DB_URL", "") or "sqlite:///" + str(here / "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = str(here / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(here / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = not settings["keep_servers"]
@@ -50,6 +54,11 @@ c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
 c.HPCGate.catalog_path = settings["catalog"]
 c.HPCGate.state_dir = str(here)
+
+if settings.get("log_format") == "json":
+    import hpcgate.logs
+    c.JupyterHub.logging_config = hpcgate.logs.hub_logging_config()
+    c.Spawner.environment.update(hpcgate.logs.lab_environment())
 
 for extra in settings["extra_config"]:
     load_subconfig(extra)  # noqa: F821
@@ -155,6 +164,11 @@ def cmd_up(args: argparse.Namespace) -> int:
         except CatalogError as exc:
             print(f"hpcgate up: {exc}", file=sys.stderr)
             return 2
+    try:
+        db_url = resolve_db_url(args.db, args.db_url_file)
+    except DatabaseURLError as exc:
+        print(f"hpcgate up: {exc}", file=sys.stderr)
+        return 2
     previous = _read_json(state_dir / "hpcgate-up.json")
     settings = {
         # servers that outlive the hub keep its API address: reuse the ports
@@ -168,6 +182,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         "admins": args.admin,
         "extra_config": [str(Path(p).expanduser().resolve()) for p in args.config],
         "login_note": login_note(state_dir, args.admin),
+        "database": redacted(db_url) if db_url else "sqlite (in the state directory)",
+        "log_format": args.log_format,
     }
     (state_dir / "hpcgate-up.json").write_text(json.dumps(settings, indent=2))
     config = state_dir / "jupyterhub_config.py"
@@ -181,6 +197,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         )
     env = dict(os.environ)
     env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env.pop(DB_URL_ENV, None)
+    if db_url:
+        env[DB_URL_ENV] = db_url
     hub = subprocess.Popen(
         [sys.executable, "-m", "jupyterhub", "-f", str(config), f"--log-level={args.log_level}"],
         cwd=state_dir,
@@ -194,6 +213,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         f"{admin_line}"
         f"  catalog: {catalog or 'built-in default (this machine)'}\n"
         f"  state:   {state_dir}\n"
+        f"  database: {settings['database']}\n"
         f"  servers {'keep running' if args.keep_servers else 'stop'} when the hub stops; Ctrl-C stops the hub.\n",
         flush=True,
     )
@@ -253,6 +273,26 @@ def parser() -> argparse.ArgumentParser:
         "--config", action="append", default=[], help="extra jupyterhub_config.py loaded last (repeatable)"
     )
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARN", "ERROR"])
+    up.add_argument(
+        "--log-format",
+        default="text",
+        choices=["text", "json"],
+        help="json: one JSON object per log line (hub and labs) with user, server, system, job id and phase",
+    )
+    up.add_argument(
+        "--db",
+        default=None,
+        metavar="URL",
+        help="the hub's database, e.g. postgresql://hub@/hpcgate?host=/run/postgresql (default: SQLite in "
+        f"the state directory). Refused if it holds a password: use --db-url-file or {DB_URL_ENV} for those",
+    )
+    up.add_argument(
+        "--db-url-file",
+        default=None,
+        metavar="FILE",
+        help=f"read the database URL from FILE (not readable by others); the environment variable {DB_URL_ENV} "
+        "works too",
+    )
     up.set_defaults(func=cmd_up)
 
     check = sub.add_parser("check", help="validate a catalog and print what each group may launch")

@@ -16,6 +16,7 @@ import pytest
 import requests
 
 from hubtools import Hub, hub_leaks, process_environ, wait_for, xsrf_headers
+from pgtools import new_database
 
 CATALOG = textwrap.dedent(
     f"""
@@ -68,10 +69,14 @@ def catalog_path(tmp_path_factory) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def hub(tmp_path_factory, catalog_path):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def hub(request, tmp_path_factory, catalog_path):
+    """The hub on each database: SQLite (the embedded default) and a real PostgreSQL."""
     extra = "c.HPCGate.catalog_check_interval = 0.2"
-    hub = Hub(tmp_path_factory.mktemp("hub"), catalog=str(catalog_path), extra=extra, admins=("ada",)).start()
+    db_url = new_database(request.getfixturevalue("postgres")) if request.param == "postgresql" else None
+    hub = Hub(tmp_path_factory.mktemp("hub"), catalog=str(catalog_path), extra=extra, admins=("ada",),
+              db_url=db_url).start()
+    hub.database = request.param
     yield hub
     for user in hub.get("/hub/api/users").json():
         if user["servers"]:
@@ -276,6 +281,25 @@ def test_catalog_changes_apply_without_restart(hub, catalog_path):
     assert "Keeping the last good catalog" in hub.log_tail(20000)
     catalog_path.write_text(CATALOG)
     wait_for(lambda: partitions() == ["interactive"], 10, "the catalog to be restored")
+
+
+def test_state_is_in_the_chosen_database(hub, request):
+    """The hub really uses the database it was given (no silent SQLite fallback)."""
+    hub.create_user("quinn")
+    sqlite = hub.state_dir / "jupyterhub.sqlite"
+    if hub.database == "sqlite":
+        assert sqlite.exists()
+        return
+    assert not sqlite.exists()
+    postgres = request.getfixturevalue("postgres")
+    name = hub.db_url.rsplit("/", 1)[1]
+    users = postgres.psql("SELECT name FROM users ORDER BY name", database=name).stdout.split()
+    assert "quinn" in users
+    # the URL holds a password: it is in no file of the state directory and not in the log
+    password = hub.db_url.split(":")[2].split("@")[0]
+    for path in hub.state_dir.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
 
 
 def test_hub_restart_keeps_running_servers_and_drops_dead_ones(hub):

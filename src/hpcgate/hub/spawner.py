@@ -22,6 +22,7 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from ..catalog import LaunchError, LaunchRequest, UserInfo
+from ..logs import watch_start
 from .accounts import AccountError
 from .backends.base import JobHandle, JobSpec, JobState, SubmitError
 from .form import render_form
@@ -275,6 +276,7 @@ class HPCSpawner(Spawner):
         self._events = []
         self._started_at = time.monotonic()
         self._start_task = asyncio.current_task()
+        watch_start(self, self._start_task)  # one log line with the user's reason if this start fails
         self.last_log = ""
         request = self.validated_request()
         gate = self.hpcgate

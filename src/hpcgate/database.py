@@ -1,0 +1,131 @@
+"""The hub's database URL: where it comes from, how it is checked, how it is shown.
+
+SQLite under the state directory is the embedded default. PostgreSQL (or any database
+SQLAlchemy and JupyterHub support) is chosen with a URL, which may carry a password and
+is therefore a secret:
+
+- ``--db-url-file FILE``: the URL is the file's first line; the file must not be
+  readable by others (systemd's ``LoadCredential=`` is the intended source);
+- ``HPCGATE_DB_URL`` in the environment;
+- ``--db URL`` on the command line, only for URLs *without* a password (peer or
+  certificate authentication over a Unix socket, a ``~/.pgpass`` / ``PGPASSFILE``):
+  argv is visible to every user of the host, so a URL with a password is refused there.
+
+Contract: :func:`resolve_db_url` returns the URL or ``None`` (the SQLite default) and
+raises only :class:`DatabaseURLError`, whose message is a sentence for the admin that
+never contains the password. :func:`redacted` is the only form in which a URL is logged.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import stat
+from collections.abc import Mapping
+from pathlib import Path
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+#: The environment variable ``hpcgate up`` reads the URL from (and passes it to the hub in).
+ENV_VAR = "HPCGATE_DB_URL"
+
+#: Python modules SQLAlchemy 2.x loads for each ``postgresql`` driver name.
+_PG_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "asyncpg": "asyncpg", "pg8000": "pg8000"}
+
+
+class DatabaseURLError(ValueError):
+    """A database URL that cannot be used, explained in one sentence (no password)."""
+
+
+def redacted(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (safe for logs and messages)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return "<not a database URL>"
+    if "password" in parsed.query:
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True)
+
+
+def has_password(url: str) -> bool:
+    """Whether ``url`` carries a password (in the authority or as ``?password=``)."""
+    parsed = _parse(url)
+    return bool(parsed.password) or "password" in parsed.query
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise DatabaseURLError(
+            f"{redacted(url)} is not a database URL; write it as postgresql://USER@HOST:PORT/DATABASE "
+            "or sqlite:///PATH."
+        ) from None
+
+
+def check_url(url: str) -> str:
+    """The URL, checked: a known backend whose Python driver is installed."""
+    parsed = _parse(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend == "sqlite":
+        return url
+    if backend != "postgresql":
+        raise DatabaseURLError(
+            f"hpcgate runs on SQLite or PostgreSQL; {redacted(url)} names the database {backend!r}."
+        )
+    # SQLAlchemy 2.x maps a bare postgresql:// to psycopg (3); 1.4 mapped it to psycopg2
+    module = _PG_DRIVERS.get(driver or "psycopg")
+    if module is None:
+        raise DatabaseURLError(f"Unknown PostgreSQL driver {driver!r} in {redacted(url)}; use postgresql:// (psycopg).")
+    if importlib.util.find_spec(module) is None:
+        raise DatabaseURLError(
+            f"The PostgreSQL driver {module} is not installed; install it with "
+            f"`pip install 'hpcgate[postgresql]'` (psycopg) or name another driver in the URL."
+        )
+    return url
+
+
+def read_url_file(path: str | os.PathLike[str]) -> str:
+    """The URL on the first line of ``path``, a file others cannot read."""
+    target = Path(path)
+    try:
+        mode = target.stat().st_mode
+        text = target.read_text()
+    except OSError as exc:
+        raise DatabaseURLError(f"Cannot read the database URL file {target}: {exc.strerror}.") from None
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        raise DatabaseURLError(
+            f"The database URL file {target} is readable by every user of this host; "
+            f"make it private first: chmod 600 {target}."
+        )
+    url = text.strip().splitlines()[0].strip() if text.strip() else ""
+    if not url:
+        raise DatabaseURLError(f"The database URL file {target} is empty.")
+    return url
+
+
+def resolve_db_url(
+    db: str | None = None, db_url_file: str | None = None, environ: Mapping[str, str] | None = None
+) -> str | None:
+    """The database URL from ``--db``, ``--db-url-file`` or ``HPCGATE_DB_URL`` (checked).
+
+    ``None`` means the embedded SQLite default. Giving both ``--db`` and
+    ``--db-url-file`` is an error; either overrides the environment.
+    """
+    environ = os.environ if environ is None else environ
+    if db and db_url_file:
+        raise DatabaseURLError("Give the database either with --db or with --db-url-file, not both.")
+    if db:
+        if has_password(db):
+            raise DatabaseURLError(
+                "The database URL given with --db holds a password, and a command line is visible to "
+                f"every user of this host. Put the URL in a file only you can read (--db-url-file) or in "
+                f"the environment variable {ENV_VAR}."
+            )
+        return check_url(db)
+    if db_url_file:
+        return check_url(read_url_file(db_url_file))
+    url = environ.get(ENV_VAR, "").strip()
+    return check_url(url) if url else None
