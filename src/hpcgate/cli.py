@@ -28,6 +28,11 @@ c = get_config()  # noqa: F821
 here = pathlib.Path(__file__).parent
 settings = json.loads((here / "hpcgate-up.json").read_text())
 
+if settings.get("log_format") == "json":  # first: JupyterHub logs while it reads this file
+    import hpcgate.logs
+    c.JupyterHub.logging_config = hpcgate.logs.hub_logging_config()
+    c.Spawner.environment.update(hpcgate.logs.lab_environment())
+
 c.JupyterHub.ip = settings["ip"]
 c.JupyterHub.port = settings["port"]
 c.JupyterHub.hub_ip = "127.0.0.1"
@@ -55,10 +60,6 @@ c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
 c.HPCGate.catalog_path = settings["catalog"]
 c.HPCGate.state_dir = str(here)
 
-if settings.get("log_format") == "json":
-    import hpcgate.logs
-    c.JupyterHub.logging_config = hpcgate.logs.hub_logging_config()
-    c.Spawner.environment.update(hpcgate.logs.lab_environment())
 
 for extra in settings["extra_config"]:
     load_subconfig(extra)  # noqa: F821

@@ -10,10 +10,11 @@ the sentence the user was shown. ``exception`` holds a traceback if there is one
   hpcgate's own lines from the spawner they are about.
 - Failed spawns: :func:`watch_start` (called by the spawner when a start begins) logs
   exactly one ERROR line, ``phase: "failed"``, when that start fails.
-- The labs: :func:`lab_environment` is what the hub adds to each server's environment;
-  the lab extension calls :func:`install_lab_logging`, which switches the Jupyter
-  server's log to JSON when ``HPCGATE_LOG_FORMAT=json`` and takes the fields from the
-  job's environment.
+- The labs: :func:`lab_environment` is what the hub adds to each server's environment
+  (``HPCGATE_LOG_FORMAT=json``); ``hpcgate-singleuser`` then prints its own lines with
+  :func:`lab_line` and puts :func:`json_config_dir` first on ``JUPYTER_CONFIG_PATH``,
+  whose config sets :func:`lab_logging_config` for every Jupyter application of the
+  lab. The fields come from the job's environment (:func:`lab_fields`).
 
 Nothing here raises into the code that logs: a field that cannot be found is left out.
 """
@@ -236,6 +237,28 @@ def lab_fields(environ: dict[str, str] | None = None) -> dict[str, Any]:
     }
 
 
+def lab_logging_config() -> dict[str, Any]:
+    """``Application.logging_config`` for every Jupyter application of a lab: JSON lines
+    with the lab's fields (shipped as ``hpcgate/data/json-logs/jupyter_server_config.py``)."""
+    return {
+        "formatters": {"console": {"class": f"{__name__}.JSONFormatter"}},
+        "filters": {"hpcgate-lab": {"()": f"{__name__}.LabFields", "fields": lab_fields()}},
+        "handlers": {"console": {"filters": ["hpcgate-lab"]}},
+    }
+
+
+def json_config_dir() -> str:
+    """The directory holding that config file."""
+    return str(Path(__file__).resolve().parent / "data" / "json-logs")
+
+
+def lab_line(logger: str, message: str, level: int = logging.INFO) -> str:
+    """One JSON line with the lab's fields, for code that prints rather than logs."""
+    record = logging.LogRecord(logger, level, __file__, 0, message, None, None)
+    setattr(record, FIELDS_ATTR, lab_fields())
+    return JSONFormatter().format(record)
+
+
 class LabFields(logging.Filter):
     """Adds the lab's fields to every line that has none."""
 
@@ -247,27 +270,3 @@ class LabFields(logging.Filter):
         if not getattr(record, FIELDS_ATTR, None):
             setattr(record, FIELDS_ATTR, self.fields)
         return True
-
-
-def install_lab_logging(log: logging.Logger, environ: dict[str, str] | None = None) -> bool:
-    """Switch the handlers of a Jupyter server's ``log`` to JSON lines if asked to.
-
-    Asked to: ``HPCGATE_LOG_FORMAT=json`` in the environment. Returns whether it did.
-    Tornado's loggers propagate to the server's log, so their lines turn JSON too.
-    """
-    environ = os.environ if environ is None else environ
-    if environ.get(FORMAT_ENV) != "json":
-        return False
-    context = LabFields(lab_fields(environ))
-    formatter = JSONFormatter()
-    handlers: list[logging.Handler] = []
-    logger: logging.Logger | None = log
-    while logger is not None:
-        handlers.extend(logger.handlers)
-        logger = logger.parent if logger.propagate else None
-    for handler in handlers:
-        handler.setFormatter(formatter)
-        if not any(isinstance(f, LabFields) for f in handler.filters):
-            handler.addFilter(context)
-    return True
-

@@ -27,6 +27,11 @@ from urllib.parse import urlparse, urlunparse
 
 
 def log(message: str) -> None:
+    if os.environ.get("HPCGATE_LOG_FORMAT") == "json":
+        from .logs import lab_line
+
+        print(lab_line("hpcgate-singleuser", message), file=sys.stderr, flush=True)
+        return
     print(f"[hpcgate-singleuser] {message}", file=sys.stderr, flush=True)
 
 
@@ -126,6 +131,12 @@ def main(argv: list[str] | None = None) -> None:
         if not reported and not connection_file:
             log("could not report the address; the hub will not find this server")
             sys.exit(3)
+    if os.environ.get("HPCGATE_LOG_FORMAT") == "json":
+        from .logs import json_config_dir
+
+        os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
+            p for p in (json_config_dir(), os.environ.get("JUPYTER_CONFIG_PATH")) if p
+        )
     program = os.environ.get("HPCGATE_SINGLEUSER_APP") or "jupyterhub-singleuser"
     executable = shutil.which(program) or shutil.which(program, path=os.path.dirname(sys.executable))
     if executable is None:
