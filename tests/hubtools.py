@@ -243,21 +243,31 @@ class Hub:
 
     # --- a logged-in browser-like session ---------------------------------------------
 
-    def login(self, user: str, password: str | None = None) -> requests.Session:
-        """A session logged in as ``user`` (with the demo password unless ``password``)."""
-        session, r = self.try_login(user, password)
+    def login(
+        self, user: str, password: str | None = None, base_url: str | None = None, verify: bool | str = True
+    ) -> requests.Session:
+        """A session logged in as ``user`` (with the demo password unless ``password``);
+        ``base_url``/``verify``: through a TLS proxy in front (its CA file)."""
+        session, r = self.try_login(user, password, base_url, verify)
         assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
         return session
 
-    def try_login(self, user: str, password: str | None = None) -> tuple[requests.Session, requests.Response]:
+    def try_login(
+        self, user: str, password: str | None = None, base_url: str | None = None, verify: bool | str = True
+    ) -> tuple[requests.Session, requests.Response]:
         """Submit the login form as a browser does; the session and the form's answer."""
+        base = base_url or self.url
         session = requests.Session()
-        page = session.get(self.url + "/hub/login", timeout=30)
+        session.verify = verify
+        if verify is not True:
+            # else requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the session's CA file
+            session.trust_env = False
+        page = session.get(base + "/hub/login", timeout=30)
         xsrf = re.search(r'name="_xsrf" value="([^"]+)"', page.text)
         data = {"username": user, "password": self.password if password is None else password}
         if xsrf:
             data["_xsrf"] = xsrf.group(1)
-        r = session.post(self.url + "/hub/login", data=data, timeout=30, allow_redirects=False)
+        r = session.post(base + "/hub/login", data=data, timeout=30, allow_redirects=False)
         return session, r
 
 
