@@ -7,6 +7,7 @@ over users and servers; user-facing paths are exercised with real logins.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import json
 import os
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import requests
@@ -274,3 +276,29 @@ class Hub:
 def xsrf_headers(session: requests.Session) -> dict:
     token = session.cookies.get("_xsrf", path="/hub/") or session.cookies.get("_xsrf")
     return {"X-XSRFToken": token} if token else {}
+
+
+async def execute_in_kernel(ws, user: str, code: str, timeout: float = 60) -> str:
+    """Run ``code`` over an open kernel websocket (``ws``: tornado's client); its stdout.
+
+    Waits for the kernel to go idle after the request; a kernel error fails the test.
+    """
+    msg_id = uuid.uuid4().hex
+    header = {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type": "execute_request",
+              "version": "5.3"}
+    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
+    ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content,
+                                 "channel": "shell"}))
+    out = []
+    while True:
+        raw = await asyncio.wait_for(ws.read_message(), timeout)
+        assert raw is not None, "the kernel websocket closed"
+        msg = json.loads(raw)
+        if msg.get("parent_header", {}).get("msg_id") != msg_id:
+            continue
+        if msg["msg_type"] == "stream":
+            out.append(msg["content"]["text"])
+        elif msg["msg_type"] == "error":
+            raise AssertionError(f"the kernel raised: {msg['content']}")
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            return "".join(out)

@@ -128,13 +128,13 @@ def _find_spawner(log_name: str) -> Any | None:
 class HubContext(logging.Filter):
     """Adds the server fields to hpcgate's own hub lines about a user's server.
 
-    A line logged by hpcgate's code whose arguments include a spawner's log name
+    A line logged by hpcgate's spawner module whose arguments include a spawner's log name
     (``user`` or ``user:server``) gets that spawner's user, server, system and job id;
     its phase comes from the progress message or the function that logged it.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if getattr(record, FIELDS_ATTR, None) or not record.pathname.startswith(_PACKAGE_DIR):
+        if getattr(record, FIELDS_ATTR, None) or record.module != "spawner" or not record.pathname.startswith(_PACKAGE_DIR):
             return True
         args = record.args if isinstance(record.args, tuple) else ()
         for arg in args:

@@ -13,7 +13,6 @@ import signal
 import ssl
 import subprocess
 import tempfile
-import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from hubtools import ROOT, Hub, free_port, wait_for
+from hubtools import ROOT, Hub, execute_in_kernel, free_port, wait_for
 from tlstools import make_ca_and_server_cert
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
@@ -156,29 +155,13 @@ async def run_in_kernel(session: requests.Session, url: str, ca: str, user: str,
     ws_url = url.replace("https", "wss", 1) + f"/user/{user}/api/kernels/{kernel}/channels?_xsrf={xsrf}"
     context = ssl.create_default_context(cafile=ca)
     ws = await websocket_connect(HTTPRequest(ws_url, headers={"Cookie": cookies}, ssl_options=context))
-    msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex, "msg_type": "execute_request",
-              "version": "5.3"}
-    content = {"code": code, "silent": False, "store_history": False, "allow_stdin": False}
-    ws.write_message(json.dumps({"header": header, "parent_header": {}, "metadata": {}, "content": content,
-                                 "channel": "shell"}))
-    out = []
     try:
-        while True:
-            raw = await asyncio.wait_for(ws.read_message(), 60)
-            assert raw is not None, "the kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            if msg["msg_type"] == "stream":
-                out.append(msg["content"]["text"])
-            elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                break
+        out = await execute_in_kernel(ws, user, code)
         # the websocket needs the user's login: the same request without cookies is refused
         with pytest.raises(HTTPClientError) as refused:
             await websocket_connect(HTTPRequest(ws_url, ssl_options=context))
         assert refused.value.code in (302, 403)
-        return "".join(out)
+        return out
     finally:
         ws.close()
         session.delete(url + f"/user/{user}/api/kernels/{kernel}", headers={"X-XSRFToken": xsrf}, timeout=30)
