@@ -97,7 +97,9 @@ def test_lab_lines_are_json_with_the_servers_fields(hub):
 
     lines = wait_for(lab_lines, 30, "JSON lines in alice's lab log")
     assert all(line["phase"] == "lab" and line["job_id"] == job_id and line["system"] == "local" for line in lines)
-    assert any("hpcgate.lab" in line["message"] for line in lines), lines[:5]
+    # hpcgate's lab extension loaded and says so in JSON; nothing in the lab went wrong
+    assert any(line["logger"] == "HPCGateLab" and "app(s)" in line["message"] for line in lines), lines[:5]
+    assert not [line for line in lines if line["level"] in ("ERROR", "CRITICAL")]
     assert any(line["logger"] == "hpcgate-singleuser" and "reported" in line["message"] for line in lines)
     assert any(line["logger"] == "ServerApp" for line in lines)
     hub.stop_server("alice")

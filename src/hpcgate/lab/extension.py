@@ -21,7 +21,6 @@ from jupyter_server._tz import utcnow
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, default
 
-from ..logs import install_lab_logging
 from .api import api_handlers
 from .apps.manager import AppManager, AppState, ManagedApp
 from .apps.recipes.generic import command_app, load_apps_file
@@ -301,7 +300,6 @@ class HPCGateLab(ExtensionApp):
     def initialize_handlers(self) -> None:
         serverapp = self.serverapp
         assert serverapp is not None
-        install_lab_logging(serverapp.log)  # JSON lines if the hub asked for them (HPCGATE_LOG_FORMAT)
         if self.malloc_mmap_threshold > 0:
             tune_malloc(self.malloc_mmap_threshold)
         settings = serverapp.web_app.settings
