@@ -17,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .catalog import CatalogError, json_schema_text, load_catalog
 from .database import ENV_VAR as DB_URL_ENV
-from .database import DatabaseURLError, redacted, resolve_db_url
+from .database import DatabaseURLError, check_connection, redacted, resolve_db_url
 
 CONFIG_TEMPLATE = '''\
 # Written by `hpcgate up`; settings come from hpcgate-up.json beside this file.
@@ -167,6 +167,8 @@ def cmd_up(args: argparse.Namespace) -> int:
             return 2
     try:
         db_url = resolve_db_url(args.db, args.db_url_file)
+        if db_url:
+            check_connection(db_url)
     except DatabaseURLError as exc:
         print(f"hpcgate up: {exc}", file=sys.stderr)
         return 2

@@ -14,6 +14,8 @@ is therefore a secret:
 Contract: :func:`resolve_db_url` returns the URL or ``None`` (the SQLite default) and
 raises only :class:`DatabaseURLError`, whose message is a sentence for the admin that
 never contains the password. :func:`redacted` is the only form in which a URL is logged.
+:func:`check_connection` tries the URL before the hub starts, so that a wrong host or
+password is one sentence rather than JupyterHub's advice to upgrade its database.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ import stat
 from collections.abc import Mapping
 from pathlib import Path
 
+from sqlalchemy import create_engine, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 #: The environment variable ``hpcgate up`` reads the URL from (and passes it to the hub in).
 ENV_VAR = "HPCGATE_DB_URL"
@@ -129,3 +132,27 @@ def resolve_db_url(
         return check_url(read_url_file(db_url_file))
     url = environ.get(ENV_VAR, "").strip()
     return check_url(url) if url else None
+
+
+def check_connection(url: str, timeout: int = 10) -> None:
+    """Connect once and run ``SELECT 1``; a failure is a :class:`DatabaseURLError`.
+
+    SQLite is not tried (JupyterHub creates its file). The driver's own message is kept
+    (wrong password, unknown database, refused connection) with any password removed.
+    """
+    parsed = _parse(url)
+    if parsed.drivername.startswith("sqlite"):
+        return
+    connect_args = {"connect_timeout": timeout} if parsed.drivername.startswith("postgresql") else {}
+    engine = create_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except SQLAlchemyError as exc:
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        secret = parsed.password or parsed.query.get("password")
+        if secret:
+            reason = reason.replace(str(secret), "***")
+        raise DatabaseURLError(f"Cannot connect to the database {redacted(url)}: {reason}") from None
+    finally:
+        engine.dispose()

@@ -78,3 +78,30 @@ def test_hpcgate_up_refuses_a_password_in_argv(tmp_path):
     assert r.returncode == 2
     assert "holds a password" in r.stderr and SECRET not in r.stderr + r.stdout
     assert not (tmp_path / "hpcgate-up.json").exists()
+
+
+def test_hpcgate_up_says_why_it_cannot_connect(tmp_path):
+    from hubtools import free_port
+
+    url = f"postgresql://hub:{SECRET}@127.0.0.1:{free_port()}/hpcgate"
+    env = {**os.environ, "HPCGATE_DB_URL": url}
+    r = subprocess.run([sys.executable, "-m", "hpcgate.cli", "up", "--state-dir", str(tmp_path)],
+                       capture_output=True, text=True, timeout=60, env=env)
+    assert r.returncode == 2
+    assert "Cannot connect to the database postgresql://hub:***@127.0.0.1" in r.stderr, r.stderr
+    assert "refused" in r.stderr and SECRET not in r.stderr + r.stdout
+
+
+def test_a_wrong_password_is_one_sentence_without_it(postgres):
+    from pgtools import new_database
+
+    from hpcgate.database import check_connection
+
+    good = new_database(postgres)
+    check_connection(good)
+    wrong = good.replace("@127.0.0.1", "x@127.0.0.1")
+    wrong_password = wrong.split(":")[2].split("@")[0]
+    with pytest.raises(DatabaseURLError) as err:
+        check_connection(wrong)
+    assert "password authentication failed" in str(err.value)
+    assert wrong_password not in str(err.value)
