@@ -33,8 +33,8 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 #: The environment variable ``hpcgate up`` reads the URL from (and passes it to the hub in).
 ENV_VAR = "HPCGATE_DB_URL"
 
-#: Python modules SQLAlchemy 2.x loads for each ``postgresql`` driver name.
-_PG_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "asyncpg": "asyncpg", "pg8000": "pg8000"}
+#: Python modules SQLAlchemy 2.x loads for each synchronous ``postgresql`` driver (JupyterHub is not async here).
+_PG_DRIVERS = {"psycopg": "psycopg", "psycopg2": "psycopg2", "pg8000": "pg8000"}
 
 
 class DatabaseURLError(ValueError):

@@ -58,7 +58,8 @@ def test_url_file_must_be_private(tmp_path):
     [
         ("mysql://hub@h/db", "names the database 'mysql'"),
         ("postgresql+nosuch://hub@h/db", "Unknown PostgreSQL driver"),
-        ("postgresql+asyncpg://hub@h/db", "driver asyncpg is not installed"),
+        ("postgresql+pg8000://hub@h/db", "driver pg8000 is not installed"),
+        ("postgresql+asyncpg://hub@h/db", "Unknown PostgreSQL driver"),
         ("::nonsense::", "is not a database URL"),
     ],
 )
