@@ -47,3 +47,25 @@ def test_units_are_hardened(local_units, name):
     assert r.returncode == 0, r.stderr
     exposure = float(r.stdout.rsplit("Overall exposure level for", 1)[1].split(":", 1)[1].split()[0])
     assert exposure <= 2.5, r.stdout[-3000:]
+
+
+def test_the_guides_recipe_for_a_second_hub_gives_valid_units(tmp_path):
+    """docs/deployment.md's sed commands for a second hub on the host, run as written
+    (into a temp dir instead of /etc/systemd/system), give units that verify and that
+    point at the second hub's files, ports and proxy."""
+    if SYSTEMD_ANALYZE is None:
+        pytest.skip("systemd-analyze is missing (Debian package systemd; scripts/install-system-deps.sh)")
+    guide = (UNITS.parent / "deployment.md").read_text()
+    block = guide.split("**Several hubs on one host**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
+    assert block.count("/etc/systemd/system/") == 2
+    script = block.replace("/etc/systemd/system/", f"{tmp_path}/")
+    subprocess.run(["sh", "-e", "-c", script], cwd=UNITS.parent.parent, check=True)
+    hub, proxy = tmp_path / "hpcgate-ai-hub.service", tmp_path / "hpcgate-ai-proxy.service"
+    for unit in (hub, proxy):
+        unit.write_text(localized(unit.read_text()))
+    r = subprocess.run([SYSTEMD_ANALYZE, "verify", str(hub), str(proxy)], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+    hub_text, proxy_text = hub.read_text(), proxy.read_text()
+    assert "/etc/hpcgate/" not in hub_text + proxy_text and "/etc/hpcgate-ai/jupyterhub_config.py" in hub_text
+    assert "StateDirectory=hpcgate-ai\n" in hub_text and "Requires=hpcgate-ai-proxy.service" in hub_text
+    assert "--port 8100 --api-ip 127.0.0.1 --api-port 8101 --default-target http://127.0.0.1:8181" in proxy_text
