@@ -60,7 +60,6 @@ c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
 c.HPCGate.catalog_path = settings["catalog"]
 c.HPCGate.state_dir = str(here)
 
-
 for extra in settings["extra_config"]:
     load_subconfig(extra)  # noqa: F821
 
