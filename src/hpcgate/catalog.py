@@ -159,9 +159,12 @@ class Identity(_Model):
 class AccountMapping(_Model):
     """Where a hub user's account name on the system comes from."""
 
-    source: Literal["hub_name", "auth_state", "map_file"] = "hub_name"
+    source: Literal["hub_name", "auth_state", "map_file", "ldap"] = "hub_name"
     #: ``auth_state`` key holding the account name (source ``auth_state``).
     key: str | None = None
+    #: directory attribute holding the account name (source ``ldap``), as read at the
+    #: user's login and refreshes (the authenticator's ``auth_state_attributes``).
+    attribute: str | None = Field(None, pattern=r"^[A-Za-z][A-Za-z0-9-]{0,63}$")
     #: YAML/JSON file mapping hub names to account names (source ``map_file``).
     map_file: str | None = None
 
@@ -171,6 +174,8 @@ class AccountMapping(_Model):
             raise ValueError("source 'auth_state' needs key")
         if self.source == "map_file" and not self.map_file:
             raise ValueError("source 'map_file' needs map_file")
+        if self.source == "ldap" and not self.attribute:
+            raise ValueError("source 'ldap' needs attribute (e.g. uid)")
         return self
 
 

@@ -55,6 +55,13 @@ if settings["admins"]:
     # the shared-password login lets admins in only with a password of their own
     c.SharedPasswordAuthenticator.admin_password = (here / "admin-password").read_text().strip()
 
+if settings.get("auth", "demo") != "demo":
+    # the directory or the IdP (hpcgate up --auth ldap|oidc --identity FILE)
+    from hpcgate.hub.identity.settings import configure, load_identity
+
+    c.CryptKeeper.keys = [bytes.fromhex((here / "crypt-key").read_text().strip())]
+    configure(c, load_identity(settings["identity"]))
+
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
 c.HPCGate.catalog_path = settings["catalog"]
@@ -171,6 +178,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except DatabaseURLError as exc:
         print(f"hpcgate up: {exc}", file=sys.stderr)
         return 2
+    identity = ""
+    if args.auth != "demo":
+        identity_error = _check_identity(args, state_dir)
+        if identity_error:
+            print(f"hpcgate up: {identity_error}", file=sys.stderr)
+            return 2
+        identity = str(Path(args.identity).expanduser().resolve())
     previous = _read_json(state_dir / "hpcgate-up.json")
     settings = {
         # servers that outlive the hub keep its API address: reuse the ports
@@ -186,6 +200,8 @@ def cmd_up(args: argparse.Namespace) -> int:
         "login_note": login_note(state_dir, args.admin),
         "database": redacted(db_url) if db_url else "sqlite (in the state directory)",
         "log_format": args.log_format,
+        "auth": args.auth,
+        "identity": identity,
     }
     (state_dir / "hpcgate-up.json").write_text(json.dumps(settings, indent=2))
     config = state_dir / "jupyterhub_config.py"
@@ -210,10 +226,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if args.ip in ("", "0.0.0.0") else args.ip
     print(
         f"\nhpcgate {__version__}: JupyterHub on http://{host}:{args.port}/\n"
-        f"  log in with any user name and the password: {password}\n"
-        f"  (kept in {state_dir / 'demo-password'}, mode 0600)\n"
-        f"{admin_line}"
-        f"  catalog: {catalog or 'built-in default (this machine)'}\n"
+        + (
+            f"  log in with any user name and the password: {password}\n"
+            f"  (kept in {state_dir / 'demo-password'}, mode 0600)\n"
+            f"{admin_line}"
+            if args.auth == "demo"
+            else f"  log in through the {'directory (LDAP)' if args.auth == 'ldap' else 'identity provider (OIDC)'}"
+            f" configured in {identity}\n"
+        )
+        + f"  catalog: {catalog or 'built-in default (this machine)'}\n"
         f"  state:   {state_dir}\n"
         f"  database: {settings['database']}\n"
         f"  servers {'keep running' if args.keep_servers else 'stop'} when the hub stops; Ctrl-C stops the hub.\n",
@@ -227,6 +248,28 @@ def cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
     return hub.wait()
+
+
+def _check_identity(args: argparse.Namespace, state_dir: Path) -> str:
+    """Validate ``--identity`` for ``--auth ldap|oidc``; create the auth_state key.
+
+    Returns an error sentence, or ``""``. The key that encrypts auth_state is made once
+    (0600 in the state directory) and read by the hub's config, never passed in argv.
+    """
+    from .hub.identity.settings import IdentityConfigError, load_identity
+
+    if not args.identity:
+        return f"--auth {args.auth} needs --identity FILE (see the README's deployment examples)"
+    try:
+        identity = load_identity(Path(args.identity).expanduser())
+    except IdentityConfigError as exc:
+        return str(exc)
+    if identity.kind != args.auth:
+        return f"--auth {args.auth} but {args.identity} configures {identity.kind}"
+    key = state_dir / "crypt-key"
+    if not key.exists():
+        _write_private(key, secrets.token_hex(32) + "\n")
+    return ""
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -273,6 +316,17 @@ def parser() -> argparse.ArgumentParser:
     )
     up.add_argument(
         "--config", action="append", default=[], help="extra jupyterhub_config.py loaded last (repeatable)"
+    )
+    up.add_argument(
+        "--auth",
+        default="demo",
+        choices=["demo", "ldap", "oidc"],
+        help="who may log in: the demo password (default), a directory (LDAP) or an identity provider (OIDC)",
+    )
+    up.add_argument(
+        "--identity",
+        default="",
+        help="YAML file with an `ldap:` or `oidc:` section for --auth ldap|oidc (secrets by file or env, never here)",
     )
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARN", "ERROR"])
     up.add_argument(

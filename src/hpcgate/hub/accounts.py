@@ -1,12 +1,20 @@
 """Which account a hub user has on a system (``accounts:`` of a catalog system).
 
-Three sources (:class:`hpcgate.catalog.AccountMapping`):
+Four sources (:class:`hpcgate.catalog.AccountMapping`):
 
 - ``hub_name``: the JupyterHub user name is the account name;
 - ``auth_state``: a key of the user's ``auth_state`` (set by the authenticator, e.g. the
   ``preferred_username`` claim of an OIDC login);
 - ``map_file``: a YAML or JSON mapping ``hub name -> account`` kept by the admins,
-  re-read when it changes.
+  re-read when it changes;
+- ``ldap``: an attribute of the user's directory entry (``attribute: uid``), as the
+  directory login (:mod:`hpcgate.hub.identity.ldap`) read it at login and at its last
+  refresh.
+
+``auth_state`` is trusted only as hpcgate's authenticators marked it
+(:mod:`hpcgate.hub.identity.stamp`): source ``ldap`` needs the directory login's mark;
+for source ``auth_state`` a mark, when present, must not have expired (other
+authenticators write none).
 
 Contract: :meth:`AccountResolver.account` returns a name that passed
 :func:`hpcgate.hub.paths.check_account` (safe in a path and a command line), or raises
@@ -25,6 +33,7 @@ from typing import Any
 import yaml
 
 from ..catalog import AccountMapping
+from .identity import stamp
 from .paths import check_account
 
 log = logging.getLogger("hpcgate.accounts")
@@ -83,14 +92,40 @@ class AccountResolver:
 
     @property
     def needs_auth_state(self) -> bool:
-        return self.mapping.source == "auth_state"
+        return self.mapping.source in ("auth_state", "ldap")
+
+    def _trusted(self, hub_name: str, auth_state: Mapping[str, Any] | None, via: str | None) -> None:
+        try:
+            stamp.check(auth_state, via)
+        except stamp.StaleLogin as exc:
+            log.warning("systems.%s.accounts: not trusting the auth_state of %s: %s", self.system_name, hub_name, exc)
+            raise AccountError(
+                f"Your login is too old to tell hpcgate your account on {self.system_name}. "
+                "Log out and log in again."
+            ) from exc
 
     def account(self, hub_name: str, auth_state: Mapping[str, Any] | None = None) -> str:
         """The account of ``hub_name`` on this system; :class:`AccountError` if none."""
         source = self.mapping.source
         if source == "hub_name":
             raw: Any = hub_name
+        elif source == "ldap":
+            self._trusted(hub_name, auth_state, "ldap")
+            attribute = self.mapping.attribute or ""
+            values = ((auth_state or {}).get("user_attributes") or {}).get(attribute) or []
+            raw = values[0] if isinstance(values, list) and len(values) == 1 else None
+            if raw is None:
+                log.warning(
+                    "systems.%s.accounts: the directory entry of %s has %s value(s) of %r (one needed)",
+                    self.system_name, hub_name, len(values) if isinstance(values, list) else "no", attribute,
+                )
+                raise AccountError(
+                    f"The directory does not name your account on {self.system_name}. "
+                    "Ask the hub's admins to add it to your directory entry."
+                )
         elif source == "auth_state":
+            if (auth_state or {}).get(stamp.KEY) is not None:
+                self._trusted(hub_name, auth_state, None)
             key = self.mapping.key or ""
             raw = (auth_state or {}).get(key)
             if raw is None:

@@ -1,0 +1,174 @@
+"""Directory logins against a real slapd and a real JupyterHub (hpcgate up --auth ldap).
+
+What a user sees: the directory password logs in; the directory's groups are the VOs
+that decide the offer, re-read at every login (a group removed in the directory removes
+its systems at the next login); the account on a system comes from the directory entry;
+a name differing only in case or Unicode form is the same user or refused.
+"""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import time
+
+import pytest
+import requests
+
+from hubtools import Hub, wait_for
+
+CATALOG = textwrap.dedent(
+    """
+    systems:
+      gpu:
+        kind: local
+        description: ML system
+        workdir: "{state_dir}/users/{account}"
+        accounts: {source: ldap, attribute: employeeType}
+        partitions: {interactive: {}}
+      phys:
+        kind: local
+        description: Physics system
+        partitions: {interactive: {}}
+      sky:
+        kind: local
+        description: Astronomy system
+        partitions: {interactive: {}}
+    groups:
+      ml-team: {grants: [{system: gpu}]}
+      physics: {grants: [{system: phys}]}
+      astro: {grants: [{system: sky}]}
+    defaults: {system: gpu}
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory, directory):
+    base = tmp_path_factory.mktemp("ldaphub")
+    (base / "catalog.yaml").write_text(CATALOG)
+    identity = base / "identity.yaml"
+    identity.write_text(
+        textwrap.dedent(
+            f"""
+            ldap:
+              url: {directory.url}
+              people: ou=people,dc=hpcgate,dc=test
+              groups: ou=groups,dc=hpcgate,dc=test
+              bind_dn: cn=hub,ou=services,dc=hpcgate,dc=test
+              bind_password_file: {directory.service_password_file}
+              attributes: [uid, employeeType]
+            """
+        )
+    )
+    hub = Hub(
+        base / "state",
+        catalog=str(base / "catalog.yaml"),
+        args=["--auth", "ldap", "--identity", str(identity)],
+    ).start()
+    yield hub
+    for user in hub.get("/hub/api/users").json():
+        if user["servers"]:
+            hub.request("DELETE", f"/hub/api/users/{user['name']}/server")
+    hub.stop()
+
+
+def offered(session: requests.Session, hub: Hub) -> list[str]:
+    r = session.get(hub.url + "/hub/api/hpcgate/offer", timeout=10)
+    r.raise_for_status()
+    return sorted(s["name"] for s in r.json()["systems"])
+
+
+def test_directory_password_logs_in_and_groups_are_vos(hub, directory):
+    assert hub.try_login("alice", "not-" + directory.password("alice"))[1].status_code != 302
+    assert hub.try_login("alice", directory.password("bob"))[1].status_code != 302
+    session = hub.login("alice", directory.password("alice"))
+    assert sorted(g for g in hub.user_model("alice")["groups"]) == ["ml-team", "physics"]
+    assert offered(session, hub) == ["gpu", "phys"]
+    carol = hub.login("carol", directory.password("carol"))
+    assert offered(carol, hub) == ["sky"]
+    # the spawn form shows the same
+    form = carol.get(hub.url + "/hub/spawn", timeout=10).text
+    assert "Astronomy system" in form and "Physics system" not in form
+
+
+def test_names_differing_in_case_or_unicode_form_are_one_user_or_refused(hub, directory):
+    password = directory.password("bob")
+    for typed in ("BOB", "Bob", "\uff22\uff4f\uff42"):  # full-width "Ｂｏｂ" folds to bob
+        hub.login(typed, password)
+    for typed in ("b\u043eb", "bo\u0301b", "bob\u200b", "b.ob"):  # Cyrillic o, combining accent, zero-width space
+        assert hub.try_login(typed, password)[1].status_code != 302
+    names = {u["name"] for u in hub.get("/hub/api/users").json()}
+    assert not any(n != n.lower() or not n.isascii() for n in names), names
+    assert "bob" in names
+
+
+def test_group_removed_in_directory_removes_its_grant_at_next_login(hub, directory):
+    bob = hub.login("bob", directory.password("bob"))
+    assert offered(bob, hub) == ["phys"]
+    directory.remove_member("physics", "bob")
+    try:
+        bob = hub.login("bob", directory.password("bob"))
+        assert hub.user_model("bob")["groups"] == []
+        assert offered(bob, hub) == []
+        r = bob.post(
+            hub.url + "/hub/api/users/bob/server",
+            json={"user_options": {"system": "phys"}},
+            headers={"X-XSRFToken": bob.cookies.get("_xsrf", path="/hub/") or ""},
+            timeout=30,
+        )
+        assert r.status_code == 400, r.text
+    finally:
+        directory.add_member("physics", "bob")
+    bob = hub.login("bob", directory.password("bob"))
+    assert offered(bob, hub) == ["phys"]
+
+
+def test_account_comes_from_the_directory_entry(hub, directory):
+    hub.login("alice", directory.password("alice"))
+    r = hub.spawn("alice", {"system": "gpu"})
+    assert r.status_code in (201, 202), r.text
+    hub.wait_ready("alice")
+    # the local backend's workdir is {state_dir}/users/{account}: the directory's employeeType
+    assert (hub.state_dir / "users" / "hpcg-alice").is_dir()
+    assert not (hub.state_dir / "users" / "alice").exists()
+    hub.stop_server("alice")
+
+
+def _cmdlines() -> dict[int, str]:
+    out = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    out[int(entry)] = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
+            except OSError:
+                pass
+    return out
+
+
+def test_no_directory_secret_in_argv_logs_or_readable_files(hub, directory):
+    secrets_ = {
+        "bind password": directory.service_password_file.read_text().strip(),
+        "admin password": directory.admin_password_file.read_text().strip(),
+        **{f"password of {u}": directory.password(u) for u in ("alice", "bob", "carol")},
+    }
+    hub.login("carol", directory.password("carol"))
+    time.sleep(0.5)
+    procs = _cmdlines()
+    assert any("jupyterhub" in c for c in procs.values()) and any("slapd" in c for c in procs.values())
+    for what, value in secrets_.items():
+        assert not [p for p, c in procs.items() if value in c], f"{what} in a process's argv"
+        assert value not in hub.log_tail(10**7), f"{what} in the hub's log"
+    for root in (hub.state_dir, directory.root):
+        for dirpath, _dirs, files in os.walk(root):
+            for name in files:
+                path = os.path.join(dirpath, name)
+                try:
+                    data = open(path, "rb").read().decode("utf-8", "replace")
+                except OSError:
+                    continue
+                mode = os.stat(path).st_mode
+                if any(v in data for v in secrets_.values()):
+                    assert mode & 0o077 == 0, f"{path} holds a secret and is mode {oct(mode)}"
+    assert directory.secrets_dir.stat().st_mode & 0o077 == 0
