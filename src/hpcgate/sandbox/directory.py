@@ -11,7 +11,8 @@ Contents (suffix ``dc=hpcgate,dc=test``):
   (``uid``, ``uidNumber``, ``homeDirectory``, ``userPassword`` as a salted SHA hash,
   ``eduPersonEntitlement`` URNs naming the user's groups, and ``employeeType`` holding
   the user's Unix account on the sandbox's systems: the attribute the ``ldap`` account
-  source reads);
+  source reads; ``businessCategory: openid`` names the scope the OIDC provider in front of
+  the directory grants: see :mod:`.idp`);
 - ``ou=groups``: one ``posixGroup`` per VO with ``memberUid`` values;
 - ``cn=hub,ou=services``: the hub's service account (reads people and groups, nothing
   else; users can read their own entry; everything else is hidden).
@@ -196,6 +197,7 @@ access to dn.subtree="{SUFFIX}"
                 f"uidNumber: {p.uid_number}\ngidNumber: {p.uid_number}\n"
                 f"homeDirectory: /home/{p.account}\nloginShell: /bin/bash\n"
                 f"employeeType: {p.account}\n"
+                "businessCategory: openid\n"
                 f"{entitlements}"
                 f"userPassword: {ssha(passwords[p.uid])}"
             )
