@@ -14,6 +14,8 @@ pkgs=(
   postgresql                     # the hub on PostgreSQL (tests start their own server, as user postgres)
   nginx                          # TLS in front of the hub (tests/deploy)
   systemd                        # systemd-analyze verify for the shipped units (no systemd as PID 1 needed)
+  slapd ldap-utils               # the directory (LDAP logins, sandbox)
+  glewlwyd                       # the OIDC provider with TOTP (OIDC logins, sandbox)
 )
 missing=()
 for p in "${pkgs[@]}"; do
