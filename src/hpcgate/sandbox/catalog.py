@@ -4,7 +4,8 @@ Systems: ``login`` (kind ssh: labs run on the login node) and ``cluster`` (kind 
 jobs submitted on the login node run on compute1), both reached at 10.250.1.2 with
 per-user keys, tunnels through ``hpcg-tunnel``, the hub API forwarded through the jump
 host. Hub users ``alice``/``bob`` map to ``hpcg-alice``/``hpcg-bob`` through a YAML map
-file. One group grants both systems to every user.
+file. One group grants both systems to every user; the groups ``ml-team``, ``physics``
+and ``astro`` are the sandbox directory's groups (the VOs of directory and IdP logins).
 """
 
 from __future__ import annotations
@@ -90,7 +91,20 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
                 "description": "Every sandbox user",
                 "all_users": True,
                 "grants": [{"system": "login"}, {"system": "cluster"}],
-            }
+            },
+            # the directory's groups (sandbox/directory.py), the VOs of LDAP and OIDC logins
+            "ml-team": {
+                "description": "Machine learning VO (directory group ml-team)",
+                "grants": [{"system": "cluster"}],
+            },
+            "physics": {
+                "description": "Physics VO (directory group physics)",
+                "grants": [{"system": "cluster", "partitions": [next(iter(L.PARTITIONS))]}],
+            },
+            "astro": {
+                "description": "Astronomy VO (directory group astro)",
+                "grants": [{"system": "login"}],
+            },
         },
         "defaults": {"system": "cluster"},
     }

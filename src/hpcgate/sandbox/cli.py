@@ -69,6 +69,16 @@ def _show_status(status: dict[str, Any]) -> str:
         f"  job venv:    {status['venv']}",
         f"  logs:        {status['logs']}",
     ]
+    ident = status.get("identity") or {}
+    if ident.get("slapd") or ident.get("glewlwyd"):
+        lines += [
+            f"  directory:   {ident['ldap_url']} (slapd {ident['slapd'] or 'not running'}); "
+            f"passwords in {ident['passwords']}",
+            f"  OIDC issuer: {ident['issuer']} (glewlwyd {ident['glewlwyd'] or 'not running'}); "
+            f"TOTP seeds in {ident['totp_seeds']}",
+            "  log in:      hpcgate up --auth ldap --identity " + ident["identity_files"]["ldap"],
+            "               hpcgate up --auth oidc --identity " + ident["identity_files"]["oidc"],
+        ]
     if status["timings"]:
         lines.append("  last up (s): " + ", ".join(f"{k} {v}" for k, v in status["timings"].items()))
     return "\n".join(lines)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from . import jobenv, network, slurm, ssh, users
+from .identity import identity_down, identity_status, identity_up
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
@@ -194,6 +195,9 @@ class Sandbox:
         say(f"sshd on {L.LOGIN_ADDR}:{L.SSH_PORT} and {L.LOGIN_INNER_ADDR}:{L.SSH_PORT}")
         pids["sshd"] = ssh.start_sshd(lay)
         timings["sshd"] = round(time.monotonic() - t, 2)
+        t = time.monotonic()
+        pids.update(identity_up(lay, say))
+        timings["identity"] = round(time.monotonic() - t, 2)
         return pids
 
     def down(self) -> None:
@@ -206,6 +210,7 @@ class Sandbox:
         lay = self.layout
         present = network.namespaces()
         # daemons first, gently, by their recorded PIDs
+        identity_down(lay)
         for daemon in STOP_ORDER:
             stop_daemon(lay, daemon)
         # then whatever else lives in the namespaces (sessions, job steps, labs) ...
@@ -319,6 +324,7 @@ class Sandbox:
             "venv": str(lay.venv_dir) + ("" if jobenv.venv_ready(lay) else " (not built)"),
             "logs": str(lay.log_dir),
             "timings": self._read_state().get("timings", {}),
+            "identity": identity_status(lay),
         }
 
     # --- helpers for tests ----------------------------------------------------------

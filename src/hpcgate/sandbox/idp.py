@@ -242,6 +242,16 @@ class IdentityProvider:
         if r.status_code != 200:
             raise SandboxError(f"glewlwyd: {what}: HTTP {r.status_code} {r.text[:300]}")
 
+    @staticmethod
+    def _kept(path: Path, make: Any) -> str:
+        """The secret in ``path`` (0600), made by ``make()`` the first time."""
+        if path.exists():
+            os.chmod(path, 0o600)
+            return path.read_text().strip()
+        value = make()
+        write_file(path, value, 0o600)
+        return value
+
     def configure(self) -> None:
         """Modules, scope, plugin, client, TOTP seeds; then a random admin password.
 
@@ -312,15 +322,16 @@ class IdentityProvider:
                 "introspection-revocation-allowed": False, "register-client-allowed": False,
             },
         }, "the OIDC plugin")  # fmt: skip
-        client_secret = secrets.token_urlsafe(32)
-        write_file(self.client_secret_file, client_secret, 0o600)
+        client_secret = self._kept(self.client_secret_file, lambda: secrets.token_urlsafe(32))
         self._call(s, "POST", f"{api}/client/", {
             "client_id": CLIENT_ID, "name": "hpcgate hub", "enabled": True, "confidential": True,
             "password": client_secret, "redirect_uri": list(self.redirect_uris),
             "authorization_type": ["code", "refresh_token"],
             "token_endpoint_auth_method": ["client_secret_basic", "client_secret_post"], "scope": [],
         }, "the hub's client")  # fmt: skip
-        seeds = {p.uid: base64.b32encode(secrets.token_bytes(20)).decode() for p in self.directory.people}
+        # seeds survive a rebuild, so an authenticator app enrolled once keeps working
+        kept = json.loads(self.totp_file.read_text()) if self.totp_file.exists() else {}
+        seeds = {p.uid: kept.get(p.uid) or base64.b32encode(secrets.token_bytes(20)).decode() for p in self.directory.people}
         write_file(self.totp_file, json.dumps(seeds, indent=1), 0o600)
         for uid, seed in seeds.items():
             self._call(s, "POST", f"{api}/delegate/{uid}/profile/scheme/register/", {
