@@ -13,18 +13,43 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 import requests
 
 ROOT = Path(__file__).resolve().parents[1]
 HPCGATE = [sys.executable, "-m", "hpcgate.cli"]
+
+
+#: Debian's chromium, driven by playwright, with the flags it needs as root without a GPU.
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+@contextmanager
+def chromium():
+    """A playwright Browser on Debian's chromium; fails the test if chromium is missing."""
+    if not shutil.which(CHROMIUM):
+        raise AssertionError(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/install-system-deps.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield browser
+        finally:
+            browser.close()
 
 
 def free_port() -> int:

@@ -11,7 +11,6 @@ session. No secret shows up in argv, the logs or a world-readable file.
 from __future__ import annotations
 
 import os
-import shutil
 import textwrap
 import time
 
@@ -19,42 +18,15 @@ import pyotp
 import pytest
 
 from hpcgate.sandbox.idp import GLEWLWYD, IdentityProvider
-from hubtools import Hub, free_port, wait_for
+from hubtools import Hub, chromium, free_port, wait_for
+from idtools import assert_secrets_hidden, vo_catalog
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]  # fmt: skip
 #: short-lived access tokens, so that the refresh path runs within the test
 TOKEN_LIFETIME = 12
 
-CATALOG = textwrap.dedent(
-    """
-    systems:
-      gpu:
-        kind: local
-        description: ML system
-        workdir: "{state_dir}/users/{account}"
-        accounts: {source: auth_state, key: hpcgate_account}
-        partitions: {interactive: {}}
-      phys:
-        kind: local
-        description: Physics system
-        partitions: {interactive: {}}
-      sky:
-        kind: local
-        description: Astronomy system
-        partitions: {interactive: {}}
-    groups:
-      ml-team: {grants: [{system: gpu}]}
-      physics: {grants: [{system: phys}]}
-      astro: {grants: [{system: sky}]}
-    defaults: {system: gpu}
-    """
-)
+CATALOG = vo_catalog("{source: auth_state, key: hpcgate_account}")
 
 
 @pytest.fixture(scope="module")
@@ -107,14 +79,8 @@ def idp_hub(tmp_path_factory, directory):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.fail(f"{CHROMIUM} is missing: `make test` installs Debian's chromium (scripts/install-system-deps.sh)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+    with chromium() as browser:
         yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")
@@ -190,30 +156,8 @@ def test_secrets_stay_out_of_argv_logs_and_readable_files(idp_hub, alice_page, d
         **{f"TOTP seed of {u}": idp.totp_seed(u) for u in ("alice", "bob", "carol")},
         "bind password": directory.service_password_file.read_text().strip(),
     }
-    procs = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/cmdline", "rb") as f:
-                    procs[int(entry)] = f.read().replace(b"\0", b" ").decode("utf-8", "replace")
-            except OSError:
-                pass
-    assert any("glewlwyd" in c for c in procs.values()) and any("jupyterhub" in c for c in procs.values())
     logs = hub.log_tail(10**7) + idp.log_file.read_text(errors="replace")
-    for what, value in secrets_.items():
-        assert not [p for p, c in procs.items() if value in c], f"{what} in a process's argv"
-        assert value not in logs, f"{what} in a log"
-    for root in (hub.state_dir, idp.root):
-        for dirpath, _dirs, files in os.walk(root):
-            for name in files:
-                path = os.path.join(dirpath, name)
-                try:
-                    data = open(path, "rb").read().decode("utf-8", "replace")
-                except OSError:
-                    continue
-                if any(v in data for v in secrets_.values()):
-                    mode = os.stat(path).st_mode
-                    assert mode & 0o077 == 0, f"{path} holds a secret and is mode {oct(mode)}"
+    assert_secrets_hidden(secrets_, logs, (hub.state_dir, idp.root), running=("glewlwyd", "jupyterhub"))
 
 
 def test_logout_ends_the_hub_session(idp_hub, alice_page):

@@ -30,13 +30,14 @@ from ldap3.utils.conv import escape_filter_chars
 from ldapauthenticator import LDAPAuthenticator
 from traitlets import Bool, Dict, Int, Unicode, default
 
+from .base import GatewayLogin
 from .names import canonical_login
 from .stamp import KEY, stamp
 
 BIND_PASSWORD_ENV = "HPCGATE_LDAP_BIND_PASSWORD"
 
 
-class DirectoryAuthenticator(LDAPAuthenticator):
+class DirectoryAuthenticator(GatewayLogin, LDAPAuthenticator):
     """LDAP login with directory groups as JupyterHub groups (see the module doc)."""
 
     bind_password_file = Unicode(
@@ -105,18 +106,6 @@ class DirectoryAuthenticator(LDAPAuthenticator):
             with open(os.path.expanduser(self.bind_password_file), encoding="utf-8") as f:
                 return f.read().strip()
         return os.environ.get(BIND_PASSWORD_ENV, "")
-
-    @default("manage_groups")
-    def _manage_groups_default(self) -> bool:
-        return True
-
-    @default("enable_auth_state")
-    def _enable_auth_state_default(self) -> bool:
-        return True
-
-    @default("refresh_pre_spawn")
-    def _refresh_pre_spawn_default(self) -> bool:
-        return True
 
     @default("auth_refresh_age")
     def _auth_refresh_age_default(self) -> int:

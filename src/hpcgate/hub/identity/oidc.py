@@ -34,6 +34,7 @@ from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
 from traitlets import Int, Unicode, default, validate
 
+from .base import GatewayLogin
 from .names import canonical_login
 from .stamp import KEY, stamp
 
@@ -55,7 +56,7 @@ class NonceLoginHandler(OAuthLoginHandler):
         return super().authorize_redirect(*args, **kwargs)
 
 
-class IdPAuthenticator(GenericOAuthenticator):
+class IdPAuthenticator(GatewayLogin, GenericOAuthenticator):
     """OIDC login with entitlement claims as VOs (see the module doc)."""
 
     login_handler = NonceLoginHandler
@@ -126,18 +127,6 @@ class IdPAuthenticator(GenericOAuthenticator):
     @default("logout_redirect_url")
     def _logout_redirect_default(self) -> str:
         return self._discovery().get("end_session_endpoint", "")
-
-    @default("manage_groups")
-    def _manage_groups_default(self) -> bool:
-        return True
-
-    @default("enable_auth_state")
-    def _enable_auth_state_default(self) -> bool:
-        return True
-
-    @default("refresh_pre_spawn")
-    def _refresh_pre_spawn_default(self) -> bool:
-        return True
 
     @default("allow_all")
     def _allow_all_default(self) -> bool:
