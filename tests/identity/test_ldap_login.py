@@ -13,7 +13,9 @@ import textwrap
 import pytest
 import requests
 
-from hubtools import Hub
+from hpcgate.hub.identity.ldap import DirectoryAuthenticator
+from hpcgate.sandbox.directory import GROUPS, PEOPLE, SERVICE_DN
+from hubtools import Hub, free_port
 from idtools import assert_secrets_hidden, vo_catalog
 
 CATALOG = vo_catalog("{source: ldap, attribute: employeeType}")
@@ -122,3 +124,35 @@ def test_no_directory_secret_in_argv_logs_or_readable_files(hub, directory):
         secrets_, hub.log_tail(10**7), (hub.state_dir, directory.root), running=("jupyterhub", "slapd")
     )
     assert directory.secrets_dir.stat().st_mode & 0o077 == 0
+
+
+class _User:
+    def __init__(self, name: str):
+        self.name = name
+
+    async def get_auth_state(self) -> dict:
+        return {"ldap_groups": ["stale"]}
+
+
+def _authenticator(directory, port: int | None = None) -> DirectoryAuthenticator:
+    return DirectoryAuthenticator(
+        server_address="127.0.0.1",
+        server_port=port or directory.port,
+        tls_strategy="insecure",
+        user_search_base=PEOPLE,
+        group_search_base=GROUPS,
+        lookup_dn_search_user=SERVICE_DN,
+        bind_password_file=str(directory.service_password_file),
+        auth_state_attributes=["employeeType"],
+    )
+
+
+async def test_refresh_rereads_the_directory_and_drops_users_it_lost(directory):
+    a = _authenticator(directory)
+    model = await a.refresh_user(_User("bob"))
+    assert model["groups"] == ["physics"]
+    assert model["auth_state"]["user_attributes"] == {"employeeType": ["hpcg-bob"]}
+    assert model["auth_state"]["hpcgate"]["via"] == "ldap"
+    assert await a.refresh_user(_User("mallory")) is False  # not in the directory: log in again
+    # a directory that does not answer keeps the login as it is (its mark expires on its own)
+    assert await _authenticator(directory, port=free_port()).refresh_user(_User("bob")) is True

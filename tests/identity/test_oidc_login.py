@@ -130,20 +130,27 @@ def test_browser_login_with_totp_gives_vos_and_account(idp_hub, alice_page):
     hub.stop_server("alice")
 
 
-def test_expired_access_token_is_refreshed(idp_hub, alice_page):
+def test_expired_access_token_is_refreshed_with_the_vos_of_now(idp_hub, alice_page, directory):
     hub, idp = idp_hub
     before = auth_state(hub, "alice")
-    time.sleep(TOKEN_LIFETIME + 1)  # glewlwyd's access token has expired now
+    directory.remove_member("ml-team", "alice")  # the IdP publishes entitlements from here
+    try:
+        time.sleep(TOKEN_LIFETIME + 1)  # glewlwyd's access token has expired now
 
-    def refreshed():
-        alice_page.goto(hub.url + "/hub/home")  # an authenticated request: the hub refreshes
-        after = auth_state(hub, "alice")
-        return after if after["access_token"] != before["access_token"] else None
+        def refreshed():
+            alice_page.goto(hub.url + "/hub/home")  # an authenticated request: the hub refreshes
+            after = auth_state(hub, "alice")
+            return after if after["access_token"] != before["access_token"] else None
 
-    after = wait_for(refreshed, 30, "the hub to refresh alice's tokens")
-    assert after["hpcgate"]["expires_at"] > time.time()
-    assert after["refresh_token"] and after["hpcgate_account"] == "hpcg-alice"
-    assert sorted(hub.user_model("alice")["groups"]) == ["ml-team", "physics"]
+        after = wait_for(refreshed, 30, "the hub to refresh alice's tokens")
+        assert after["hpcgate"]["expires_at"] > time.time()
+        assert after["refresh_token"] and after["hpcgate_account"] == "hpcg-alice"
+        # the VO taken away at the provider is gone from the hub, and so is its system
+        assert hub.user_model("alice")["groups"] == ["physics"]
+        offer = alice_page.request.get(hub.url + "/hub/api/hpcgate/offer").json()
+        assert [s["name"] for s in offer["systems"]] == ["phys"]
+    finally:
+        directory.add_member("ml-team", "alice")
 
 
 def test_secrets_stay_out_of_argv_logs_and_readable_files(idp_hub, alice_page, directory):

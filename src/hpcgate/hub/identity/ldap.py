@@ -26,6 +26,7 @@ import os
 from typing import Any
 
 import ldap3
+from ldap3.core.exceptions import LDAPException
 from ldap3.utils.conv import escape_filter_chars
 from ldapauthenticator import LDAPAuthenticator
 from traitlets import Bool, Dict, Int, Unicode, default
@@ -204,8 +205,17 @@ class DirectoryAuthenticator(GatewayLogin, LDAPAuthenticator):
         return self._auth_model(name, view, result.get("auth_state"))
 
     async def refresh_user(self, user: Any, handler: Any = None, **kwargs: Any) -> bool | dict:
-        """Re-read the user's groups and attributes; ``False`` (log in again) if gone."""
-        view = await asyncio.to_thread(self.directory_view, user.name)
+        """Re-read the user's groups and attributes; ``False`` (log in again) if gone.
+
+        When the directory cannot be asked, the login stays as it was (``True``): its
+        auth_state mark expires after :attr:`login_lifetime`, and the account sources
+        refuse it from then on.
+        """
+        try:
+            view = await asyncio.to_thread(self.directory_view, user.name)
+        except (LDAPException, RuntimeError) as exc:
+            self.log.warning("cannot refresh %s from the directory: %s", user.name, exc)
+            return True
         if view is None:
             self.log.warning("%s is no longer in the directory: a new login is needed", user.name)
             return False
