@@ -24,6 +24,9 @@ PACKAGES = {
     "iproute2": "network namespaces (ip netns)",
     "util-linux": "nsenter, runuser",
     "procps": "process checks (ps)",
+    "slapd": "the directory (LDAP logins)",
+    "ldap-utils": "ldapmodify, ldapwhoami (changes to the directory)",
+    "glewlwyd": "the OpenID Connect provider with TOTP (OIDC logins)",
 }
 
 #: Seconds apt-get may take (a download on a slow mirror).
