@@ -196,7 +196,7 @@ class Sandbox:
         pids["sshd"] = ssh.start_sshd(lay)
         timings["sshd"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
-        pids.update(identity_up(lay, say))
+        identity_up(lay, say)  # their PIDs are in status()["identity"], not among the cluster's daemons
         timings["identity"] = round(time.monotonic() - t, 2)
         return pids
 
