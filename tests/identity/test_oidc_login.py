@@ -65,7 +65,7 @@ def idp_hub(tmp_path_factory, directory):
             """
         )
     )
-    hub.up_args = ("--auth", "oidc", "--identity", str(identity))
+    hub.args = ["--auth", "oidc", "--identity", str(identity)]
     try:
         hub.start()
         yield hub, idp
