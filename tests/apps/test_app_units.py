@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
+from hpcgate.appspec import SpecError, make_spec
 from hpcgate.lab.apps.launch import ParameterError, resolve_parameters, with_setup
 from hpcgate.lab.apps.manager import AppManager
 from hpcgate.lab.apps.recipes.generic import command_app
-from hpcgate.lab.apps.spec import SpecError, make_spec
 from hpcgate.lab.apps.static import NotFound, index_url, static_file
 
 
@@ -126,9 +126,9 @@ def plugin_on_path(tmp_path, monkeypatch):
 
 
 def test_a_recipe_and_a_plugin_of_one_name_are_both_kept_and_the_choice_is_stated(plugin_on_path, caplog):
-    from hpcgate.lab.apps.spec import collect_specs
+    from hpcgate.appspec import collect_specs
 
-    with caplog.at_level("WARNING", logger="hpcgate.lab.apps.spec"):
+    with caplog.at_level("WARNING", logger="hpcgate.appspec"):
         specs = collect_specs({}, {})
     recipe, plugin = specs["mlflow"], specs["mlflow-plugin"]
     assert recipe.source.startswith("entry point hpcgate_apps:mlflow")
@@ -141,8 +141,8 @@ def test_a_recipe_and_a_plugin_of_one_name_are_both_kept_and_the_choice_is_state
 
 
 async def test_an_app_whose_program_is_missing_is_unavailable_before_a_start(plugin_on_path, tmp_path):
+    from hpcgate.appspec import collect_specs
     from hpcgate.lab.apps.launch import missing_programs
-    from hpcgate.lab.apps.spec import collect_specs
 
     specs = collect_specs({}, {})
     # a plugin whose command function looks its program up and raises: its message

@@ -6,8 +6,9 @@ import os
 import socket
 
 import pytest
+
+from hpcgate.appspec import SpecError, call_with_named_args, make_spec, render
 from hpcgate.lab.apps.manager import LogTail
-from hpcgate.lab.apps.spec import SpecError, call_with_named_args, make_spec, render
 from hpcgate.lab.security import HostAllowlist, HostNotAllowed, parse_host, strip_token_query, tcp_peer_uid
 
 
@@ -71,7 +72,7 @@ def test_log_tail_keeps_last_bytes():
 def test_relay_moves_exactly_count_bytes_and_reports_early_close():
     import threading
 
-    from hpcgate.lab import splice
+    from hpcgate.lab.proxy import splice
 
     for count, extra in ((3 * splice.BUFFER_SIZE + 17, b"next"), (5, b"")):
         app, app_peer = socket.socketpair()

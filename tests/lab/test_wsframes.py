@@ -1,4 +1,4 @@
-"""The websocket frame scanner of the verbatim relay (hpcgate.lab.wsframes)."""
+"""The websocket frame scanner of the verbatim relay (hpcgate.lab.proxy.wsframes)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from hpcgate.lab.wsframes import FrameScanner, MessageTooBig, close_frame
+from hpcgate.lab.proxy.wsframes import FrameScanner, MessageTooBig, close_frame
 
 
 def frame(payload: bytes, opcode: int = 2, fin: bool = True, masked: bool = False) -> bytes:

@@ -21,10 +21,10 @@ from jupyter_server._tz import utcnow
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, default
 
+from ..appspec import SpecError, collect_specs
 from .api import api_handlers
 from .apps.manager import AppManager, AppState, ManagedApp
 from .apps.recipes.generic import command_app, load_apps_file
-from .apps.spec import SpecError, collect_specs
 from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, HostAllowlist, private_socket_dir
 from .upstream import ConnectionPool, ForeignSocketError
@@ -197,7 +197,7 @@ class HPCGateLab(ExtensionApp):
         help="""App specs by name, served at ``<base>/<name>/``. Same keys as
         ``c.ServerProxy.servers`` plus hpcgate's ``ready_check``, ``restart``,
         ``max_restarts``, ``idle_timeout``, ``stop_timeout`` and ``isolate_network``
-        (see ``hpcgate.lab.apps.spec``). Overrides specs of the same name from any
+        (see ``hpcgate.appspec``). Overrides specs of the same name from any
         other source.""",
     ).tag(config=True)
 

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .spec import AppSpec, render
+from ...appspec import AppSpec, render
 
 SHELL = "/bin/bash" if os.path.exists("/bin/bash") else "/bin/sh"
 SETUP_CHECK_TIMEOUT = 120.0  # module systems on shared file systems can be slow

@@ -32,11 +32,11 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ...appspec import AppSpec, render
 from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
 from .isolation import bridged_argv, bwrap_argv, bwrap_unusable
 from .launch import ParameterError, base_environ, missing_programs, resolve_parameters, with_setup
 from .reaper import TAG_VAR, kill_tagged, kill_tagged_now
-from .spec import AppSpec, render
 
 log = logging.getLogger(__name__)
 

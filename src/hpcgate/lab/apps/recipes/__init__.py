@@ -1,6 +1,6 @@
 """hpcgate's own app recipes, registered as ``hpcgate_apps`` entry points.
 
-Each function returns a spec (see :mod:`hpcgate.lab.apps.spec`) and never fails when
+Each function returns a spec (see :mod:`hpcgate.appspec`) and never fails when
 its program is missing: the spec's ``requires`` makes the app show up as unavailable,
 with what to install. Every recipe listens on a unix socket in the user's private
 runtime directory where its program can, and on ``127.0.0.1`` only where it cannot.

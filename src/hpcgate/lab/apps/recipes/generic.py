@@ -26,7 +26,8 @@ import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from ..spec import AppSpec, SpecError, make_spec
+from hpcgate.appspec import AppSpec, SpecError, make_spec
+
 from . import ICONS, icon
 
 SHORTHANDS = ("title", "icon", "category", "install")

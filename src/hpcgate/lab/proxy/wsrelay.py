@@ -18,7 +18,7 @@ from tornado.iostream import IOStream, StreamClosedError
 from .wsframes import CLOSE_TOO_BIG, FrameScanner, MessageTooBig, close_frame
 
 if TYPE_CHECKING:
-    from .upstream import Connection
+    from ..upstream import Connection
 
 log = logging.getLogger(__name__)
 

@@ -40,10 +40,9 @@ from tornado.httputil import HTTPHeaders
 from tornado.iostream import IOStream, StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
 
-from . import splice
-from .apps.manager import AppStartError, ManagedApp
-from .security import HostNotAllowed, drop_hop_by_hop, parse_host, scrub_request_headers, strip_token_query
-from .upstream import (
+from ..apps.manager import AppStartError, ManagedApp
+from ..security import HostNotAllowed, drop_hop_by_hop, parse_host, scrub_request_headers, strip_token_query
+from ..upstream import (
     ChunkedWriter,
     Connection,
     ForeignSocketError,
@@ -54,10 +53,11 @@ from .upstream import (
     open_connection,
     read_response_head,
 )
+from . import splice
 from .wsrelay import FrameRelay
 
 if TYPE_CHECKING:
-    from .extension import LabContext
+    from ..extension import LabContext
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
     def _serve_static(self) -> None:
         """Answer from the spec's ``static_files`` (websockets still reach the app)."""
         assert self.app is not None
-        from .apps.static import NotFound, index_url, static_file
+        from ..apps.static import NotFound, index_url, static_file
 
         static = self.app.spec.static_files
         if self.request.method not in ("GET", "HEAD"):
@@ -307,7 +307,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
     def _override_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if self.app is None or not self.app.spec.request_headers_override:
             return headers
-        from .apps.spec import render
+        from ...appspec import render
 
         override = render(self.app.spec.request_headers_override, self.app.template_args())
         names = {k.lower() for k in override}
@@ -474,7 +474,7 @@ class ProxyHandler(WebSocketHandler, JupyterHandler):
         return True
 
     async def _send_rewritten(self, resp: UpstreamResponse) -> None:
-        from .apps.spec import call_with_named_args
+        from ...appspec import call_with_named_args
 
         assert self.app is not None and self.target is not None
         body = await resp.read_all(self.lab.rewrite_body_limit)
