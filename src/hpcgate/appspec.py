@@ -1,5 +1,8 @@
 """App specs: what an app is, where specs come from, and how templates are filled.
 
+Neutral ground: the hub's catalog validates its ``apps`` with this module and the lab
+(:mod:`hpcgate.lab`) runs them from it; it imports neither side.
+
 A spec is a dict with jupyter-server-proxy's server keys (``command``, ``environment``,
 ``timeout``, ``absolute_url``, ``port``, ``unix_socket``, ``mappath``,
 ``launcher_entry``, ``new_browser_tab``, ``request_headers_override``,
@@ -56,6 +59,7 @@ from __future__ import annotations
 import inspect
 import logging
 import re
+import shlex
 import string
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -431,3 +435,46 @@ def collect_specs(
         except (SpecError, TypeError, ValueError) as exc:
             log.error("app %r from %s is left out: %s", name, source, exc)
     return specs
+
+
+#: Keys of the short form that are not spec keys (see :func:`expand_short_form`).
+SHORTHANDS = ("title", "icon", "category", "install")
+
+
+def expand_short_form(name: str, raw: Mapping[str, Any], icon_path: Callable[[Any], str] | None = None) -> dict[str, Any]:
+    """A full spec from the short form (string ``command``, ``title``, ``icon``,
+    ``category``, ``install``); keys of a full spec pass through unchanged.
+
+    ``command`` as one string is split like a shell would (``shlex``) *before*
+    templates are filled, so no value ever reaches a shell; its first word becomes the
+    required program unless ``requires`` says otherwise. ``icon_path`` turns the
+    ``icon`` value into the launcher's icon path (default: the value as it is).
+    Raises :class:`SpecError`."""
+    spec = {k: v for k, v in raw.items() if k not in SHORTHANDS}
+    command = raw.get("command")
+    if isinstance(command, str):
+        try:
+            command = shlex.split(command)
+        except ValueError as exc:
+            raise SpecError(f"app {name!r}: command cannot be split into words: {exc}") from None
+    if not command:
+        raise SpecError(f"app {name!r}: a generic app needs a command")
+    spec["command"] = command
+    if "requires" not in spec and not command[0].startswith("{"):
+        hint = raw.get("install") or f"install {command[0]} or load its module in the app's setup lines"
+        spec["requires"] = [{"program": command[0], "install": hint}]
+    entry = dict(spec.get("launcher_entry") or {})
+    entry.setdefault("title", raw.get("title", name))
+    entry.setdefault("icon_path", icon_path(raw.get("icon")) if icon_path else str(raw.get("icon") or ""))
+    entry.setdefault("category", raw.get("category", "Apps"))
+    spec["launcher_entry"] = entry
+    spec.setdefault("timeout", 180.0)
+    return spec
+
+
+def catalog_app(name: str, raw: Mapping[str, Any]) -> AppSpec:
+    """Validate an app of the hub's catalog (short or full form) as the lab will
+    (raises SpecError)."""
+    if not isinstance(raw, Mapping):
+        raise SpecError(f"app {name!r} must be a mapping of spec keys")
+    return make_spec(name, expand_short_form(name, raw), "the hub's catalog")

@@ -110,8 +110,7 @@ AppEntry = Annotated[
 
 def _check_apps(apps: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, Any] | None]:
     """``apps`` unchanged; ValueError naming the app if the lab would refuse one."""
-    from .lab.apps.recipes.generic import catalog_app
-    from .appspec import SpecError
+    from .appspec import SpecError, catalog_app
 
     for name, raw in apps.items():
         if raw is None:

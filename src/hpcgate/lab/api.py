@@ -29,7 +29,7 @@ from tornado import web
 from .apps.manager import AppStartError, ManagedApp
 
 if TYPE_CHECKING:
-    from .extension import LabContext
+    from .context import LabContext
 
 
 class _AppsHandler(APIHandler):

@@ -7,27 +7,24 @@ so jupyter-server-proxy plugins work without its server extension.
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import contextlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from typing import Any
 
-from jupyter_server._tz import utcnow
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, default
 
 from ..appspec import SpecError, collect_specs
 from .api import api_handlers
-from .apps.manager import AppManager, AppState, ManagedApp
+from .apps.manager import AppManager
 from .apps.recipes.generic import command_app, load_apps_file
+from .context import LabContext
 from .proxy import proxy_handlers
-from .security import DEFAULT_COOKIE_PATTERNS, HostAllowlist, private_socket_dir
-from .upstream import ConnectionPool, ForeignSocketError
+from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 
 MiB = 1024 * 1024
 
@@ -53,57 +50,6 @@ def tune_malloc(mmap_threshold: int) -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(mallopt(m_mmap_threshold, mmap_threshold)) and bool(mallopt(m_trim_threshold, 2 * mmap_threshold))
-
-
-class LabContext:
-    """What the handlers share: options, the app manager and the connection pool."""
-
-    def __init__(self, ext: HPCGateLab, manager: AppManager, settings: dict[str, Any]):
-        self.settings = settings
-        self.base_url: str = settings.get("base_url", "/")
-        self.manager = manager
-        self.pool = ConnectionPool(check_owner=ext.check_socket_owner, max_idle=ext.pool_max_idle)
-        self.allowlist = HostAllowlist(ext.host_allowlist)
-        patterns = list(ext.scrub_cookie_patterns)
-        if settings.get("cookie_name"):
-            patterns.append(re.escape(settings["cookie_name"]))
-        self.cookie_patterns = [re.compile(p) for p in patterns]
-        self.check_owner = ext.check_socket_owner
-        self.chunk_size = ext.chunk_size
-        self.splice_min_size = ext.splice_min_size or (1 << 62)
-        self.max_body_size = ext.max_request_body_size
-        self.websocket_max_message_size = ext.websocket_max_message_size
-        self.rewrite_body_limit = ext.rewrite_body_limit
-        self.allowed_ports = self._parse_ports(ext.allowed_ports)
-
-    @staticmethod
-    def _parse_ports(entries: list[Any]) -> list[tuple[int, int]]:
-        ranges = []
-        for entry in entries:
-            if isinstance(entry, int):
-                ranges.append((entry, entry))
-            else:
-                lo, _, hi = str(entry).partition("-")
-                ranges.append((int(lo), int(hi or lo)))
-        return ranges
-
-    def port_allowed(self, port: int, host: str) -> bool:
-        return not self.allowed_ports or any(lo <= port <= hi for lo, hi in self.allowed_ports)
-
-    def record_activity(self) -> None:
-        """Proxied traffic is activity of the server (JupyterHub's idle culler reads it)."""
-        self.settings["api_last_activity"] = utcnow()
-
-    async def app_info(self, app: ManagedApp) -> dict[str, Any]:
-        info = app.info()
-        if not app.spec.managed:
-            # Started elsewhere: report whether it answers.
-            try:
-                up = await asyncio.wait_for(app.probe(), 2)
-            except (ForeignSocketError, TimeoutError):
-                up = False
-            info["state"] = (AppState.RUNNING if up else AppState.STOPPED).value
-        return info
 
 
 class HPCGateLab(ExtensionApp):

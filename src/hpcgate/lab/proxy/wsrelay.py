@@ -1,7 +1,7 @@
 """The websocket relay: one upgraded connection's bytes, verbatim, browser <-> app.
 
 :class:`FrameRelay` takes over both sockets once the app and then the browser got their
-101 (see ``ProxyHandler._open_websocket`` in :mod:`hpcgate.lab.proxy`).
+101 (see ``WebSocketProxy._open_websocket`` in :mod:`hpcgate.lab.proxy.websocket`).
 """
 
 from __future__ import annotations

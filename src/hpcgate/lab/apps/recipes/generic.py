@@ -22,40 +22,18 @@ otherwise. Examples::
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Mapping
 from typing import Any
 
-from hpcgate.appspec import AppSpec, SpecError, make_spec
+from hpcgate.appspec import SpecError, expand_short_form
 
 from . import ICONS, icon
 
-SHORTHANDS = ("title", "icon", "category", "install")
-
 
 def command_app(name: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """A full spec from the short form (string ``command``, ``title``, ``icon``,
-    ``category``, ``install``); keys of a full spec pass through unchanged."""
-    spec = {k: v for k, v in raw.items() if k not in SHORTHANDS}
-    command = raw.get("command")
-    if isinstance(command, str):
-        try:
-            command = shlex.split(command)
-        except ValueError as exc:
-            raise SpecError(f"app {name!r}: command cannot be split into words: {exc}") from None
-    if not command:
-        raise SpecError(f"app {name!r}: a generic app needs a command")
-    spec["command"] = command
-    if "requires" not in spec and not command[0].startswith("{"):
-        hint = raw.get("install") or f"install {command[0]} or load its module in the app's setup lines"
-        spec["requires"] = [{"program": command[0], "install": hint}]
-    entry = dict(spec.get("launcher_entry") or {})
-    entry.setdefault("title", raw.get("title", name))
-    entry.setdefault("icon_path", _icon_path(raw.get("icon")))
-    entry.setdefault("category", raw.get("category", "Apps"))
-    spec["launcher_entry"] = entry
-    spec.setdefault("timeout", 180.0)
-    return spec
+    """A full spec from the short form (:func:`hpcgate.appspec.expand_short_form`),
+    with a bare ``icon`` name resolved to one of the recipes' icons."""
+    return expand_short_form(name, raw, _icon_path)
 
 
 def _icon_path(value: Any) -> str:
@@ -67,13 +45,6 @@ def _icon_path(value: Any) -> str:
     if "/" not in value and (ICONS / f"{value}.svg").is_file():
         return icon(value)
     return value
-
-
-def catalog_app(name: str, raw: Mapping[str, Any]) -> AppSpec:
-    """Validate an app of the hub's catalog as the lab will (raises SpecError)."""
-    if not isinstance(raw, Mapping):
-        raise SpecError(f"app {name!r} must be a mapping of spec keys")
-    return make_spec(name, command_app(name, raw), "the hub's catalog")
 
 
 def load_apps_file(path: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,67 @@
+"""What the lab's handlers share: options, the app manager and the connection pool."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server._tz import utcnow
+
+from .apps.manager import AppManager, AppState, ManagedApp
+from .security import HostAllowlist
+from .upstream import ConnectionPool, ForeignSocketError
+
+if TYPE_CHECKING:
+    from .extension import HPCGateLab
+
+
+class LabContext:
+    """What the handlers share: options, the app manager and the connection pool."""
+
+    def __init__(self, ext: HPCGateLab, manager: AppManager, settings: dict[str, Any]):
+        self.settings = settings
+        self.base_url: str = settings.get("base_url", "/")
+        self.manager = manager
+        self.pool = ConnectionPool(check_owner=ext.check_socket_owner, max_idle=ext.pool_max_idle)
+        self.allowlist = HostAllowlist(ext.host_allowlist)
+        patterns = list(ext.scrub_cookie_patterns)
+        if settings.get("cookie_name"):
+            patterns.append(re.escape(settings["cookie_name"]))
+        self.cookie_patterns = [re.compile(p) for p in patterns]
+        self.check_owner = ext.check_socket_owner
+        self.chunk_size = ext.chunk_size
+        self.splice_min_size = ext.splice_min_size or (1 << 62)
+        self.max_body_size = ext.max_request_body_size
+        self.websocket_max_message_size = ext.websocket_max_message_size
+        self.rewrite_body_limit = ext.rewrite_body_limit
+        self.allowed_ports = self._parse_ports(ext.allowed_ports)
+
+    @staticmethod
+    def _parse_ports(entries: list[Any]) -> list[tuple[int, int]]:
+        ranges = []
+        for entry in entries:
+            if isinstance(entry, int):
+                ranges.append((entry, entry))
+            else:
+                lo, _, hi = str(entry).partition("-")
+                ranges.append((int(lo), int(hi or lo)))
+        return ranges
+
+    def port_allowed(self, port: int, host: str) -> bool:
+        return not self.allowed_ports or any(lo <= port <= hi for lo, hi in self.allowed_ports)
+
+    def record_activity(self) -> None:
+        """Proxied traffic is activity of the server (JupyterHub's idle culler reads it)."""
+        self.settings["api_last_activity"] = utcnow()
+
+    async def app_info(self, app: ManagedApp) -> dict[str, Any]:
+        info = app.info()
+        if not app.spec.managed:
+            # Started elsewhere: report whether it answers.
+            try:
+                up = await asyncio.wait_for(app.probe(), 2)
+            except (ForeignSocketError, TimeoutError):
+                up = False
+            info["state"] = (AppState.RUNNING if up else AppState.STOPPED).value
+        return info

@@ -1,0 +1,136 @@
+"""What HTTP and websocket proxying share: authentication, activity, the way to the app.
+
+:class:`ProxyBase` is the base of :class:`~hpcgate.lab.proxy.handler.ProxyHandler`:
+the Jupyter server's authentication and origin checks, plain-text error pages,
+activity accounting, and the transport towards the app (connections, the request
+head with its forwarded and overridden headers).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from jupyter_server.base.handlers import JupyterHandler
+from tornado.websocket import WebSocketHandler
+
+from ...appspec import render
+from ..security import scrub_request_headers
+from ..upstream import Connection, ForeignSocketError, Target, UpstreamError, encode_head, open_connection
+from .errors import ProxyError
+
+if TYPE_CHECKING:
+    from ..apps.manager import ManagedApp
+    from ..context import LabContext
+
+ACTIVITY_EVERY = 1.0  # seconds between activity updates during one long stream
+
+
+class ProxyBase(WebSocketHandler, JupyterHandler):
+    """Proxies one request (HTTP or websocket) to one app: the shared part."""
+
+    def initialize(self, lab: LabContext, mode: str, app: str | None = None) -> None:  # type: ignore[override]
+        # mode: "strip" (proxy/<port>), "absolute" (proxy/absolute/<port>) or "app"
+        self.lab = lab
+        self.mode = mode
+        self.app: ManagedApp | None = lab.manager.get(app) if app else None
+        self.target: Target | None = None
+        self.prefix = ""  # path prefix the browser sees for this app, no trailing slash
+        self.upstream_path = "/"
+        self.conn: Connection | None = None
+        self._last_touch = 0.0
+        self._client_gone = False
+
+    # ------------------------------------------------------------ auth and errors
+
+    def check_xsrf_cookie(self) -> None:
+        """Cookie-authenticated state changes must come from our own origin.
+
+        Apps have their own CSRF protection and never see Jupyter's ``_xsrf`` token, so
+        the check here is the Origin/Referer one the Jupyter server applies to APIs.
+        """
+        if not hasattr(self, "_jupyter_current_user"):
+            return
+        if self.token_authenticated or self.settings.get("disable_check_xsrf", False):
+            return
+        if not JupyterHandler.check_origin(self):
+            raise ProxyError(403, reason="Cross-origin request refused")
+
+    def check_origin(self, origin: str | None = None) -> bool:  # websocket handshake
+        return JupyterHandler.check_origin(self)
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        # Plain text, fixed messages: nothing from the URL is ever reflected.
+        self.clear_header("Content-Security-Policy")
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        self.set_header("X-Content-Type-Options", "nosniff")
+        # An error raised before the body was read ends the connection: say so, so
+        # clients do not reuse it.
+        self.set_header("Connection", "close")
+        self.finish(f"{status_code} {self._reason}\n")
+
+    def _early_redirect(self, url: str) -> None:
+        # Answered in prepare(), before tornado read the (streamed) body: the
+        # connection ends afterwards, so tell the client not to reuse it.
+        self.set_header("Connection", "close")
+        self.redirect(url)
+
+    def _is_websocket(self) -> bool:
+        return self.request.headers.get("Upgrade", "").lower() == "websocket"
+
+    # ---------------------------------------------------------------- activity
+
+    def _touch(self) -> None:
+        """Count this request as user activity unless the app's spec excludes it."""
+        now = time.monotonic()
+        if now - self._last_touch < ACTIVITY_EVERY:
+            return
+        self._last_touch = now
+        if self.app is not None:
+            spec = self.app.spec
+            ula = spec.update_last_activity
+            if callable(ula):
+                if not ula(self.request):
+                    return
+            elif not ula or any(p.search(self.request.path) for p in spec.exclude_last_activity_patterns):
+                return
+            self.app.touch()
+        self.lab.record_activity()
+
+    # ---------------------------------------------------------------- upstream
+
+    async def _connect(self, reuse: bool) -> Connection:
+        assert self.target is not None
+        try:
+            if reuse:
+                conn, _ = await self.lab.pool.acquire(self.target)
+                return conn
+            return await open_connection(self.target, self.lab.check_owner)
+        except ForeignSocketError:
+            raise ProxyError(403, reason="That port belongs to another user") from None
+        except UpstreamError:
+            raise ProxyError(502, reason="Could not connect to the app") from None
+
+    def _request_head(self, chunked: bool) -> bytes:
+        headers = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        if chunked:
+            headers.append(("Transfer-Encoding", "chunked"))
+        headers += self._forwarded_headers()
+        headers = self._override_headers(headers)
+        return encode_head(self.request.method or "GET", self.upstream_path, headers)
+
+    def _forwarded_headers(self) -> list[tuple[str, str]]:
+        prior = self.request.headers.get("X-Forwarded-For")
+        client = self.request.remote_ip or ""
+        return [
+            ("X-Forwarded-For", f"{prior}, {client}" if prior else client),
+            ("X-Forwarded-Proto", self.request.headers.get("X-Forwarded-Proto", self.request.protocol)),
+            ("X-Forwarded-Host", self.request.headers.get("X-Forwarded-Host", self.request.host)),
+        ]
+
+    def _override_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+        if self.app is None or not self.app.spec.request_headers_override:
+            return headers
+        override = render(self.app.spec.request_headers_override, self.app.template_args())
+        names = {k.lower() for k in override}
+        return [(k, v) for k, v in headers if k.lower() not in names] + [(str(k), str(v)) for k, v in override.items()]

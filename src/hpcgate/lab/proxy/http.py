@@ -1,0 +1,268 @@
+"""HTTP proxying: request bodies streamed to the app, responses streamed back.
+
+Bodies stream both ways: at most a couple of chunks are held per request, a slow
+reader slows the writer (awaited ``flush``/``drain``). Response headers are sent as
+soon as the app sends them (SSE, long polls). Large fixed-length bodies are relayed
+off the event loop (:mod:`.splice`); apps with ``rewrite_response`` get their
+response read whole and passed to the callables (:class:`RewritableResponse`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+from typing import Any
+from urllib.parse import urlsplit
+
+from tornado.httputil import HTTPHeaders
+from tornado.iostream import IOStream, StreamClosedError
+
+from ...appspec import call_with_named_args
+from ..apps.static import NotFound, index_url, static_file
+from ..security import drop_hop_by_hop
+from ..upstream import ChunkedWriter, UpstreamError, UpstreamResponse, read_response_head
+from . import splice
+from .base import ProxyBase
+from .errors import ProxyError
+
+SMALL_BODY = 64 * 1024
+
+
+class RewritableResponse:
+    """What ``rewrite_response`` callables may change: ``code``, ``reason``, ``headers``, ``body``."""
+
+    def __init__(self, resp: UpstreamResponse, body: bytes):
+        self.code = resp.status
+        self.reason = resp.reason
+        self.headers = HTTPHeaders()
+        for k, v in drop_hop_by_hop(resp.headers):
+            self.headers.add(k, v)
+        self.body = body
+        self.orig_response = resp
+
+
+class HTTPProxy(ProxyBase):
+    """The HTTP side of :class:`~hpcgate.lab.proxy.handler.ProxyHandler`."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        super().initialize(*args, **kwargs)
+        self.body_writer: ChunkedWriter | None = None  # the upload towards the app, if any
+
+    # ---------------------------------------------------------------- request body
+
+    def _has_body(self) -> bool:
+        h = self.request.headers
+        if "chunked" in h.get("Transfer-Encoding", "").lower():
+            return True
+        return int(h.get("Content-Length", "0") or 0) > 0
+
+    async def _open_upload(self) -> None:
+        """Open the app connection and send the head now, so data_received can stream into it."""
+        self.conn = await self._connect(reuse=False)
+        chunked = self.request.headers.get("Content-Length") is None
+        head = self._request_head(chunked)
+        self.conn.writer.write(head)
+        self.body_writer = ChunkedWriter(self.conn, chunked)
+
+    async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
+        # Awaited by tornado before it reads more of the upload: backpressure.
+        if self.body_writer is not None:
+            await self.body_writer.write(chunk)
+
+    # ---------------------------------------------------------------- static files
+
+    def _static(self) -> bool:
+        return self.app is not None and bool(self.app.spec.static_files) and not self._is_websocket()
+
+    def _serve_static(self) -> None:
+        """Answer from the spec's ``static_files`` (websockets still reach the app)."""
+        assert self.app is not None
+        static = self.app.spec.static_files
+        if self.request.method not in ("GET", "HEAD"):
+            raise ProxyError(405, reason="Method not allowed")
+        rest = self.request.path[len(self.prefix) :]
+        if rest in ("", "/") and static.get("index"):
+            self.redirect(index_url(self.prefix, static["index"]))
+            return
+        try:
+            body, ctype = static_file(static["dir"], rest or "/")
+        except NotFound:
+            raise ProxyError(404, reason="Not found") from None
+        self.set_header("Content-Type", ctype)
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.finish(body if self.request.method == "GET" else b"")
+
+    # ---------------------------------------------------------------- exchange
+
+    async def _exchange(self) -> UpstreamResponse:
+        """Send the request (if not yet sent) and read the response head."""
+        if self.body_writer is not None:
+            assert self.conn is not None
+            await self.body_writer.end()
+            try:
+                return await read_response_head(self.conn, self.request.method or "GET")
+            except UpstreamError:
+                self.conn.close()
+                raise ProxyError(502, reason="The app did not answer") from None
+        head = self._request_head(chunked=False)
+        for attempt in (0, 1):
+            # A pooled keep-alive connection may have been closed by the app meanwhile:
+            # a request without body is safe to send again on a fresh connection.
+            conn = await self._connect(reuse=attempt == 0)
+            self.conn = conn
+            try:
+                conn.writer.write(head)
+                return await read_response_head(conn, self.request.method or "GET")
+            except (UpstreamError, ConnectionError):
+                conn.close()
+        raise ProxyError(502, reason="The app did not answer")
+
+    async def _proxy_http(self) -> None:
+        resp = await self._exchange()
+        conn = resp.conn
+        try:
+            if self.app is not None and self.app.spec.rewrite_response:
+                await self._send_rewritten(resp)
+            else:
+                await self._send_streaming(resp)
+        except (StreamClosedError, UpstreamError, asyncio.CancelledError):
+            conn.close()
+            if not self._finished and not self._client_gone:
+                # Headers may be out already: the only honest signal left is a cut connection.
+                with contextlib.suppress(Exception):
+                    self.request.connection.close()  # type: ignore[union-attr]
+            return
+        if resp.complete and resp.keep_alive and (self.body_writer is None or not self.body_writer.failed):
+            self.lab.pool.release(conn)
+        else:
+            conn.close()
+
+    # ---------------------------------------------------------------- response head
+
+    def _apply_headers(self, resp: UpstreamResponse) -> None:
+        self.set_status(resp.status, resp.reason or None)
+        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
+            self.clear_header(name)
+        rewrite = self.mode == "strip" or (self.app is not None and not self.app.spec.absolute_url)
+        for name, value in drop_hop_by_hop(resp.headers):
+            lower = name.lower()
+            if lower == "content-length" and resp.framing not in ("length", "none"):
+                continue
+            if rewrite and lower == "location":
+                value = self._rewrite_location(value)
+            elif rewrite and lower == "set-cookie":
+                value = self._rewrite_cookie_path(value)
+            self.add_header(name, value)
+
+    def _rewrite_location(self, value: str) -> str:
+        if value.startswith("/") and not value.startswith("//"):
+            return self.prefix + value
+        parts = urlsplit(value)
+        if parts.scheme in ("http", "https") and self.target is not None and not self.target.unix_socket:
+            if parts.hostname in (self.target.host, "localhost", "127.0.0.1", "::1") and parts.port == self.target.port:
+                return self.prefix + (parts.path or "/") + ("?" + parts.query if parts.query else "") + ("#" + parts.fragment if parts.fragment else "")
+        return value
+
+    _COOKIE_PATH = re.compile(r"(;\s*path=)(/[^;]*)", re.IGNORECASE)
+
+    def _rewrite_cookie_path(self, value: str) -> str:
+        return self._COOKIE_PATH.sub(lambda m: m.group(1) + self.prefix + m.group(2), value)
+
+    # ---------------------------------------------------------------- response body
+
+    async def _send_streaming(self, resp: UpstreamResponse) -> None:
+        self._apply_headers(resp)
+        if resp.framing == "none":
+            await self.finish()
+            resp.complete = True
+            return
+        if resp.framing == "length" and (resp.length or 0) <= SMALL_BODY:
+            # Small, fixed-size body: one write with the headers.
+            async for data in resp.chunks(SMALL_BODY):
+                self.write(data)
+            await self.finish()
+            return
+        await self.flush()  # headers now, before the body ends (SSE, long polls)
+        if resp.framing == "length" and (resp.length or 0) >= self.lab.splice_min_size and await self._try_splice(resp):
+            return
+        pending: asyncio.Future[None] | None = None
+        async for data in resp.chunks(self.lab.chunk_size):
+            self.write(data)
+            if pending is not None:
+                await pending  # at most two chunks in flight towards the browser
+            pending = self.flush()
+            self._touch()
+        if pending is not None:
+            await pending
+        await self.finish()
+
+    async def _try_splice(self, resp: UpstreamResponse) -> bool:
+        """Relay the rest of a fixed-length body in a worker thread; False if not possible here.
+
+        Relies on tornado internals (the connection's ``stream`` and its count of
+        outstanding Content-Length bytes); if those are not as expected, falls back.
+        """
+        http_conn = self.request.connection
+        stream = getattr(http_conn, "stream", None)
+        if (
+            not splice.AVAILABLE
+            or not hasattr(http_conn, "_expected_content_remaining")
+            or type(stream) is not IOStream
+            or stream.writing()
+        ):
+            return False
+        reader = resp.conn.reader
+        transport = resp.conn.writer.transport
+        remaining = resp.length or 0
+        # Bytes the event loop already read from the app go first, the ordinary way.
+        buffered = len(reader._buffer)  # noqa: SLF001
+        if buffered:
+            data = await reader.read(min(buffered, remaining))
+            self.write(data)
+            await self.flush()
+            remaining -= len(data)
+        transport.pause_reading()
+        cancelled = threading.Event()
+        try:
+            await asyncio.get_running_loop().run_in_executor(
+                None, splice.relay, resp.conn.sock.fileno(), stream.socket.fileno(), remaining, cancelled
+            )
+        except splice.SpliceError as exc:
+            raise UpstreamError(str(exc)) from None
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+        finally:
+            transport.resume_reading()
+        http_conn._expected_content_remaining = 0  # noqa: SLF001 -- we wrote them past tornado
+        resp.complete = True
+        self._touch()
+        await self.finish()
+        return True
+
+    async def _send_rewritten(self, resp: UpstreamResponse) -> None:
+        assert self.app is not None and self.target is not None
+        body = await resp.read_all(self.lab.rewrite_body_limit)
+        rewritable = RewritableResponse(resp, body)
+        args = {
+            "response": rewritable,
+            "request": self.request,
+            "orig_response": resp,
+            "host": self.target.host if not self.target.unix_socket else "localhost",
+            "port": self.target.port,
+            "path": self.upstream_path,
+        }
+        for func in self.app.spec.rewrite_response:
+            call_with_named_args(func, args)
+        self.set_status(rewritable.code, rewritable.reason or None)
+        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
+            self.clear_header(name)
+        for name, value in rewritable.headers.get_all():
+            if name.lower() in ("content-length",) or name.lower() in ("transfer-encoding", "connection", "keep-alive"):
+                continue
+            self.add_header(name, value)
+        if rewritable.body and rewritable.code not in (204, 304):
+            self.write(rewritable.body)
+        await self.finish()
