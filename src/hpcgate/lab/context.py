@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server._tz import utcnow
 
 from .apps.manager import AppManager, AppState, ManagedApp
-from .security import HostAllowlist
+from .security import HostAllowlist, strip_token_query
 from .upstream import ConnectionPool, ForeignSocketError
 
 if TYPE_CHECKING:
@@ -19,12 +20,23 @@ if TYPE_CHECKING:
 class LabContext:
     """What the handlers share: options, the app manager and the connection pool."""
 
-    def __init__(self, ext: HPCGateLab, manager: AppManager, settings: dict[str, Any]):
+    def __init__(
+        self,
+        ext: HPCGateLab,
+        manager: AppManager,
+        settings: dict[str, Any],
+        host_allowlist: list[str] | Callable[..., bool] | None = None,
+        non_service_rewrite_response: list[Callable[..., Any]] | None = None,
+    ):
+        """``host_allowlist`` (``c.ServerProxy``'s) replaces the extension's when given;
+        ``non_service_rewrite_response`` rewrites responses of ``proxy/...`` routes."""
         self.settings = settings
         self.base_url: str = settings.get("base_url", "/")
         self.manager = manager
         self.pool = ConnectionPool(check_owner=ext.check_socket_owner, max_idle=ext.pool_max_idle)
-        self.allowlist = HostAllowlist(ext.host_allowlist)
+        self.allowlist = HostAllowlist(ext.host_allowlist if host_allowlist is None else host_allowlist)
+        self.non_service_rewrite_response = list(non_service_rewrite_response or [])
+        self.forward_token_query = ext.forward_token_query
         patterns = list(ext.scrub_cookie_patterns)
         if settings.get("cookie_name"):
             patterns.append(re.escape(settings["cookie_name"]))
@@ -47,6 +59,10 @@ class LabContext:
                 lo, _, hi = str(entry).partition("-")
                 ranges.append((int(lo), int(hi or lo)))
         return ranges
+
+    def app_query(self, raw_query: str) -> str:
+        """The query string sent to an app: without ``token`` unless ``forward_token_query``."""
+        return raw_query if self.forward_token_query else strip_token_query(raw_query)
 
     def port_allowed(self, port: int, host: str) -> bool:
         return not self.allowed_ports or any(lo <= port <= hi for lo, hi in self.allowed_ports)

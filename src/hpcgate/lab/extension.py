@@ -25,6 +25,8 @@ from .apps.recipes.generic import command_app, load_apps_file
 from .context import LabContext
 from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
+from .serverproxy.api import serverproxy_api_handlers
+from .serverproxy.config import ServerProxy
 
 MiB = 1024 * 1024
 
@@ -187,6 +189,22 @@ class HPCGateLab(ExtensionApp):
         help="Load app specs from the ``hpcgate_apps`` entry point group.",
     ).tag(config=True)
 
+    forward_token_query = Bool(
+        False,
+        help="""Pass a ``token`` query parameter on to apps. Off (the default), the
+        Jupyter server's token is removed from every proxied query string, so no app
+        ever learns it. On only to compare with jupyter-server-proxy, which forwards
+        it: any app could then act as the user on this server.""",
+    ).tag(config=True)
+
+    serverproxy_launcher = Bool(
+        False,
+        help="""List the apps as launcher entries at ``<base>/server-proxy/servers-info``,
+        the endpoint jupyter-server-proxy's JupyterLab extension reads. Off by default:
+        hpcgate's own extension shows the apps, and the other one's tiles would repeat
+        them; that extension still finds the endpoint (and the icons) either way.""",
+    ).tag(config=True)
+
     load_serverproxy_entry_points = Bool(
         True,
         help="""Load app specs from jupyter-server-proxy's ``jupyter_serverproxy_servers``
@@ -250,9 +268,10 @@ class HPCGateLab(ExtensionApp):
             tune_malloc(self.malloc_mmap_threshold)
         settings = serverapp.web_app.settings
         cfg = serverapp.config
+        serverproxy = ServerProxy(parent=serverapp)
         servers: dict[str, Any] = {}
-        if self.load_serverproxy_entry_points and "ServerProxy" in cfg and "servers" in cfg["ServerProxy"]:
-            servers = dict(cfg["ServerProxy"]["servers"])
+        if self.load_serverproxy_entry_points:
+            servers = dict(serverproxy.servers)
         if serverapp.jpserver_extensions.get("jupyter_server_proxy"):
             self.log.warning(
                 "hpcgate.lab: jupyter_server_proxy is enabled too; hpcgate serves /proxy/ and named apps. "
@@ -281,10 +300,16 @@ class HPCGateLab(ExtensionApp):
             cwd=getattr(serverapp, "root_dir", None) or None,
             setup=list(self.app_setup),
         )
-        self.lab = LabContext(self, manager, settings)
+        own_allowlist = "host_allowlist" in cfg.get("HPCGateLab", {})
+        self.lab = LabContext(
+            self, manager, settings,
+            host_allowlist=None if own_allowlist or not serverproxy.allowlist_configured() else serverproxy.host_allowlist,
+            non_service_rewrite_response=serverproxy.rewriters(),
+        )
         settings["hpcgate_lab"] = self.lab
         atexit.register(manager.kill_all_now)
         self.handlers.extend(api_handlers(self.lab))
+        self.handlers.extend(serverproxy_api_handlers(self.lab, self.serverproxy_launcher))
         self.handlers.extend(proxy_handlers(self.lab))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
 

@@ -8,8 +8,10 @@ head with its forwarded and overridden headers).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from jupyter_server.base.handlers import JupyterHandler
 from tornado.websocket import WebSocketHandler
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from ..context import LabContext
 
 ACTIVITY_EVERY = 1.0  # seconds between activity updates during one long stream
+#: Headers telling an app its mount point: set by the proxy only, never passed from the browser.
+CONTEXT_HEADERS = frozenset({"x-forwarded-context", "x-proxycontextpath", "x-forwarded-prefix"})
 
 
 class ProxyBase(WebSocketHandler, JupyterHandler):
@@ -75,6 +79,26 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self.set_header("Connection", "close")
         self.redirect(url)
 
+    async def _authenticate(self) -> bool:
+        """The Jupyter server's authentication; False if the request was answered here.
+
+        Every request and every websocket upgrade needs it: a page load without it is
+        redirected to the login page, anything else refused with 403.
+        """
+        await JupyterHandler.prepare(self)
+        if self._finished:
+            return False
+        if self.current_user is None:
+            if self.request.method in ("GET", "HEAD") and not self._is_websocket():
+                url = self.get_login_url()
+                sep = "&" if "?" in url else "?"
+                self._early_redirect(url + sep + "next=" + quote(self.request.uri or "/", safe=""))
+                return False
+            raise ProxyError(403)  # "Forbidden", as the Jupyter server and jupyter-server-proxy answer
+        with contextlib.suppress(AttributeError):
+            self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
+        return True
+
     def _is_websocket(self) -> bool:
         return self.request.headers.get("Upgrade", "").lower() == "websocket"
 
@@ -90,9 +114,10 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
             spec = self.app.spec
             ula = spec.update_last_activity
             if callable(ula):
-                if not ula(self.request):
+                # jupyter-server-proxy passes the request handler (``request.get_argument``...)
+                if not ula(self):
                     return
-            elif not ula or any(p.search(self.request.path) for p in spec.exclude_last_activity_patterns):
+            elif not ula or any(p.match(self.request.path) for p in spec.exclude_last_activity_patterns):
                 return
             self.app.touch()
         self.lab.record_activity()
@@ -112,21 +137,40 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
             raise ProxyError(502, reason="Could not connect to the app") from None
 
     def _request_head(self, chunked: bool) -> bytes:
-        headers = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        headers = self._scrubbed_headers()
         if chunked:
             headers.append(("Transfer-Encoding", "chunked"))
         headers += self._forwarded_headers()
         headers = self._override_headers(headers)
         return encode_head(self.request.method or "GET", self.upstream_path, headers)
 
+    def _scrubbed_headers(self) -> list[tuple[str, str]]:
+        """The browser's headers without credentials, hop-by-hop headers or a claimed context path."""
+        headers = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        return [(k, v) for k, v in headers if k.lower() not in CONTEXT_HEADERS]
+
     def _forwarded_headers(self) -> list[tuple[str, str]]:
+        """X-Forwarded-For/-Proto/-Host, and where the app is mounted unless it sees full paths.
+
+        The path prefix goes as ``X-Forwarded-Prefix`` (werkzeug, Spring...),
+        ``X-Forwarded-Context`` and ``X-ProxyContextPath``, as jupyter-server-proxy sends it.
+        """
         prior = self.request.headers.get("X-Forwarded-For")
         client = self.request.remote_ip or ""
-        return [
+        headers = [
             ("X-Forwarded-For", f"{prior}, {client}" if prior else client),
             ("X-Forwarded-Proto", self.request.headers.get("X-Forwarded-Proto", self.request.protocol)),
             ("X-Forwarded-Host", self.request.headers.get("X-Forwarded-Host", self.request.host)),
         ]
+        if self.prefix and self._strips_prefix():
+            headers += [("X-Forwarded-Context", self.prefix), ("X-Proxycontextpath", self.prefix), ("X-Forwarded-Prefix", self.prefix)]
+        return headers
+
+    def _strips_prefix(self) -> bool:
+        """Whether the app sees paths without its prefix (``proxy/<port>``, apps without ``absolute_url``)."""
+        if self.app is not None:
+            return not self.app.spec.absolute_url
+        return self.mode != "absolute"
 
     def _override_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
         if self.app is None or not self.app.spec.request_headers_override:

@@ -8,11 +8,8 @@ method dispatch.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
-from urllib.parse import quote
 
-from jupyter_server.base.handlers import JupyterHandler
 from tornado import web
 
 from ..apps.manager import AppStartError
@@ -27,19 +24,8 @@ class ProxyHandler(WebSocketProxy, HTTPProxy):
     """Proxies one request (HTTP or websocket) to one app. See :mod:`hpcgate.lab.proxy`."""
 
     async def prepare(self) -> None:  # type: ignore[override]
-        await JupyterHandler.prepare(self)
-        if self._finished:
+        if not await self._authenticate():
             return
-        if self.current_user is None:
-            # Every request and every websocket upgrade needs the server's authentication.
-            if self.request.method in ("GET", "HEAD") and not self._is_websocket():
-                url = self.get_login_url()
-                sep = "&" if "?" in url else "?"
-                self._early_redirect(url + sep + "next=" + quote(self.request.uri or "/", safe=""))
-                return
-            raise ProxyError(403, reason="Authentication required")
-        with contextlib.suppress(AttributeError):
-            self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
         route = resolve_route(self.lab, self.mode, self.app, self.request, self, self._is_websocket())
         self.prefix, self.upstream_path, self.target = route.prefix, route.upstream_path, route.target
         if route.redirect:

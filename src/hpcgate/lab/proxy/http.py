@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
+import io
 import re
 import threading
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from tornado.httputil import HTTPHeaders
+from tornado.httpclient import HTTPRequest, HTTPResponse
+from tornado.httputil import HTTPHeaders, responses
 from tornado.iostream import IOStream, StreamClosedError
 
 from ...appspec import call_with_named_args
@@ -31,16 +35,46 @@ SMALL_BODY = 64 * 1024
 
 
 class RewritableResponse:
-    """What ``rewrite_response`` callables may change: ``code``, ``reason``, ``headers``, ``body``."""
+    """A response as ``rewrite_response`` callables see it (jupyter-server-proxy's contract).
 
-    def __init__(self, resp: UpstreamResponse, body: bytes):
-        self.code = resp.status
-        self.reason = resp.reason
-        self.headers = HTTPHeaders()
+    ``code``, ``reason``, ``headers`` (:class:`~tornado.httputil.HTTPHeaders`) and
+    ``body`` (bytes) may be changed; changing ``code`` while ``reason`` is still the
+    standard phrase of the old code sets the new code's phrase (403 -> "Forbidden").
+    ``orig_response`` is the app's response as a :class:`tornado.httpclient.HTTPResponse`.
+    Each callable gets a copy of the previous one's result (:meth:`apply_to_copy`).
+    """
+
+    def __init__(self, orig_response: HTTPResponse):
+        self.orig_response = orig_response
+        self._code = orig_response.code
+        self.reason: str | None = orig_response.reason
+        self.headers = copy.copy(orig_response.headers)
+        self.body: bytes = orig_response.body
+
+    @property
+    def code(self) -> int:
+        return self._code
+
+    @code.setter
+    def code(self, value: int) -> None:
+        if self.reason == responses.get(self._code, "Unknown"):
+            self.reason = responses.get(value, "Unknown")
+        self._code = value
+
+    def apply_to_copy(self, func: Callable[[RewritableResponse], Any]) -> RewritableResponse:
+        """``func`` applied to a copy of this response (headers copied too); the copy."""
+        new = copy.copy(self)
+        new.headers = copy.copy(self.headers)
+        func(new)
+        return new
+
+    @classmethod
+    def from_upstream(cls, resp: UpstreamResponse, body: bytes, url: str) -> RewritableResponse:
+        headers = HTTPHeaders()
         for k, v in drop_hop_by_hop(resp.headers):
-            self.headers.add(k, v)
-        self.body = body
-        self.orig_response = resp
+            headers.add(k, v)
+        orig = HTTPResponse(HTTPRequest(url), resp.status, headers=headers, buffer=io.BytesIO(body), reason=resp.reason or None)
+        return cls(orig)
 
 
 class HTTPProxy(ProxyBase):
@@ -123,7 +157,7 @@ class HTTPProxy(ProxyBase):
         resp = await self._exchange()
         conn = resp.conn
         try:
-            if self.app is not None and self.app.spec.rewrite_response:
+            if self._rewriters():
                 await self._send_rewritten(resp)
             else:
                 await self._send_streaming(resp)
@@ -145,7 +179,7 @@ class HTTPProxy(ProxyBase):
         self.set_status(resp.status, resp.reason or None)
         for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
             self.clear_header(name)
-        rewrite = self.mode == "strip" or (self.app is not None and not self.app.spec.absolute_url)
+        rewrite = self._strips_prefix()
         for name, value in drop_hop_by_hop(resp.headers):
             lower = name.lower()
             if lower == "content-length" and resp.framing not in ("length", "none"):
@@ -242,27 +276,49 @@ class HTTPProxy(ProxyBase):
         await self.finish()
         return True
 
+    def _rewriters(self) -> list[Callable[..., Any]]:
+        """The app's ``rewrite_response`` callables, or for ``proxy/...`` the
+        ``non_service_rewrite_response`` ones."""
+        if self.app is not None:
+            return self.app.spec.rewrite_response
+        return self.lab.non_service_rewrite_response
+
     async def _send_rewritten(self, resp: UpstreamResponse) -> None:
-        assert self.app is not None and self.target is not None
+        """Read the whole response, pass it through the rewriters, send the result.
+
+        As jupyter-server-proxy does: each callable gets the arguments it names of
+        ``response`` (a copy of the previous result), ``orig_response`` (the app's
+        response, unchanged), ``request``, ``host``, ``port`` and ``path`` (the path
+        sent to the app, without query).
+        """
+        assert self.target is not None
         body = await resp.read_all(self.lab.rewrite_body_limit)
-        rewritable = RewritableResponse(resp, body)
+        path, _, _ = self.upstream_path.partition("?")
+        original = RewritableResponse.from_upstream(resp, body, "http://localhost" + self.upstream_path)
+        named = self.app is not None or self.target.unix_socket
         args = {
-            "response": rewritable,
+            "orig_response": original,
             "request": self.request,
-            "orig_response": resp,
-            "host": self.target.host if not self.target.unix_socket else "localhost",
+            "host": "localhost" if named else self.target.host,
             "port": self.target.port,
-            "path": self.upstream_path,
+            "path": path,
         }
-        for func in self.app.spec.rewrite_response:
-            call_with_named_args(func, args)
-        self.set_status(rewritable.code, rewritable.reason or None)
+        rewritten = original
+        for func in self._rewriters():
+            rewritten = rewritten.apply_to_copy(lambda r, func=func: call_with_named_args(func, {"response": r, **args}))
+        self.set_status(rewritten.code, rewritten.reason or None)
         for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
             self.clear_header(name)
-        for name, value in rewritable.headers.get_all():
-            if name.lower() in ("content-length",) or name.lower() in ("transfer-encoding", "connection", "keep-alive"):
+        rewrite_location = self._strips_prefix()
+        for name, value in rewritten.headers.get_all():
+            lower = name.lower()
+            if lower in ("content-length", "transfer-encoding", "connection", "keep-alive"):
                 continue
+            if rewrite_location and lower == "location":
+                value = self._rewrite_location(value)
+            elif rewrite_location and lower == "set-cookie":
+                value = self._rewrite_cookie_path(value)
             self.add_header(name, value)
-        if rewritable.body and rewritable.code not in (204, 304):
-            self.write(rewritable.body)
+        if rewritten.body and rewritten.code not in (204, 304):
+            self.write(rewritten.body)
         await self.finish()

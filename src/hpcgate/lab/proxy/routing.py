@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ..security import HostNotAllowed, parse_host, strip_token_query
+from ..security import HostNotAllowed, parse_host
 from ..upstream import Target
 from .errors import ProxyError
 
@@ -49,8 +49,11 @@ def resolve_route(
     ``mode`` is ``"strip"`` (``proxy/<port>``), ``"absolute"`` (``proxy/absolute/<port>``)
     or ``"app"``; ``handler`` is passed to a callable host allowlist.
     """
-    raw_path = request.path  # still percent-encoded, as the client sent it
-    query = strip_token_query(request.query)
+    # Still percent-encoded, as the client sent it. A fragment is the browser's own:
+    # whatever follows a raw '#' (query included) never reaches the app.
+    uri = (request.uri or "/").partition("#")[0]
+    raw_path, _, raw_query = uri.partition("?")
+    query = lab.app_query(raw_query)
     base = lab.base_url
     target = None
     if mode == "app":
@@ -65,7 +68,7 @@ def resolve_route(
         target = parse_hostport(lab, hostport, handler)
     if not rest:
         if request.method in ("GET", "HEAD") and not websocket:
-            return Route(prefix, target=target, redirect=prefix + "/" + ("?" + request.query if request.query else ""))
+            return Route(prefix, target=target, redirect=prefix + "/" + ("?" + raw_query if raw_query else ""))
         rest = "/"
     path = raw_path if mode == "absolute" or (app is not None and app.spec.absolute_url) else rest
     if app is not None:
@@ -81,12 +84,13 @@ def parse_hostport(lab: LabContext, hostport: str, handler: Any) -> Target:
         host, port_text = "localhost", hostport
     else:
         host_raw, sep, port_text = hostport.rpartition(":")
-        if not sep or not port_text.isdigit():
-            raise ProxyError(400, reason="Bad proxy address")
+        if not sep or not port_text.isdigit() or "@" in hostport:
+            # Not a proxy address at all (jupyter-server-proxy's routes do not match it either).
+            raise ProxyError(404, reason="Not Found")
         try:
             host = parse_host(host_raw)
         except HostNotAllowed:
-            raise ProxyError(400, reason="Bad host") from None
+            raise ProxyError(403, reason="Host not allowed") from None
         if not lab.allowlist.allows(host, handler):
             raise ProxyError(403, reason="Host not allowed")
     port = int(port_text)

@@ -15,7 +15,6 @@ from typing import Any
 from tornado.iostream import StreamClosedError
 from tornado.websocket import WebSocketClosedError, WebSocketHandler, WebSocketProtocol13
 
-from ..security import scrub_request_headers
 from ..upstream import Connection, UpstreamError, UpstreamResponse, encode_head, read_response_head
 from .base import ProxyBase
 from .errors import ProxyError
@@ -97,7 +96,7 @@ class WebSocketProxy(ProxyBase):
         The browser's Sec-WebSocket-Key/-Version/-Protocol/-Extensions go as they are,
         so the app's answer is valid for the browser unchanged.
         """
-        scrubbed = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
+        scrubbed = self._scrubbed_headers()
         headers = [("Host", self.request.host), ("Upgrade", "websocket"), ("Connection", "Upgrade")]
         headers += [(k, v) for k, v in scrubbed if k.lower() != "host"]
         headers = self._override_headers(headers + self._forwarded_headers())
