@@ -206,7 +206,12 @@ def test_jupyter_server_proxy_plugins_served_by_hpcgate(lab_apps):
     jupyter_server_proxy's own server extension disabled."""
     status = lab_apps.s.get(lab_apps.url("api/status")).json()
     assert status  # server up
-    assert lab_apps.s.get(lab_apps.url("server-proxy/servers-info")).status_code == 404  # jsp's API is off
+    # jsp's own extension is off: its endpoint is hpcgate's, which lists the apps with
+    # launcher entries disabled (hpcgate's extension shows them), jsp's would enable them
+    info = lab_apps.s.get(lab_apps.url("server-proxy/servers-info"))
+    assert info.status_code == 200
+    listed = {p["name"]: p for p in info.json()["server_processes"]}
+    assert "tensorboard" in listed and not any(p["launcher_entry"]["enabled"] for p in listed.values())
     write_scalars(lab_apps.home / "logs", "acc", [0.1, 0.9])
     r = lab_apps.s.get(lab_apps.url("tensorboard/data/runs"), timeout=120)
     assert r.status_code == 200 and "." in r.json()
