@@ -214,3 +214,51 @@ def test_unreachable_port_is_502(lab):
 
     r = lab.s.get(lab.url(f"proxy/{free_port()}/"))
     assert r.status_code == 502
+
+
+def _headers(r: requests.Response) -> dict[str, str]:
+    return {k.lower(): v for k, v in r.json()["headers"]}
+
+
+def test_apps_learn_their_mount_point_and_the_browser_cannot_claim_one(lab, upstream):
+    """X-Forwarded-Prefix/-Context and X-Proxycontextpath (jupyter-server-proxy's names),
+    set by the proxy only: the browser's own copies are dropped, and an app that sees
+    full paths gets none."""
+    claimed = {"X-Forwarded-Prefix": "/evil", "X-Forwarded-Context": "/evil", "X-ProxyContextPath": "/evil"}
+    for path, prefix in ((f"proxy/{upstream}/a", f"/user/alice/proxy/{upstream}"), ("echoapp/a", "/user/alice/echoapp")):
+        got = _headers(lab.s.get(lab.url(path), headers=claimed))
+        for name in ("x-forwarded-prefix", "x-forwarded-context", "x-proxycontextpath"):
+            assert got[name] == prefix, (path, name, got)
+    for path in (f"proxy/absolute/{upstream}/a", "absapp/a"):
+        got = _headers(lab.s.get(lab.url(path), headers=claimed))
+        assert not {"x-forwarded-prefix", "x-forwarded-context", "x-proxycontextpath"} & set(got), (path, got)
+
+
+def test_a_raw_fragment_never_reaches_the_app(lab, upstream):
+    """What follows a raw '#' is the browser's (query included); an encoded %23 is path."""
+    with socket.create_connection(("127.0.0.1", lab.port)) as sock:
+        sock.sendall(
+            f"GET /user/alice/proxy/{upstream}/page#frag?x=1 HTTP/1.1\r\nHost: 127.0.0.1:{lab.port}\r\n"
+            f"Authorization: token {lab.token}\r\nConnection: close\r\n\r\n".encode()
+        )
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    assert b" 200 " in data.split(b"\r\n", 1)[0], data[:200]
+    assert b'"uri": "/page"' in data, data[-400:]
+    r = lab.s.get(lab.url(f"proxy/{upstream}/a%23b?x=1"))
+    assert r.json()["uri"] == "/a%23b?x=1"
+
+
+def test_serverproxy_endpoints_for_its_lab_extension(lab):
+    """jupyter-server-proxy's frontend asks /server-proxy/servers-info: every app once,
+    launcher entries off (hpcgate's extension shows them); no commands or callables."""
+    r = lab.s.get(lab.url("server-proxy/servers-info"))
+    assert r.status_code == 200
+    listed = {p["name"]: p for p in r.json()["server_processes"]}
+    assert {"echoapp", "jspcallable", "rawsock"} <= set(listed)
+    assert listed["jspcallable"]["new_browser_tab"] is False
+    assert not any(p["launcher_entry"]["enabled"] for p in listed.values())
+    assert "command" not in r.text and "lambda" not in r.text
+    assert requests.get(lab.url("server-proxy/servers-info"), allow_redirects=False).status_code in (302, 403)
+    assert lab.s.get(lab.url("server-proxy/icon/no-such-app")).status_code == 404

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import socket
 
@@ -116,3 +117,20 @@ def test_tune_malloc_on_glibc():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     glibc = sys.platform.startswith("linux") and os.confstr("CS_GNU_LIBC_VERSION") is not None
     assert out == str(glibc)
+
+
+def test_rewritable_response_follows_jupyter_server_proxys_contract():
+    """Changing code keeps a custom reason but replaces the standard phrase; each
+    callable works on a copy, the original stays as the app sent it."""
+    from tornado.httpclient import HTTPRequest, HTTPResponse
+    from tornado.httputil import HTTPHeaders
+
+    from hpcgate.lab.proxy import RewritableResponse
+
+    orig = HTTPResponse(HTTPRequest("http://localhost/x"), 200, headers=HTTPHeaders({"A": "1"}), buffer=io.BytesIO(b"dog"), reason="OK")
+    first = RewritableResponse(orig)
+    second = first.apply_to_copy(lambda r: (setattr(r, "code", 403), r.headers.add("B", "2"), setattr(r, "body", b"cat")))
+    assert (second.code, second.reason, second.body, second.headers.get("B")) == (403, "Forbidden", b"cat", "2")
+    assert (first.code, first.reason, first.body, "B" in first.headers) == (200, "OK", b"dog", False)
+    custom = first.apply_to_copy(lambda r: (setattr(r, "reason", "I'm a teapot"), setattr(r, "code", 418)))
+    assert (custom.code, custom.reason) == (418, "I'm a teapot")
