@@ -50,12 +50,15 @@ def jsp_sdist() -> Path:
         return found[0]
     cache.mkdir(parents=True, exist_ok=True)
     # --no-binary for this package only: the sdist (with tests/); its build tools may be wheels.
-    subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "jupyter-server-proxy",
          "-d", str(cache), f"jupyter-server-proxy=={JSP_VERSION}"],
-        check=True, capture_output=True, timeout=600,
+        capture_output=True, text=True, timeout=600,
     )
-    return next(cache.glob(f"jupyter_server_proxy-{JSP_VERSION}.tar.gz"))
+    found = sorted(cache.glob(f"jupyter_server_proxy-{JSP_VERSION}.tar.gz"))
+    if proc.returncode or not found:
+        pytest.fail(f"could not download jupyter-server-proxy {JSP_VERSION}'s sdist from PyPI (pip said: {proc.stderr[-2000:]})")
+    return found[0]
 
 
 def extract_tests(sdist: Path, dest: Path) -> Path:
