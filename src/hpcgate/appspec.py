@@ -52,6 +52,12 @@ catalog's ``apps`` (``$HPCGATE_APPS``), ``c.HPCGateLab.apps_file`` and
 ``{base_url}``, plus hpcgate's ``{app_dir}`` (a private directory per app instance
 for its runtime files), ``{app_name}`` (the instance's name, also its URL path) and
 the app's ``parameters``; callables receive only the arguments they name.
+
+As in jupyter-server-proxy: an ``update_last_activity`` callable gets the request
+handler and says whether the request counts as activity; ``exclude_last_activity_patterns``
+match from the start of the request path; ``rewrite_response`` callables get a
+:class:`hpcgate.lab.proxy.http.RewritableResponse` named ``response`` (and, if they
+name them, ``orig_response``, ``request``, ``host``, ``port``, ``path``).
 """
 
 from __future__ import annotations
