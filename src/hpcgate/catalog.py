@@ -608,13 +608,22 @@ def _single(options: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def _no_padding(key: str, value: str) -> None:
+    """Refuse a value with spaces, tabs or line breaks around it: values are taken
+    exactly as sent, never trimmed into something the user did not type."""
+    if value != value.strip():
+        raise LaunchError(
+            f"The {key} {_show(value)} has spaces or line breaks around it; send the value alone."
+        )
+
+
 def _text(options: Mapping[str, Any], key: str) -> str | None:
     value = _single(options, key)
     if value is None or value == "":
         return None
     if not isinstance(value, str):
         raise LaunchError(f"The {key} must be a name, not {_show(value)}.")
-    value = value.strip()
+    _no_padding(key, value)
     if not re.fullmatch(NAME_PATTERN, value):
         raise LaunchError(
             f"The {key} {_show(value)} is not a valid name: use letters, digits, '.', '_' and '-'."
@@ -630,14 +639,13 @@ def _bounded(res: str, raw: Any, limit: Range, partition: str) -> int:
     if isinstance(raw, bool):
         raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
     if isinstance(raw, float):
-        if not raw.is_integer():
+        # 4.0 is not taken for 4: a value is used exactly as sent or refused
+        raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
+    if isinstance(raw, str):
+        _no_padding(res, raw)
+        if not re.fullmatch(r"[0-9]{1,9}", raw):
             raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
         raw = int(raw)
-    if isinstance(raw, str):
-        text = raw.strip()
-        if not re.fullmatch(r"[0-9]{1,9}", text):
-            raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
-        raw = int(text)
     if not isinstance(raw, int):
         raise LaunchError(f"The {res} must be a whole number, not {_show(raw)}.")
     if not limit.min <= raw <= limit.max:
@@ -714,9 +722,16 @@ class CatalogStore:
     built-in default catalog.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None, check_interval: float = 1.0):
+    def __init__(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        check_interval: float = 1.0,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
+    ):
         self.path = Path(path) if path else None
         self.check_interval = check_interval
+        #: where reloads are logged: the hub passes its own logger (timestamp, level)
+        self.log = logger or log
         self.last_error: str | None = None
         # one lock: reload swaps catalog and fingerprint together
         self._lock = threading.Lock()
@@ -751,8 +766,11 @@ class CatalogStore:
                 self._catalog = load_catalog(self.path)
             except CatalogError as exc:
                 self.last_error = str(exc)
-                log.error("Keeping the last good catalog: %s", exc)
+                self.log.error("Keeping the last good catalog: %s", exc)
             else:
                 self.last_error = None
-                log.info("Reloaded catalog %s", self.path)
+                self.log.info(
+                    "Reloaded catalog %s: %d system(s), %d group(s)",
+                    self.path, len(self._catalog.systems), len(self._catalog.model.groups),
+                )
             return self._catalog

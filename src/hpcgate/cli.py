@@ -64,6 +64,7 @@ if settings.get("auth", "demo") != "demo":
 
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
+c.JupyterHub.template_paths = hpcgate.hub.template_paths()
 c.HPCGate.catalog_path = settings["catalog"]
 c.HPCGate.state_dir = str(here)
 

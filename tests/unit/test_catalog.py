@@ -113,7 +113,7 @@ def test_offer_json_shape(catalog):
 
 def test_validate_fills_defaults_and_parses_form_strings(catalog):
     user = UserInfo("u", frozenset({"chemists"}))
-    req = catalog.validate(user, {"system": ["jureca"], "cpus": ["16"], "memory": " 32 "})
+    req = catalog.validate(user, {"system": ["jureca"], "cpus": ["16"], "memory": "32"})
     assert (req.system, req.partition, req.project) == ("jureca", "dc-cpu", "chem")
     assert (req.nodes, req.cpus, req.memory, req.gpus, req.runtime) == (1, 16, 32, 0, 60)
     assert req.as_options()["cpus"] == 16
@@ -137,6 +137,19 @@ def test_validate_fills_defaults_and_parses_form_strings(catalog):
         ({"cpus": 10**100}, "from 1 to 128"),
         ({"cpus": "9" * 50}, "whole number"),
         ({"cpus": 1.5}, "whole number"),
+        ({"cpus": 16.0}, "whole number"),  # taken exactly as sent or refused, never rounded
+        ({"cpus": " 16"}, "spaces or line breaks around it"),
+        ({"memory": "32 "}, "spaces or line breaks around it"),
+        ({"cpus": "16\n"}, "spaces or line breaks around it"),
+        ({"cpus": ["\t16"]}, "spaces or line breaks around it"),
+        ({"partition": " dc-cpu"}, "spaces or line breaks around it"),
+        ({"partition": "dc-cpu\n"}, "spaces or line breaks around it"),
+        ({"project": "chem\r\n"}, "spaces or line breaks around it"),
+        ({"system": "jureca "}, "spaces or line breaks around it"),
+        ({"cpus": "1 6"}, "whole number"),
+        ({"cpus": "+16"}, "whole number"),
+        ({"cpus": "0x10"}, "whole number"),
+        ({"cpus": "16e0"}, "whole number"),
         ({"cpus": True}, "whole number"),
         ({"cpus": None, "memory": [1, 2]}, "exactly one value"),
         ({"cpus": {"$gt": 1}}, "whole number"),
@@ -271,6 +284,34 @@ def test_store_reloads_changes_and_keeps_last_good_on_error(tmp_path: Path, capl
     assert store.get().systems["jureca"].description == "JURECA-DC renamed"
     assert "not valid YAML" in store.last_error
     assert "Keeping the last good catalog" in caplog.text
+
+
+def test_store_logs_reloads_through_the_logger_it_is_given(tmp_path: Path):
+    """The hub hands its own logger (timestamp and level on every line); a good reload
+    is logged too, not only a broken one."""
+    import logging
+
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    hub_log = logging.getLogger("test-hub-log")
+    hub_log.addHandler(Keep())
+    hub_log.setLevel(logging.INFO)
+    path = tmp_path / "catalog.yaml"
+    path.write_text(SITE)
+    store = CatalogStore(path, check_interval=0, logger=hub_log)
+    path.write_text(SITE.replace("JURECA DC", "JURECA-DC renamed"))
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    store.get()
+    path.write_text("systems: [broken")
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 2 * 10**9))
+    store.get()
+    seen = [(r.levelname, r.getMessage()) for r in records]
+    assert seen[0][0] == "INFO" and seen[0][1].startswith(f"Reloaded catalog {path}: 2 system(s)"), seen
+    assert seen[1][0] == "ERROR" and "Keeping the last good catalog" in seen[1][1], seen
 
 
 def test_shipped_json_schema_is_current():

@@ -152,3 +152,24 @@ def test_check_command_prints_groups_and_rejects_broken_files(tmp_path):
     out = subprocess.run([sys.executable, "-m", "hpcgate.cli", "check", str(bad)], capture_output=True, text=True)
     assert out.returncode == 1
     assert f"{bad}: systems.l.partitions" in out.stderr
+
+
+async def test_a_followed_job_that_ends_is_reported_without_anyone_asking():
+    """follow(): the cache queries by itself every interval and calls the follower
+    once with the final status (a job cancelled behind the hub's back)."""
+    backend = ScriptedBackend()
+    cache = StatusCache(backend, interval=0.05)
+    ended: list = []
+    running = {"9": JobStatus(JobState.RUNNING)}
+    gone = JobStatus(JobState.DONE, reason="CANCELLED", exit_code=0)
+    # running twice, then gone from squeue and confirmed gone (DONE with the reason)
+    backend.answers = [running, running, {}, {"9": gone}]
+    cache.follow(JobHandle("9"), ended.append)
+    for _ in range(100):
+        if ended:
+            break
+        await asyncio.sleep(0.02)
+    assert ended == [gone]
+    assert backend.calls == [["9"], ["9"], ["9"], ["9"]]
+    await asyncio.sleep(0.2)  # nobody follows any more: no further queries
+    assert len(backend.calls) == 4 and ended == [gone]

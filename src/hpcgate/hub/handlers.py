@@ -3,6 +3,7 @@
 - ``GET  /hub/api/hpcgate/offer``: what the calling user may launch (catalog offer).
 - ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}``.
   Only that server's own API token is accepted; the spawner never guesses the port.
+  The whole body is checked before any spawner is looked up or told anything.
 
 These must run inside the hub process (they talk to live spawner objects), which is why
 they are extra handlers and not a separate JupyterHub service.
@@ -51,6 +52,9 @@ class ReadyHandler(APIHandler):
             raise web.HTTPError(400, "Body must be JSON.") from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "Body must be a JSON object.")
+        unknown = sorted(set(body) - {"host", "port", "server_name"})
+        if unknown:
+            raise web.HTTPError(400, f"Unknown key {unknown[0][:40]!r}: send only host, port and server_name.")
         host, port, server_name = body.get("host"), body.get("port"), body.get("server_name", "")
         if not isinstance(host, str) or not re.fullmatch(HOST_PATTERN, host):
             raise web.HTTPError(400, "host must be a host name or an IP address.")

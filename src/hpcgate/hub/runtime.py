@@ -76,7 +76,7 @@ class HPCGate(SingletonConfigurable):
     def store(self) -> CatalogStore:
         if self._store is None:
             private_dir(self.state_dir)
-            self._store = CatalogStore(self.catalog_path or None, self.catalog_check_interval)
+            self._store = CatalogStore(self.catalog_path or None, self.catalog_check_interval, logger=self.log)
         return self._store
 
     def catalog(self) -> Catalog:
@@ -102,10 +102,9 @@ class HPCGate(SingletonConfigurable):
                 BackendContext(state_dir=str(Path(self.state_dir)), hub_api_url=self.hub_api_url),
                 **extra,
             )
-            cache = StatusCache(backend, system.status_interval)
+            cache = StatusCache(backend, system.status_interval, logger=self.log)
             if entry is not None:
-                for handle in entry[2].watched():
-                    cache.watch(handle)
+                cache.take_over(entry[2])
             entry = (system, backend, cache)
             self._backends[system_name] = entry
         return entry

@@ -24,7 +24,7 @@ from traitlets import Float, Integer, Unicode, default
 from ..catalog import LaunchError, LaunchRequest, UserInfo
 from ..logs import watch_start
 from .accounts import AccountError
-from .backends.base import JobHandle, JobSpec, JobState, SubmitError
+from .backends.base import JobHandle, JobSpec, JobState, JobStatus, SubmitError
 from .form import render_form
 from .remote import RemoteError
 from .runtime import HPCGate
@@ -127,6 +127,9 @@ class HPCSpawner(Spawner):
         self._start_task: asyncio.Task | None = None
         #: SHA-256 of the server's API token, from the state (after a hub restart)
         self._api_token_sha256 = ""
+        #: why the last server ended without the user stopping it (home page); kept
+        #: across stops, cleared by the next start
+        self.stop_reason = ""
 
     # --- shared objects -------------------------------------------------------------
 
@@ -174,6 +177,8 @@ class HPCSpawner(Spawner):
             state["tunnel"] = dict(self.tunnel)
         if self.last_log:
             state["last_log"] = self.last_log
+        if self.stop_reason:
+            state["stop_reason"] = self.stop_reason
         token_hash = _token_hash(self.api_token) if self.api_token else self._api_token_sha256
         if token_hash and self.job:
             # JupyterHub does not keep the server's token across a restart; its hash lets
@@ -188,10 +193,11 @@ class HPCSpawner(Spawner):
         self.job = JobHandle.from_state(state.get("job"))
         self.tunnel = state.get("tunnel") or None
         self.last_log = state.get("last_log", "")
+        self.stop_reason = state.get("stop_reason", "")
         self._api_token_sha256 = state.get("api_token_sha256", "")
         if self.job and self.system:
             try:
-                self.hpcgate.status_cache(self.system).watch(self.job)
+                self.hpcgate.status_cache(self.system).follow(self.job, self._job_ended)
             except KeyError:
                 self.log.warning("System %s of %s is no longer in the catalog", self.system, self._log_name)
 
@@ -278,6 +284,7 @@ class HPCSpawner(Spawner):
         self._start_task = asyncio.current_task()
         watch_start(self, self._start_task)  # one log line with the user's reason if this start fails
         self.last_log = ""
+        self.stop_reason = ""
         request = self.validated_request()
         gate = self.hpcgate
         backend = gate.backend(request.system)
@@ -334,7 +341,7 @@ class HPCSpawner(Spawner):
         """A job the system accepted: into the state (saved now) and the status cache."""
         self.system, self.job = system, handle
         self._save_state()
-        self.hpcgate.status_cache(system).watch(handle)
+        self.hpcgate.status_cache(system).follow(handle, self._job_ended)
 
     async def _cancel_job(self) -> None:
         """Cancel this server's job during a start that cannot succeed."""
@@ -449,31 +456,71 @@ class HPCSpawner(Spawner):
             return None
         status = await cache.get(self.job)
         if status.state is JobState.DONE:
+            if not self.stop_reason:
+                self.stop_reason = self._ended_sentence(status)
             await self._close_tunnel()
             return status.exit_code if status.exit_code is not None else 1
         await self._restore_tunnel()
         return None
 
+    def _ended_sentence(self, status: JobStatus) -> str:
+        """What the home page says about a server whose job ended on its own."""
+        assert self.job is not None
+        where = self.system or "its system"
+        with_code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
+        why = f" ({status.reason})" if status.reason else ""
+        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+        return (
+            f"Your server stopped: job {self.job.job_id} on {where} ended{with_code}{why}, "
+            f"seen at {when}, without a stop from this hub. Start it again when you are ready."
+        )
+
+    def _job_ended(self, status: JobStatus) -> None:
+        """The status cache saw this server's job end (also behind the hub's back).
+
+        During a start, the start reports it itself. Otherwise the reason is kept for
+        the home page and JupyterHub's own stop path runs now (its poll callbacks: the
+        route is removed and the server marked stopped) instead of at its next poll.
+        """
+        if self._starting() or self.job is None:
+            return
+        self.stop_reason = self._ended_sentence(status)
+        self.log.warning("%s: %s", self._log_name, self.stop_reason)
+        # JupyterHub registers its callbacks (user_stopped) once the server runs; with
+        # none registered yet (a hub starting up), its own check polls and stops it
+        if getattr(self, "_callbacks", None):
+            asyncio.ensure_future(self.poll_and_notify())
+
     async def _restore_tunnel(self) -> None:
-        """After a hub restart, re-create the forward on the port JupyterHub routes to."""
+        """After a hub restart, re-create every forward this server needs from its state,
+        before JupyterHub routes it: its own forward on the port JupyterHub routes to,
+        and its system's hub API forward (a lab checks each new token with the hub
+        through it). The TunnelManager logs each forward restored or not."""
         if not self.tunnel or not self.system:
             return
         tunnels = self.hpcgate.tunnels
-        if tunnels.has_forward(self.system, self.tunnel_key):
-            return
         try:
-            await tunnels.restore_forward(
-                self.system,
-                self.hpcgate.system(self.system),
-                self.tunnel_key,
-                self.tunnel["host"],
-                int(self.tunnel["port"]),
-                int(self.tunnel["local_port"]),
-            )
-        except (TunnelError, KeyError, ValueError) as exc:
-            self.log.error("Cannot restore the tunnel of %s: %s", self._log_name, exc)
-        else:
-            self.log.info("Restored the tunnel of %s on 127.0.0.1:%s", self._log_name, self.tunnel["local_port"])
+            system = self.hpcgate.system(self.system)
+        except KeyError as exc:
+            self.log.error("Cannot restore the forwards of %s: %s", self._log_name, exc)
+            return
+        if not tunnels.has_forward(self.system, self.tunnel_key):
+            try:
+                await tunnels.restore_forward(
+                    self.system,
+                    system,
+                    self.tunnel_key,
+                    self.tunnel["host"],
+                    int(self.tunnel["port"]),
+                    int(self.tunnel["local_port"]),
+                )
+            except (TunnelError, KeyError, ValueError):
+                pass  # logged by the manager; the server's URL does not answer
+        if system.hub_api_forward and not tunnels.hub_api_up(self.system):
+            try:
+                await tunnels.restore_hub_api(self.system, system, self.hub.api_url, tunnels.connect_wait)
+            except TunnelError:
+                pass  # logged by the manager; re-requested on every reconnect
 
     async def _close_tunnel(self) -> None:
         if self.tunnel and self.system:
@@ -556,8 +603,12 @@ class HPCSpawner(Spawner):
             self.log.warning("Cannot stop %s: system %s is gone from the catalog", self._log_name, self.system)
             return
         await self._close_tunnel()
+        cache = self.hpcgate.status_cache(self.system)
+        known = cache.known(self.job.job_id)
         try:
-            await backend.cancel(self.job)
+            if known is None or known.state is not JobState.DONE:
+                # a job that already ended (behind the hub's back) needs no cancel
+                await backend.cancel(self.job)
         except RemoteError as exc:
             # keep the job: a later stop (or the culler) tries again
             self.log.error("Cannot stop %s: %s", self._log_name, exc)
@@ -565,7 +616,7 @@ class HPCSpawner(Spawner):
         tail = await backend.log_tail(self.job, self.log_tail_bytes)
         if tail:
             self.last_log = tail
-        self.hpcgate.status_cache(self.system).forget(self.job.job_id)
+        cache.forget(self.job.job_id)
         self.job = None
 
 

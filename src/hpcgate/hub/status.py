@@ -12,6 +12,11 @@ Rules (they are the point of this class):
   :meth:`Backend.confirm_ended` before it is reported DONE.
 - DONE is final: a job reported DONE leaves the batch (later queries do not name it)
   and :meth:`StatusCache.get` keeps answering DONE for it without a query.
+- Jobs someone follows (:meth:`StatusCache.follow`) are queried every interval by the
+  cache itself, not only when a spawner asks: a job that ends behind the hub's back
+  (``scancel`` outside the hub, a node failure, the time limit) is noticed within one
+  interval of the scheduler saying so, and its follower is called once with the final
+  status. Still one query per system per interval, shared by all jobs.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import asyncio
 import logging
 import random
 from collections.abc import Callable
+from typing import Any
 
 from .backends.base import Backend, JobHandle, JobState, JobStatus, StatusUnavailable
 
@@ -35,8 +41,10 @@ class StatusCache:
         query_timeout: float = 30.0,
         max_backoff: float | None = None,
         clock: Callable[[], float] | None = None,
+        logger: logging.Logger | logging.LoggerAdapter | None = None,
     ):
         self.backend = backend
+        self.log = logger or log
         self.interval = interval
         self.query_timeout = query_timeout
         # a scheduler that is back should be noticed within about a minute, whatever
@@ -53,6 +61,9 @@ class StatusCache:
         # One refresh at a time: concurrent callers wait for the same answer
         # instead of each sending their own query.
         self._lock = asyncio.Lock()
+        #: job id -> called once with the job's final status (see follow())
+        self._followers: dict[str, Callable[[JobStatus], Any]] = {}
+        self._follow_task: asyncio.Task[None] | None = None
 
     def watch(self, handle: JobHandle) -> None:
         """Include ``handle`` in every query from now on (a new job: call at submit).
@@ -68,9 +79,81 @@ class StatusCache:
         """The handles included in every query (a new cache for a changed system adopts them)."""
         return list(self._watched.values())
 
+    def take_over(self, old: StatusCache) -> None:
+        """Watch and follow what ``old`` did (a changed system gets a new cache)."""
+        for handle in old.watched():
+            on_end = old._followers.get(handle.job_id)
+            if on_end is not None:
+                self.follow(handle, on_end)
+            else:
+                self.watch(handle)
+        old._followers.clear()
+
     def forget(self, job_id: str) -> None:
         self._watched.pop(job_id, None)
         self._statuses.pop(job_id, None)
+        self._followers.pop(job_id, None)
+
+    def known(self, job_id: str) -> JobStatus | None:
+        """The last answer about ``job_id`` without a query (None if never asked)."""
+        return self._statuses.get(job_id)
+
+    def follow(self, handle: JobHandle, on_end: Callable[[JobStatus], Any]) -> None:
+        """Watch ``handle`` and call ``on_end(status)`` once when it is reported DONE.
+
+        From now on the cache queries every interval by itself while any job is
+        followed (one query for all of them). ``on_end`` runs in the event loop; a
+        coroutine it returns is scheduled. A job already known as DONE is reported at
+        the next turn of the loop. :meth:`forget` (or :meth:`unfollow`) ends it.
+        """
+        self.watch(handle)
+        self._followers[handle.job_id] = on_end
+        known = self._statuses.get(handle.job_id)
+        if known is not None and known.state is JobState.DONE:
+            self._notify_ended(handle.job_id, known)
+            return
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return  # no loop yet: the first get() in the loop starts the follower
+        if self._follow_task is None or self._follow_task.done():
+            self._follow_task = asyncio.ensure_future(self._follow_loop())
+
+    def unfollow(self, job_id: str) -> None:
+        self._followers.pop(job_id, None)
+
+    def _notify_ended(self, job_id: str, status: JobStatus) -> None:
+        on_end = self._followers.pop(job_id, None)
+        if on_end is None:
+            return
+
+        def call() -> None:
+            try:
+                result = on_end(status)
+                if asyncio.iscoroutine(result):
+                    asyncio.ensure_future(result)
+            except Exception:  # a follower's bug must not stop the cache
+                self.log.exception("Follower of job %s on %s failed", job_id, self.backend.name)
+
+        asyncio.get_running_loop().call_soon(call)
+
+    async def _follow_loop(self) -> None:
+        """Refresh every interval (or after the failure backoff) while jobs are followed."""
+        while self._followers:
+            now = self._clock()
+            due = max(
+                (self._refreshed_at + self.interval) if self._refreshed_at is not None else now,
+                self._not_before if self._failures else now,
+            )
+            if due > now:
+                await asyncio.sleep(due - now)
+                continue
+            async with self._lock:
+                if not self._fresh(self.interval) and (self._failures == 0 or self._clock() >= self._not_before):
+                    await self._refresh()
+            if not self._watched:
+                # every follower's job is final (notified) or forgotten
+                await asyncio.sleep(self.interval)
 
     def _fresh(self, max_age: float) -> bool:
         return self._refreshed_at is not None and self._clock() - self._refreshed_at < max_age
@@ -85,6 +168,8 @@ class StatusCache:
         if known is not None and known.state is JobState.DONE:
             return known
         self.watch(handle)
+        if self._followers and (self._follow_task is None or self._follow_task.done()):
+            self._follow_task = asyncio.ensure_future(self._follow_loop())
         max_age = self.interval if max_age is None else max_age
         if handle.job_id not in self._statuses or not self._fresh(max_age):
             async with self._lock:
@@ -101,6 +186,7 @@ class StatusCache:
         await asyncio.sleep(0)
         handles = list(self._watched.values())
         if not handles:
+            self._refreshed_at = self._clock()
             return
         try:
             answer = await self._query(handles)
@@ -112,7 +198,7 @@ class StatusCache:
             self._failures += 1
             delay = min(self.interval * 2**self._failures, self.max_backoff)
             self._not_before = self._clock() + delay * random.uniform(0.8, 1.2)
-            log.warning(
+            self.log.warning(
                 "Status of %d job(s) on %s unknown (%s); next query in %.0f s",
                 len(handles), self.backend.name, exc, delay,
             )
@@ -132,6 +218,7 @@ class StatusCache:
                 if status.state is JobState.DONE:
                     # final: no later query needs to name it (forget() drops the answer)
                     self._watched.pop(h.job_id, None)
+                    self._notify_ended(h.job_id, status)
         self._refreshed_at = self._clock()
 
     async def _query(self, handles: list[JobHandle], confirm: bool = False) -> dict[str, JobStatus]:

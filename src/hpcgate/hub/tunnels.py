@@ -19,7 +19,17 @@ the port in between. A client connecting while the SSH connection is down waits 
 Supervision: keepalive (the catalog's ``ssh.keepalive_interval``) detects a dead peer;
 a lost connection is re-opened with exponential backoff and jitter; the remote forward
 is requested again on the same jump-host port (kept in ``<state_dir>/tunnels.json``, so
-running servers keep their hub API address across hub restarts too).
+running servers keep their hub API address across hub restarts too). While it waits
+out a backoff, the supervisor checks every ``health_check_interval`` seconds whether
+the jump host accepts TCP connections again; as soon as it does, the backoff is reset
+and the connection re-opened. So the time from "sshd listens again" to "every forward
+carries traffic" is bounded by one ``health_check_interval`` plus one SSH handshake
+(and the remote forward request), not by the backoff.
+
+After a hub restart, :meth:`TunnelManager.restore_forward` and
+:meth:`TunnelManager.restore_hub_api` re-create every forward from the spawners' state
+(the spawner calls them from ``poll()``, before JupyterHub routes the server) and log
+each forward restored and each that could not be.
 
 Contract of the public coroutines: they raise :class:`TunnelError` with a sentence that
 names the jump host and the cause; nothing else escapes for a connection problem.
@@ -37,7 +47,7 @@ from typing import Any
 from urllib.parse import urlparse, urlunparse
 
 import asyncssh
-from traitlets import Float, Unicode
+from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import System
@@ -202,6 +212,11 @@ class SystemTunnel:
     def connected(self) -> bool:
         return self.conn is not None and not self.conn.is_closed()
 
+    @property
+    def hub_api_up(self) -> bool:
+        """Whether the hub API remote forward is open on the live connection."""
+        return self._remote_listener is not None and self.connected
+
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
@@ -248,7 +263,10 @@ class SystemTunnel:
                 delay *= random.uniform(0.8, 1.2)
                 self.manager.log.warning("Tunnel of %s: %s; next try in %.1f s", self.name, exc, delay)
                 await self._notify()
-                await asyncio.sleep(delay)
+                if await self._wait_for_host(delay):
+                    # the host answers again: the backoff has done its job
+                    self.manager.log.info("Tunnel of %s: %s answers again; reconnecting now", self.name, self.where)
+                    failures = 0
                 continue
             async with self._lock:
                 if self._closing:
@@ -272,6 +290,32 @@ class SystemTunnel:
                 self.manager.log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
             await self._notify()
 
+    async def _wait_for_host(self, delay: float) -> bool:
+        """Sleep ``delay`` s, waking early (True) once the jump host accepts a TCP
+        connection; checked every ``health_check_interval`` s."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        interval = self.manager.health_check_interval
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            await asyncio.sleep(min(interval, remaining))
+            if self._closing:
+                return False
+            if await self._host_answers(min(interval, 5.0)):
+                return True
+
+    async def _host_answers(self, timeout: float) -> bool:
+        """Whether the jump host's SSH port accepts a TCP connection within ``timeout`` s
+        (it is closed at once; no SSH handshake)."""
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(self.target.host, self.target.port), timeout)
+        except (OSError, TimeoutError):
+            return False
+        writer.close()
+        return True
+
     # --- hub API remote forward -------------------------------------------------------
 
     async def _open_remote_forward(self) -> None:
@@ -280,23 +324,43 @@ class SystemTunnel:
         ssh = self.system.ssh
         assert ssh is not None
         port = self.hub_api_port or ssh.hub_api_port or self.manager.saved_port(self.name)
-        try:
-            listener = await self.conn.forward_remote_port(ssh.hub_api_bind, port, *self.hub_api)
-        except asyncssh.Error as exc:
-            self.last_error = (
-                f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
-            )
-            self.manager.log.error("Tunnel of %s: %s", self.name, self.last_error)
-            return
+        tries = self.manager.remote_forward_retries if port else 1
+        for attempt in range(tries):
+            try:
+                listener = await self.conn.forward_remote_port(ssh.hub_api_bind, port, *self.hub_api)
+            except asyncssh.Error as exc:
+                self.last_error = (
+                    f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
+                )
+                if attempt + 1 < tries and not self.conn.is_closed():
+                    # after a hub crash the jump host may still hold the port for the
+                    # old connection for a moment: running jobs know only this port
+                    await asyncio.sleep(0.5)
+                    continue
+                self.manager.log.error("Tunnel of %s: %s", self.name, self.last_error)
+                return
+            break
         self._remote_listener = listener
         self.hub_api_port = listener.get_port()
         self.manager.save_port(self.name, self.hub_api_port)
+        self.manager.log.info(
+            "Tunnel of %s: hub API forward %s:%s on %s -> %s:%s",
+            self.name, ssh.hub_api_bind or "*", self.hub_api_port, self.where, *self.hub_api,
+        )
 
-    async def hub_api_address(self, hub_api_url: str, timeout: float) -> tuple[str, int]:
-        """(host, port) by which jobs reach the hub API through the jump host."""
+    async def hub_api_address(self, hub_api_url: str, timeout: float, fresh_try: bool = True) -> tuple[str, int]:
+        """(host, port) by which jobs reach the hub API through the jump host.
+
+        ``fresh_try`` as in :meth:`wait_connected`; a restore after a hub restart waits
+        the whole ``timeout`` for a host that is still coming back.
+        """
         parsed = urlparse(hub_api_url)
         dest = (parsed.hostname or "127.0.0.1", parsed.port or (443 if parsed.scheme == "https" else 80))
-        await self.wait_connected(timeout)
+        if self.hub_api is None:
+            # known from now on: every (re)connect requests the forward, also while
+            # this call is still waiting for the connection
+            self.hub_api = dest
+        await self.wait_connected(timeout, fresh_try=fresh_try)
         async with self._lock:
             if self.hub_api != dest:
                 self.hub_api = dest
@@ -447,6 +511,23 @@ class TunnelManager(LoggingConfigurable):
         failed.""",
     ).tag(config=True)
 
+    health_check_interval = Float(
+        1.0,
+        help="""Seconds between checks, while a tunnel waits out its reconnect backoff,
+        whether the jump host accepts TCP connections again (a plain connect to its SSH
+        port, no login). The first check that succeeds resets the backoff and
+        reconnects at once: a host that is back carries traffic again within this
+        interval plus one SSH handshake.""",
+    ).tag(config=True)
+
+    remote_forward_retries = Integer(
+        10,
+        help="""Attempts, 0.5 s apart, to get the hub API forward back on its known
+        jump-host port when the host refuses it (after a hub crash the host may hold
+        the port for the dead connection for a moment). Running jobs know only that
+        port.""",
+    ).tag(config=True)
+
     probe_interval = Float(
         0.5,
         help="""Seconds between attempts to reach a new server through its tunnel while
@@ -511,6 +592,10 @@ class TunnelManager(LoggingConfigurable):
     async def hub_api_url(self, system_name: str, system: System, hub_api_url: str) -> str:
         """``hub_api_url`` rewritten to the jump-host address of the system's hub API forward."""
         host, port = await self.tunnel(system_name, system).hub_api_address(hub_api_url, self.connect_wait)
+        return self._url(hub_api_url, host, port)
+
+    @staticmethod
+    def _url(hub_api_url: str, host: str, port: int) -> str:
         parsed = urlparse(hub_api_url)
         netloc = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         return urlunparse(parsed._replace(netloc=netloc))
@@ -533,13 +618,42 @@ class TunnelManager(LoggingConfigurable):
         """Re-create a forward from spawner state on the SAME local port (hub restart).
 
         Does not wait for the connection: clients wait for it (``reconnect_wait``).
+        Logs the forward restored, or why it could not be (and raises TunnelError).
         """
+        try:
+            tunnel = self.tunnel(system_name, system)
+            port = await tunnel.add_forward(key, dest_host, dest_port, local_port, timeout=0, probe=False)
+        except TunnelError as exc:
+            self.log.error("Cannot restore the forward of %s (%s): %s", key, system_name, exc)
+            raise
+        self.log.info(
+            "Restored the forward of %s: 127.0.0.1:%s -> %s:%s through %s", key, port, dest_host, dest_port, tunnel.where
+        )
+        return port
+
+    async def restore_hub_api(self, system_name: str, system: System, hub_api_url: str, timeout: float) -> str:
+        """Re-open the system's hub API forward after a hub restart, on its saved
+        jump-host port, waiting up to ``timeout`` s for the connection. Idempotent;
+        logs the forward restored, or why it could not be (and raises TunnelError)."""
         tunnel = self.tunnel(system_name, system)
-        return await tunnel.add_forward(key, dest_host, dest_port, local_port, timeout=0, probe=False)
+        if tunnel.hub_api_up:
+            return await self.hub_api_url(system_name, system, hub_api_url)
+        try:
+            host, port = await tunnel.hub_api_address(hub_api_url, timeout, fresh_try=False)
+        except TunnelError as exc:
+            self.log.error("Cannot restore the hub API forward of %s: %s", system_name, exc)
+            raise
+        self.log.info("Restored the hub API forward of %s: jobs reach the hub at %s:%s", system_name, host, port)
+        return self._url(hub_api_url, host, port)
 
     def has_forward(self, system_name: str, key: str) -> bool:
         tunnel = self._tunnels.get(system_name)
         return tunnel is not None and key in tunnel.forwards
+
+    def hub_api_up(self, system_name: str) -> bool:
+        """Whether the system's hub API forward is open (see :meth:`restore_hub_api`)."""
+        tunnel = self._tunnels.get(system_name)
+        return tunnel is not None and tunnel.hub_api_up
 
     def healthy(self, system_name: str, key: str) -> bool:
         tunnel = self._tunnels.get(system_name)

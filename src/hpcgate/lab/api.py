@@ -12,7 +12,10 @@
 Start, restart and new take an optional JSON body ``{"parameters": {...}}`` with
 values for the app's ``parameters`` (e.g. TensorBoard's log directory). Apps whose
 programs are missing are listed with ``available: false`` and ``missing`` (program
-and what to install); starting them answers 503 with that text.
+and what to install); starting them answers 503 with that text. Every request is
+validated whole before anything happens: a bad body or parameter (a directory outside
+the server's work area, one that does not exist) answers 400 and creates, starts or
+stops nothing; an app that cannot start answers 503 with the reason.
 
 All routes need the server's authentication; they do not count as user activity.
 """
@@ -26,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 
-from .apps.manager import AppStartError, ManagedApp
+from .apps.manager import AppRequestError, AppStartError, ManagedApp
 
 if TYPE_CHECKING:
     from .context import LabContext
@@ -51,7 +54,12 @@ class _AppsHandler(APIHandler):
             body = json.loads(self.request.body)
         except ValueError:
             raise web.HTTPError(400, "the body must be JSON") from None
-        params = body.get("parameters") if isinstance(body, dict) else None
+        if not isinstance(body, dict):
+            raise web.HTTPError(400, 'the body must be a JSON object: {"parameters": {...}}')
+        unknown = sorted(set(body) - {"parameters"})
+        if unknown:
+            raise web.HTTPError(400, f"unknown key {unknown[0][:40]!r} in the body; only parameters is taken")
+        params = body.get("parameters")
         if params is not None and not isinstance(params, dict):
             raise web.HTTPError(400, "parameters must be an object")
         return params
@@ -69,6 +77,11 @@ class _AppsHandler(APIHandler):
                 await app.start(params)
             else:
                 await app.restart(params)
+        except AppRequestError as exc:
+            # refused before anything was touched: no file, no process, no state change
+            self.set_status(exc.status)
+            self.finish(json.dumps({"message": str(exc), **app.info()}))
+            return
         except AppStartError as exc:
             self.set_status(503)
             self.finish(json.dumps({"message": str(exc), **app.info()}))

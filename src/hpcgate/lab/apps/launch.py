@@ -5,9 +5,10 @@ Contracts:
 * ``with_setup`` runs admin-provided shell lines (``module load ...``) and then
   ``exec``s the command, which reaches the shell as positional arguments: no part of
   the command (nor any user value in it) is ever parsed by the shell.
-* ``resolve_parameters`` returns only validated strings: directories exist and are
-  given as absolute paths, text has no control characters. Errors are sentences for
-  the user.
+* ``resolve_parameters`` returns only validated strings and changes nothing on disk:
+  directories lie inside the work area and exist (or may be created, which
+  ``create_directories`` does once the start goes ahead), given as absolute paths;
+  text has no control characters. Errors are sentences for the user.
 * ``missing_programs`` answers which ``requires`` programs cannot be found, and whether
   the command's own program can (a command built by a plugin's function is built once
   for that, with placeholder values; a function that raises makes the app unavailable
@@ -57,32 +58,53 @@ def with_setup(argv: list[str], lines: list[str], name: str) -> list[str]:
 
 
 def resolve_parameters(spec: AppSpec, given: dict[str, Any] | None, cwd: str | None) -> dict[str, str]:
-    """The spec's parameters filled from ``given`` (or defaults), validated."""
+    """The spec's parameters filled from ``given`` (or defaults), validated.
+
+    Touches nothing: a directory that does not exist yet (``create: true``) is only
+    checked, :func:`create_directories` makes it once the start goes ahead. Every
+    directory must lie inside the work area ``cwd`` (the server's root directory),
+    after ``~``, ``..`` and symbolic links are resolved.
+    """
     given = dict(given or {})
     unknown = set(given) - set(spec.parameters)
     if unknown:
         raise ParameterError(f"{spec.family or spec.name} has no parameter {sorted(unknown)[0]!r}")
+    root = Path(cwd or os.getcwd()).resolve()
     values = {}
     for pname, pspec in spec.parameters.items():
         raw = given.get(pname, pspec.get("default", ""))
         if not isinstance(raw, str):
             raise ParameterError(f"{pspec['title']} must be text")
-        if any(ord(c) < 32 for c in raw):
+        if any(ord(c) < 32 or ord(c) == 127 for c in raw):
             raise ParameterError(f"{pspec['title']} must not contain control characters")
         if pspec["kind"] == "directory":
             path = Path(os.path.expanduser(raw or "."))
             if not path.is_absolute():
-                path = Path(cwd or os.getcwd()) / path
-            if pspec.get("create") and not path.exists():
-                try:
-                    path.mkdir(mode=0o700, parents=True)
-                except OSError as exc:
-                    raise ParameterError(f"{pspec['title']}: cannot create {raw!r}: {exc.strerror}") from None
-            if not path.is_dir():
-                raise ParameterError(f"{pspec['title']}: {raw!r} is not a directory; create it or pick another one")
-            raw = str(path.resolve())
+                path = root / path
+            path = path.resolve()
+            if path != root and root not in path.parents:
+                raise ParameterError(f"{pspec['title']}: {raw!r} is outside your work area {root}; pick a directory inside it")
+            if path.exists() or not pspec.get("create"):
+                if not path.is_dir():
+                    raise ParameterError(f"{pspec['title']}: {raw!r} is not a directory; create it or pick another one")
+            else:
+                parent = next(p for p in path.parents if p.exists())
+                if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+                    raise ParameterError(f"{pspec['title']}: cannot create {raw!r} in {parent}; pick another directory")
+            raw = str(path)
         values[pname] = raw
     return values
+
+
+def create_directories(spec: AppSpec, values: dict[str, str]) -> None:
+    """Make the missing directories of ``create: true`` parameters (already validated by
+    :func:`resolve_parameters`); raises ParameterError naming the one that failed."""
+    for pname, pspec in spec.parameters.items():
+        if pspec["kind"] == "directory" and pspec.get("create") and not os.path.isdir(values[pname]):
+            try:
+                os.makedirs(values[pname], mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise ParameterError(f"{pspec['title']}: cannot create {values[pname]!r}: {exc.strerror}") from None
 
 
 #: Values the command of an app is built with to learn its program (never run).

@@ -35,7 +35,7 @@ from typing import Any
 from ...appspec import AppSpec, render
 from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
 from .isolation import bridged_argv, bwrap_argv, bwrap_unusable
-from .launch import ParameterError, base_environ, missing_programs, resolve_parameters, with_setup
+from .launch import ParameterError, base_environ, create_directories, missing_programs, resolve_parameters, with_setup
 from .reaper import TAG_VAR, kill_tagged, kill_tagged_now
 
 log = logging.getLogger(__name__)
@@ -50,6 +50,15 @@ class AppState(str, enum.Enum):
 
 class AppStartError(RuntimeError):
     """An app did not become ready; the message says why and points to its log."""
+
+
+class AppRequestError(AppStartError):
+    """A start or restart refused before anything was touched (no file, no process):
+    ``status`` 400 for a bad parameter, 503 for an app whose programs are missing."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
 
 
 class LogTail:
@@ -177,28 +186,40 @@ class ManagedApp:
             self.missing = await missing_programs(self.spec, self.manager.setup + self.spec.setup)
         return self.missing
 
-    def _set_params(self, params: dict[str, Any] | None) -> None:
+    def _resolve(self, params: dict[str, Any] | None) -> dict[str, str]:
         try:
-            self.params = resolve_parameters(self.spec, params, self.manager.cwd)
+            return resolve_parameters(self.spec, params, self.manager.cwd)
         except ParameterError as exc:
-            raise AppStartError(str(exc)) from None
+            raise AppRequestError(400, str(exc)) from None
+
+    async def check_request(self, params: dict[str, Any] | None) -> dict[str, str] | None:
+        """Validate a start or restart before it touches anything: the app's programs are
+        there (else 503) and ``params`` are valid (else 400), as :class:`AppRequestError`.
+        Returns the resolved parameters (None when none were given)."""
+        missing = await self.check_available()
+        if missing:
+            raise AppRequestError(
+                503,
+                f"{self.spec.name} is not available here: "
+                + "; ".join(f"{m['program']} is missing ({m['install']})" for m in missing),
+            )
+        return None if params is None else self._resolve(params)
 
     async def ensure_running(self, params: dict[str, Any] | None = None) -> None:
         """Return once the app is running, starting it if needed (raises AppStartError).
 
         ``params`` (the spec's ``parameters``) apply when this call starts the app.
+        Everything is validated (:meth:`check_request`) before a file or a process is made.
         """
         if not self.spec.managed or (self.state == AppState.RUNNING and self.pid is not None):
             return
-        missing = await self.check_available()
-        if missing:
-            raise AppStartError(f"{self.spec.name} is not available here: " + "; ".join(f"{m['program']} is missing ({m['install']})" for m in missing))
+        resolved = await self.check_request(params)
         self.manager.start_idle_checker()
         async with self.lock:
             if self.state == AppState.RUNNING and self.pid is not None:
                 return
-            if params is not None or not self.params:
-                self._set_params(params)
+            if resolved is not None or not self.params:
+                self.params = resolved if resolved is not None else self._resolve(None)
             self.restarts = 0
             await self._start_locked()
 
@@ -210,9 +231,12 @@ class ManagedApp:
             await self._stop_locked(reason)
 
     async def restart(self, params: dict[str, Any] | None = None) -> None:
+        """Stop and start again; a refused request (:meth:`check_request`) leaves the
+        running app running and creates nothing."""
+        resolved = await self.check_request(params)
         async with self.lock:
-            if params is not None:
-                self._set_params(params)
+            params_now = resolved if resolved is not None else (self.params or self._resolve(None))
+            self.params = params_now
             await self._stop_locked("restart requested")
             self.restarts = 0
             await self._start_locked()
@@ -230,10 +254,12 @@ class ManagedApp:
                 os.unlink(self.unix_socket)
         if not spec.unix_socket:
             self.port = spec.port or free_port()
-        os.makedirs(self.app_dir, mode=0o700, exist_ok=True)
         args = self.template_args()
         self._tag = f"{spec.name}.{secrets.token_hex(8)}"
         try:
+            # validated before (check_request): only now, with the start going ahead
+            create_directories(spec, self.params)
+            os.makedirs(self.app_dir, mode=0o700, exist_ok=True)
             argv = with_setup(render(spec.command, args), self.manager.setup + spec.setup, spec.name)
             env = base_environ()
             env.update({str(k): str(v) for k, v in render(spec.environment, args).items()})
@@ -454,6 +480,9 @@ class AppManager:
             count = len(self.instances(family))
             raise AppStartError(f"all {count} instance(s) of {family} are running; stop one before starting another")
         app = free[0]
+        await app.check_request(params)  # a refused request reserves nothing
+        if app.state not in (AppState.STOPPED, AppState.FAILED) or app.lock.locked():
+            return await self.start_new(family, params)
         app.state = AppState.STARTING  # reserved before the first await: a concurrent call takes the next one
         try:
             await app.start(params)
