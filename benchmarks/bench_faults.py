@@ -1,0 +1,144 @@
+"""Recovery from faults: the code before the reliability work (issue 10) and now, in one run.
+
+Both run the same scenario on the sandbox (root; brought up if it is down, taken down
+again only if this run brought it up) with a real hub (`hpcgate up`) and two labs:
+alice on the login node (kind ssh), bob as a Slurm job (kind slurm). For each code
+version, in this order:
+
+1. the jump host's sshd and its sessions killed for 6 s, then started: time from
+   "sshd listens again" until every lab accepts a token made after the fault, and
+   how many requests failed meanwhile (the first request on each tunnel included);
+2. slurmctld stopped for 8 s, then started: until every lab accepts a fresh token;
+3. bob's job cancelled with scancel outside the hub: time from "Slurm says it ended"
+   until the hub reports the server stopped (bob's lab is started again afterwards);
+4. the hub, JupyterHub and the proxy killed with SIGKILL, `hpcgate up` started again:
+   until the hub API answers, and until every lab accepts a fresh token ("never" =
+   not within 60 s).
+
+The hub of the "before" column imports hpcgate from a `git archive` of
+``HPCGATE_BENCH_BASELINE`` (default 6615985, main before this work) through
+PYTHONPATH; the labs and the bench itself always run this checkout's code. Timings
+are printed, never asserted (tests/faults checks the behaviour).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests" / "faults"))
+sys.path.insert(0, str(ROOT / "tests" / "slurm"))
+
+from .report import table  # noqa: E402
+
+BASELINE = os.environ.get("HPCGATE_BENCH_BASELINE", "6615985")
+NEVER = 60.0
+
+
+def baseline_source(tmp: Path) -> Path:
+    """``src`` of the baseline commit, unpacked from git (no worktree is touched)."""
+    out = tmp / "baseline"
+    out.mkdir()
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASELINE, "src"], check=True, capture_output=True).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "src"
+
+
+def _worst(labs: dict) -> float | None:
+    afters = [r["after"] for r in labs.values()]
+    return None if any(a is None for a in afters) else max(afters)
+
+
+def _failed(labs: dict) -> int:
+    return sum(sum(1 for c in r["answers"] if c != 200) for r in labs.values())
+
+
+def scenario(sandbox, tmp: Path, hub_source: Path | None) -> dict[str, object]:
+    from faulttools import (
+        cancel_outside, controller_outage, fault_catalog, hub_restart, spawn_labs, sshd_outage, start_hub,
+    )
+
+    old = os.environ.get("PYTHONPATH")
+    if hub_source is not None:
+        os.environ["PYTHONPATH"] = str(hub_source)
+    try:
+        catalog = fault_catalog(sandbox, tmp / "catalog.yaml")
+        hub = start_hub(tmp / "hub", catalog)
+    finally:
+        if hub_source is not None:
+            if old is None:
+                os.environ.pop("PYTHONPATH", None)
+            else:
+                os.environ["PYTHONPATH"] = old
+    row: dict[str, object] = {}
+    try:
+        spawn_labs(hub)
+        sshd = sshd_outage(sandbox, hub, down_for=6)
+        row["sshd back -> every lab takes a fresh token (s)"] = _worst(sshd["labs"])
+        failed = _failed(sshd["labs"]) + sum(1 for c, _ in sshd["first"].values() if c != 200)
+        row["requests failed after sshd is back"] = failed
+        row["request in flight during the outage"] = ", ".join(str(c) for c, _ in sshd["in_flight"].values())
+        ctld = controller_outage(sandbox, hub, down_for=8)
+        row["slurmctld back -> every lab takes a fresh token (s)"] = _worst(ctld["labs"])
+        cancel = cancel_outside(sandbox, hub, "bob")
+        row["scancel outside: Slurm says ended -> hub says stopped (s)"] = cancel["after_scheduler"]
+        spawn_labs(hub, ("bob",))
+        restart = hub_restart(hub, "sigkill")
+        row["SIGKILL + restart -> hub API answers (s)"] = restart["hub_answers"]
+        row["SIGKILL + restart -> every lab takes a fresh token (s)"] = _worst(restart["labs"])
+        row["servers kept through the SIGKILL restart"] = f"{len(restart['after'])}/{len(restart['before'])}"
+    finally:
+        for user in ("alice", "bob"):
+            hub.request("DELETE", f"/hub/api/users/{user}/server")
+        time.sleep(3)
+        hub.stop()
+        from slurmtools import squeue
+
+        for job in squeue(sandbox):
+            if job["state"] in ("PENDING", "RUNNING", "CONFIGURING"):
+                sandbox.run_in("login", ["scancel", job["id"]], check=False)
+    return row
+
+
+def _cell(value: object) -> object:
+    if value is None:
+        return f"never (>{NEVER:.0f})"
+    return value
+
+
+def run() -> None:
+    from hpcgate.sandbox import Sandbox
+
+    from sandbox_fixtures import sandbox_missing
+
+    why = sandbox_missing()
+    if why:
+        print(f"bench faults: skipped, {why}")
+        return
+    sandbox = Sandbox()
+    sandbox.hold()
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpcgate-bench-faults-") as tmp:
+            tmp_path = Path(tmp)
+            os.chmod(tmp_path, 0o755)
+            before = scenario(sandbox, _mkdir(tmp_path / "before"), baseline_source(tmp_path))
+            after = scenario(sandbox, _mkdir(tmp_path / "after"), None)
+    finally:
+        sandbox.release()
+    rows = []
+    for key in after:
+        b, a = before.get(key), after[key]
+        ratio = f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) and b else "n/a"
+        rows.append((key, _cell(b), _cell(a), ratio))
+    table(f"Recovery from faults: {BASELINE} (before) vs this checkout (after)", ["measure", "before", "after", "after/before"], rows)
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(mode=0o755)
+    return path
