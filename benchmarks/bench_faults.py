@@ -13,7 +13,7 @@ version, in this order:
    until the hub reports the server stopped (bob's lab is started again afterwards);
 4. the hub, JupyterHub and the proxy killed with SIGKILL, `hpcgate up` started again:
    until the hub API answers, and until every lab accepts a fresh token ("never" =
-   not within 60 s).
+   not within 90 s).
 
 The hub of the "before" column imports hpcgate from a `git archive` of
 ``HPCGATE_BENCH_BASELINE`` (default 6615985, main before this work) through
@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT / "tests" / "slurm"))
 from .report import table  # noqa: E402
 
 BASELINE = os.environ.get("HPCGATE_BENCH_BASELINE", "6615985")
-NEVER = 60.0
+NEVER = 90.0  # faulttools waits this long for a lab
 
 
 def baseline_source(tmp: Path) -> Path:
@@ -62,6 +62,7 @@ def _failed(labs: dict) -> int:
 def scenario(sandbox, tmp: Path, hub_source: Path | None) -> dict[str, object]:
     from faulttools import (
         cancel_outside, controller_outage, fault_catalog, hub_restart, spawn_labs, sshd_outage, start_hub,
+        stop_everything,
     )
 
     old = os.environ.get("PYTHONPATH")
@@ -77,32 +78,36 @@ def scenario(sandbox, tmp: Path, hub_source: Path | None) -> dict[str, object]:
             else:
                 os.environ["PYTHONPATH"] = old
     row: dict[str, object] = {}
+
+    def step(fn, *args):
+        try:
+            return fn(*args)
+        except Exception as exc:  # one failed fault must not hide the others' numbers
+            print(f"bench faults: {fn.__name__} failed: {exc!r}"[:2000], file=sys.stderr)
+            return None
+
     try:
         spawn_labs(hub)
-        sshd = sshd_outage(sandbox, hub, down_for=6)
-        row["sshd back -> every lab takes a fresh token (s)"] = _worst(sshd["labs"])
-        failed = _failed(sshd["labs"]) + sum(1 for c, _ in sshd["first"].values() if c != 200)
-        row["requests failed after sshd is back"] = failed
-        row["request in flight during the outage"] = ", ".join(str(c) for c, _ in sshd["in_flight"].values())
-        ctld = controller_outage(sandbox, hub, down_for=8)
-        row["slurmctld back -> every lab takes a fresh token (s)"] = _worst(ctld["labs"])
-        cancel = cancel_outside(sandbox, hub, "bob")
-        row["scancel outside: Slurm says ended -> hub says stopped (s)"] = cancel["after_scheduler"]
-        spawn_labs(hub, ("bob",))
-        restart = hub_restart(hub, "sigkill")
-        row["SIGKILL + restart -> hub API answers (s)"] = restart["hub_answers"]
-        row["SIGKILL + restart -> every lab takes a fresh token (s)"] = _worst(restart["labs"])
-        row["servers kept through the SIGKILL restart"] = f"{len(restart['after'])}/{len(restart['before'])}"
+        sshd = step(sshd_outage, sandbox, hub, 6)
+        if sshd:
+            row["sshd back -> every lab takes a fresh token (s)"] = _worst(sshd["labs"])
+            failed = _failed(sshd["labs"]) + sum(1 for c, _ in sshd["first"].values() if c != 200)
+            row["requests failed after sshd is back"] = failed
+            row["request in flight during the outage"] = ", ".join(str(c) for c, _ in sshd["in_flight"].values())
+        ctld = step(controller_outage, sandbox, hub, 8)
+        if ctld:
+            row["slurmctld back -> every lab takes a fresh token (s)"] = _worst(ctld["labs"])
+        cancel = step(cancel_outside, sandbox, hub, "bob")
+        if cancel:
+            row["scancel outside: Slurm says ended -> hub says stopped (s)"] = cancel["after_scheduler"]
+            step(spawn_labs, hub, ("bob",))
+        restart = step(hub_restart, hub, "sigkill")
+        if restart:
+            row["SIGKILL + restart -> hub API answers (s)"] = restart["hub_answers"]
+            row["SIGKILL + restart -> every lab takes a fresh token (s)"] = _worst(restart["labs"])
+            row["servers kept through the SIGKILL restart"] = f"{len(restart['after'])}/{len(restart['before'])}"
     finally:
-        for user in ("alice", "bob"):
-            hub.request("DELETE", f"/hub/api/users/{user}/server")
-        time.sleep(3)
-        hub.stop()
-        from slurmtools import squeue
-
-        for job in squeue(sandbox):
-            if job["state"] in ("PENDING", "RUNNING", "CONFIGURING"):
-                sandbox.run_in("login", ["scancel", job["id"]], check=False)
+        stop_everything(hub, sandbox)
     return row
 
 
@@ -132,8 +137,8 @@ def run() -> None:
     finally:
         sandbox.release()
     rows = []
-    for key in after:
-        b, a = before.get(key), after[key]
+    for key in dict.fromkeys([*before, *after]):
+        b, a = before.get(key, "failed"), after.get(key, "failed")
         ratio = f"{a / b:.2f}x" if isinstance(a, float) and isinstance(b, float) and b else "n/a"
         rows.append((key, _cell(b), _cell(a), ratio))
     table(f"Recovery from faults: {BASELINE} (before) vs this checkout (after)", ["measure", "before", "after", "after/before"], rows)

@@ -174,3 +174,23 @@ async def test_an_app_whose_program_is_missing_is_unavailable_before_a_start(plu
     await manager.check_all_available()
     info = manager.get("absent").info()
     assert info["available"] is False and info["missing"][0]["install"].startswith("not found on PATH")
+
+
+def test_parameters_stay_in_the_work_area_and_touch_nothing(tmp_path):
+    """Directories outside the work area (also through ``..``, ``~`` or a link) are
+    refused; a ``create`` directory is only checked, never made, by validation."""
+    from hpcgate.lab.apps.launch import create_directories
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "out").symlink_to(tmp_path)
+    spec = make_spec("ml", {"command": ["x", "{store}"], "parameters": {"store": {"kind": "directory", "title": "Store", "create": True}}})
+    for bad in ("../../..", "..", "/tmp", "~root", "out", "out/new", str(tmp_path / "new")):
+        with pytest.raises(ParameterError, match="outside your work area|not a directory"):
+            resolve_parameters(spec, {"store": bad}, str(work))
+    values = resolve_parameters(spec, {"store": "a/b"}, str(work))
+    assert values == {"store": str(work / "a" / "b")}
+    assert sorted(p.name for p in work.iterdir()) == ["out"]  # nothing created yet
+    create_directories(spec, values)
+    assert (work / "a" / "b").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["work"]

@@ -185,7 +185,9 @@ def test_tensorboard_on_a_directory_the_user_picks(lab_apps):
     logdir.mkdir(parents=True)
     write_scalars(logdir, "loss/train", [1.0, 0.5, 0.25])
     bad = lab_apps.api("POST", "/tboard/new", json={"parameters": {"logdir": "no/such/dir"}})
-    assert bad.status_code == 503 and "is not a directory" in bad.json()["message"]
+    assert bad.status_code == 400 and "is not a directory" in bad.json()["message"]
+    outside = lab_apps.api("POST", "/tboard/restart", json={"parameters": {"logdir": "../../.."}})
+    assert outside.status_code == 400 and "outside your work area" in outside.json()["message"]
     info = start(lab_apps, "tboard", "/new", parameters={"logdir": "runs"})
     assert info["values"]["logdir"] == str(lab_apps.home / "runs")
     tags = wait_for(

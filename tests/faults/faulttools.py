@@ -218,3 +218,18 @@ def cancel_outside(sandbox, hub: Hub, user: str = "bob") -> dict:
     reported = time.monotonic()
     return {"job": job, "scheduler_says": ended - cancelled, "hub_says": reported - cancelled,
             "after_scheduler": reported - ended}
+
+
+def stop_everything(hub: Hub, sandbox) -> None:
+    """Stop both labs and the hub; cancel any job of the sandbox users still queued."""
+    from slurmtools import active_jobs
+
+    for user in LABS:
+        r = hub.get(f"/hub/api/users/{user}")
+        if r.ok and r.json()["servers"]:
+            hub.request("DELETE", f"/hub/api/users/{user}/server")
+    time.sleep(2)
+    hub.stop()
+    for account in ACCOUNTS.values():
+        for job in active_jobs(sandbox, account):
+            sandbox.run_in("login", ["scancel", job["id"]], check=False)

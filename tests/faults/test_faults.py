@@ -37,6 +37,7 @@ from faulttools import (
     spawn_labs,
     sshd_outage,
     start_hub,
+    stop_everything,
 )
 from hubtools import Hub, wait_for
 from slurmtools import squeue
@@ -49,16 +50,7 @@ def hub(sandbox, tmp_path_factory):
     catalog = fault_catalog(sandbox, tmp_path_factory.mktemp("faults-catalog") / "catalog.yaml")
     hub = start_hub(tmp_path_factory.mktemp("faults-hub"), catalog)
     yield hub
-    for user in LABS:
-        r = hub.get(f"/hub/api/users/{user}")
-        if r.ok and r.json()["servers"]:
-            hub.request("DELETE", f"/hub/api/users/{user}/server")
-    time.sleep(2)
-    hub.stop()
-    for account in ACCOUNTS.values():
-        for job in squeue(sandbox, (account,)):
-            if job["state"] in ("PENDING", "RUNNING", "CONFIGURING"):
-                sandbox.run_in("login", ["scancel", job["id"]], check=False)
+    stop_everything(hub, sandbox)
 
 
 def exclusive(sandbox, wait: float = 120) -> None:
