@@ -165,3 +165,28 @@ async def test_hub_api_forward_reaches_the_hub_and_survives_reconnects(sshd, tmp
         await manager.close()
         await pool.close()
         server.close()
+
+
+async def test_a_host_that_answers_again_is_reconnected_without_waiting_out_the_backoff(sshd, lab, tmp_path):
+    """The backoff after a failed attempt is long (60 s here); the health check sees
+    sshd listen again and reconnects at once, and the first request holds."""
+    system = System.model_validate(sshd.system_data())
+    manager = TunnelManager(
+        state_dir=str(tmp_path), reconnect_min_delay=60, reconnect_max_delay=60, reconnect_wait=50,
+        health_check_interval=0.2,
+    )
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        tunnel = manager.get("login")
+        sshd.kill()
+        for _ in range(200):
+            if tunnel.attempts >= 2:  # the first reconnect attempt failed: a 60 s backoff began
+                break
+            await asyncio.sleep(0.05)
+        assert tunnel.attempts >= 2 and not tunnel.connected
+        sshd.start()
+        # answered well before the backoff would have let the supervisor try again
+        assert json.loads(await http_get(local, timeout=40))["user"] == USERS[0]
+        assert tunnel.connects == 2
+    finally:
+        await manager.close()

@@ -130,6 +130,9 @@ class HPCSpawner(Spawner):
         #: why the last server ended without the user stopping it (home page); kept
         #: across stops, cleared by the next start
         self.stop_reason = ""
+        #: this hub process opened (start) or re-opened (first poll after a restart) the
+        #: system's hub API forward for this server; later polls do not wait for it
+        self._hub_api_restored = False
 
     # --- shared objects -------------------------------------------------------------
 
@@ -380,6 +383,7 @@ class HPCSpawner(Spawner):
             await self.stop()
             raise SpawnFailed(f"{_sentence(str(exc))} The server was stopped; start it again.", self.last_log) from exc
         self.tunnel = {"local_port": local_port, "host": host, "port": port}
+        self._hub_api_restored = True  # opened by this start (_route_hub_api)
         self._save_state()
         self._emit(85, f"Tunnel up: 127.0.0.1:{local_port} -> {host}:{port}")
         return "127.0.0.1", local_port
@@ -499,6 +503,8 @@ class HPCSpawner(Spawner):
         if not self.tunnel or not self.system:
             return
         tunnels = self.hpcgate.tunnels
+        if self._hub_api_restored and tunnels.has_forward(self.system, self.tunnel_key):
+            return
         try:
             system = self.hpcgate.system(self.system)
         except KeyError as exc:
@@ -516,7 +522,10 @@ class HPCSpawner(Spawner):
                 )
             except (TunnelError, KeyError, ValueError):
                 pass  # logged by the manager; the server's URL does not answer
-        if system.hub_api_forward and not tunnels.hub_api_up(self.system):
+        if system.hub_api_forward and not self._hub_api_restored:
+            # once: later polls must not wait out an outage (the tunnel re-requests the
+            # forward on every reconnect by itself once it knows it)
+            self._hub_api_restored = True
             try:
                 await tunnels.restore_hub_api(self.system, system, self.hub.api_url, tunnels.connect_wait)
             except TunnelError:
