@@ -263,10 +263,15 @@ class SystemTunnel:
                 delay *= random.uniform(0.8, 1.2)
                 self.manager.log.warning("Tunnel of %s: %s; next try in %.1f s", self.name, exc, delay)
                 await self._notify()
-                if await self._wait_for_host(delay):
+                # only a host that did not answer at all is watched for its return; one
+                # that refused the login keeps its backoff (no login attempt per second)
+                unreachable = isinstance(exc.__cause__, OSError)
+                if unreachable and await self._wait_for_host(delay):
                     # the host answers again: the backoff has done its job
                     self.manager.log.info("Tunnel of %s: %s answers again; reconnecting now", self.name, self.where)
                     failures = 0
+                elif not unreachable:
+                    await asyncio.sleep(delay)
                 continue
             async with self._lock:
                 if self._closing:
