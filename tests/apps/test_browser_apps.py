@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 from apptools import alive, write_scalars, xwd_text_pixels
@@ -180,11 +181,13 @@ def test_novnc_desktop_from_the_launcher(page, apps_hub, artifacts_dir, tmp_path
     tab.close()
 
 
-def test_tensorboard_in_a_lab_tab_shows_the_scalar(page, apps_hub, artifacts_dir, tmp_path):
-    logdir = tmp_path / "tb"
+def test_tensorboard_in_a_lab_tab_shows_the_scalar(page, apps_hub, artifacts_dir):
+    # log directories must lie in the lab's work area (its working directory)
+    workdir = Path(apps_hub.user_model(USER)["servers"][""]["state"]["job"]["extra"]["workdir"])
+    logdir = workdir / "tb"
     write_scalars(logdir / "run1", "hpcgate_loss", [1.0, 0.6, 0.3, 0.2])
     tile(page, "TensorBoard").click()
-    page.fill(".jp-Dialog input", str(logdir))
+    page.fill(".jp-Dialog input", "tb")
     page.click(".jp-Dialog .jp-mod-accept")
     frame = page.frame_locator(".hpcgate-app-tab iframe")
     frame.locator("text=hpcgate_loss").first.wait_for(timeout=180_000)
