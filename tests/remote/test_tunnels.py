@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import pytest
 
@@ -189,4 +190,35 @@ async def test_a_host_that_answers_again_is_reconnected_without_waiting_out_the_
         assert json.loads(await http_get(local, timeout=40))["user"] == USERS[0]
         assert tunnel.connects == 2
     finally:
+        await manager.close()
+
+
+async def test_a_refused_hub_api_forward_is_asked_for_again_on_its_known_port(sshd, tmp_path):
+    """After a hub crash the jump host may hold the forward's port for a while (for the
+    dead hub's connection): the restored tunnel keeps asking for that same port, the one
+    running jobs know, and gets it once it is free."""
+    port = free_port()
+    (tmp_path / "tunnels.json").write_text(json.dumps({"login": port}))
+    # held on every address, IPv4 and IPv6 (sshd binds "localhost" on both)
+    holder = socket.socket(socket.AF_INET6)
+    holder.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+    holder.bind(("::", port))
+    holder.listen()
+    system = System.model_validate(sshd.system_data())
+    manager = TunnelManager(state_dir=str(tmp_path), remote_forward_retries=1, remote_forward_retry_interval=0.2)
+    try:
+        with pytest.raises(TunnelError, match=f"refused the hub API forward on .*:{port}"):
+            await manager.restore_hub_api("login", system, "http://127.0.0.1:8081/hub/api", timeout=10)
+        assert not manager.hub_api_up("login")
+        holder.close()
+        for _ in range(100):
+            if manager.hub_api_up("login"):
+                break
+            await asyncio.sleep(0.1)
+        assert manager.hub_api_up("login")
+        assert await manager.restore_hub_api("login", system, "http://127.0.0.1:8081/hub/api", timeout=10) == (
+            f"http://127.0.0.1:{port}/hub/api"
+        )
+    finally:
+        holder.close()
         await manager.close()

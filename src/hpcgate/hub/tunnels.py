@@ -286,7 +286,7 @@ class SystemTunnel:
             failures = 0
             self.manager.log.info("Tunnel of %s connected to %s (connection %d)", self.name, self.where, self.connects)
             await self._notify()
-            await conn.wait_closed()
+            await self._hold(conn)
             async with self._lock:
                 self.conn = None
                 self._remote_listener = None
@@ -294,6 +294,20 @@ class SystemTunnel:
                 self.last_error = f"lost the connection to {self.where}"
                 self.manager.log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
             await self._notify()
+
+    async def _hold(self, conn: asyncssh.SSHClientConnection) -> None:
+        """Wait until ``conn`` closes; meanwhile ask again for a hub API forward the jump
+        host refused (a port still held for a connection of a crashed hub is freed
+        once the host notices that connection is dead)."""
+        closed = asyncio.ensure_future(conn.wait_closed())
+        while True:
+            done, _ = await asyncio.wait([closed], timeout=self.manager.remote_forward_retry_interval)
+            if done:
+                return
+            if self.hub_api is not None and self._remote_listener is None:
+                async with self._lock:
+                    if self.connected and self.hub_api is not None and self._remote_listener is None:
+                        await self._open_remote_forward(tries=1, quiet=True)
 
     async def _wait_for_host(self, delay: float) -> bool:
         """Sleep ``delay`` s, waking early (True) once the jump host accepts a TCP
@@ -323,17 +337,23 @@ class SystemTunnel:
 
     # --- hub API remote forward -------------------------------------------------------
 
-    async def _open_remote_forward(self) -> None:
-        """Request the hub API forward on the live connection (caller holds the lock)."""
+    async def _open_remote_forward(self, tries: int = 0, quiet: bool = False) -> None:
+        """Request the hub API forward on the live connection (caller holds the lock).
+
+        ``tries`` (default ``remote_forward_retries``) attempts 0.5 s apart on a known
+        port; ``quiet`` logs a refusal at debug level (a retry in the background).
+        """
         assert self.conn is not None and self.hub_api is not None
         ssh = self.system.ssh
         assert ssh is not None
         port = self.hub_api_port or ssh.hub_api_port or self.manager.saved_port(self.name)
-        tries = self.manager.remote_forward_retries if port else 1
+        tries = (tries or self.manager.remote_forward_retries) if port else 1
         for attempt in range(tries):
             try:
                 listener = await self.conn.forward_remote_port(ssh.hub_api_bind, port, *self.hub_api)
-            except asyncssh.Error as exc:
+            except (asyncssh.Error, asyncssh.ChannelListenError) as exc:
+                # ChannelListenError (the host refused the port) is no asyncssh.Error:
+                # uncaught, it ended the supervisor and the tunnel never reconnected
                 self.last_error = (
                     f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
                 )
@@ -342,7 +362,8 @@ class SystemTunnel:
                     # old connection for a moment: running jobs know only this port
                     await asyncio.sleep(0.5)
                     continue
-                self.manager.log.error("Tunnel of %s: %s", self.name, self.last_error)
+                log = self.manager.log.debug if quiet else self.manager.log.error
+                log("Tunnel of %s: %s%s", self.name, self.last_error, "; asking again while connected" if not quiet else "")
                 return
             break
         self._remote_listener = listener
@@ -531,6 +552,12 @@ class TunnelManager(LoggingConfigurable):
         jump-host port when the host refuses it (after a hub crash the host may hold
         the port for the dead connection for a moment). Running jobs know only that
         port.""",
+    ).tag(config=True)
+
+    remote_forward_retry_interval = Float(
+        5.0,
+        help="""Seconds between further requests for a hub API forward the jump host
+        refused, for as long as the tunnel connection lasts.""",
     ).tag(config=True)
 
     probe_interval = Float(
