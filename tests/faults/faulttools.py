@@ -234,14 +234,6 @@ def cancel_outside(sandbox, hub: Hub, user: str = "bob") -> dict:
 
 def stop_everything(hub: Hub, sandbox) -> None:
     """Stop both labs and the hub; cancel any job of the sandbox users still queued."""
-    from slurmtools import active_jobs
+    from slurmtools import stop_hub_and_jobs
 
-    for user in LABS:
-        r = hub.get(f"/hub/api/users/{user}")
-        if r.ok and r.json()["servers"]:
-            hub.request("DELETE", f"/hub/api/users/{user}/server")
-    time.sleep(2)
-    hub.stop()
-    for account in ACCOUNTS.values():
-        for job in active_jobs(sandbox, account):
-            sandbox.run_in("login", ["scancel", job["id"]], check=False)
+    stop_hub_and_jobs(hub, sandbox, ACCOUNTS)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 import uuid
 from pathlib import Path
 
@@ -68,6 +69,20 @@ ACTIVE = {"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUE
 
 def active_jobs(sandbox, account: str) -> list[dict]:  # noqa: F811
     return [j for j in squeue(sandbox, (account,)) if j["state"] in ACTIVE]
+
+
+def stop_hub_and_jobs(hub, sandbox, users: dict[str, str]) -> None:  # noqa: F811
+    """Stop the servers of ``users`` (hub name -> account) and the hub; cancel any job
+    of those accounts still queued or running."""
+    for user in users:
+        r = hub.get(f"/hub/api/users/{user}")
+        if r.ok and r.json()["servers"]:
+            hub.request("DELETE", f"/hub/api/users/{user}/server")
+    time.sleep(2)
+    hub.stop()
+    for account in users.values():
+        for job in active_jobs(sandbox, account):
+            sandbox.run_in("login", ["scancel", job["id"]], check=False)
 
 
 def run_code(hub, user: str, code: str, timeout: float = 60) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue
+from slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, active_jobs, run_code, squeue, stop_hub_and_jobs
 from hubtools import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
 
 pytestmark = pytest.mark.sandbox
@@ -35,15 +35,7 @@ c.JupyterHub.init_spawners_timeout = 1
 def hub(sandbox, slurm_catalog, tmp_path_factory):
     hub = Hub(tmp_path_factory.mktemp("slurm-hub"), catalog=str(slurm_catalog), extra=EXTRA).start()
     yield hub
-    for user in USERS:
-        r = hub.get(f"/hub/api/users/{user}")
-        if r.ok and r.json()["servers"]:
-            hub.request("DELETE", f"/hub/api/users/{user}/server")
-    time.sleep(2)
-    hub.stop()
-    for account in USERS.values():
-        for job in active_jobs(sandbox, account):
-            sandbox.run_in("login", ["scancel", job["id"]], check=False)
+    stop_hub_and_jobs(hub, sandbox, USERS)
 
 
 @pytest.fixture
