@@ -37,6 +37,7 @@ c.JupyterHub.pid_file = ""
 # --- hpcgate ---------------------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
+c.JupyterHub.template_paths = hpcgate.hub.template_paths()  # the home page says why a server stopped
 c.HPCGate.catalog_path = str(etc / "catalog.yaml")
 c.HPCGate.state_dir = str(state)
 
