@@ -3,7 +3,9 @@
 One run starts: an upstream app (raw asyncio HTTP server + tornado websocket echo),
 a Jupyter server with hpcgate.lab (jupyter_server_proxy disabled), and a Jupyter server
 with jupyter_server_proxy (hpcgate.lab disabled). Each row is measured against all
-three. Run: ``.venv/bin/python -m benchmarks lab_proxy``.
+three. Run: ``make bench ARGS=lab_proxy``; ``HPCGATE_BENCH_SECTIONS=small`` (a comma-separated
+subset of ``download,small,websocket``) runs only those tables. The machine's load average
+is printed beside the numbers: the machine may be shared.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.report import percentile, ratio, table
+from benchmarks.report import median, percentile, ratio, table
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -203,12 +205,31 @@ def _download(t: Target, path: str, expect: int) -> float:
     return elapsed
 
 
-def _small(t: Target, n: int) -> list[float]:
+def _login_cookie(t: Target, path: str | None = None) -> str:
+    """The cookie a browser holds after its first token-authenticated request ("" for direct)."""
+    if not t.token:
+        return ""
     conn = http.client.HTTPConnection("127.0.0.1", t.port)
+    conn.request("GET", path or t.prefix + "/small", headers=t.headers())
+    r = conn.getresponse()
+    r.read()
+    conn.close()
+    cookies = [c.split(";", 1)[0] for c in r.headers.get_all("Set-Cookie") or [] if not c.startswith("_xsrf")]
+    if r.status != 200 or not cookies:
+        raise RuntimeError(f"no login cookie from {t.name} (HTTP {r.status})")
+    return "; ".join(cookies)
+
+
+def _small(t: Target, n: int, cookie: str | None = None, path: str | None = None) -> list[float]:
+    """Latencies of ``n`` GETs on one keep-alive connection: with the token header, or
+    with ``cookie`` only (as a browser sends them once logged in)."""
+    conn = http.client.HTTPConnection("127.0.0.1", t.port)
+    headers = {"Cookie": cookie} if cookie else t.headers()
+    url = path or t.prefix + "/small"
     lat = []
     for _ in range(n):
         start = time.perf_counter()
-        conn.request("GET", t.prefix + "/small", headers=t.headers())
+        conn.request("GET", url, headers=headers)
         r = conn.getresponse()
         r.read()
         if r.status != 200:
@@ -216,6 +237,47 @@ def _small(t: Target, n: int) -> list[float]:
         lat.append(time.perf_counter() - start)
     conn.close()
     return lat
+
+
+def _load() -> str:
+    return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def small_requests(targets: list[Target], ceilings: dict[str, Target], rounds: int = 7, n: int = 400) -> None:
+    """Small GETs, interleaved rounds (median of the rounds' req/s; p50/p99 over all).
+
+    Two clients: a browser (the login cookie only) and an API client (token header,
+    no cookie jar: Jupyter then signs a new login cookie on every request). Beside
+    each proxy, its Jupyter server's own authenticated ``/api/me`` with the same
+    client: the ceiling of any proxy that runs inside a Jupyter server.
+    """
+    cookies = {t.name: _login_cookie(t) for t in targets}
+    for t in ceilings.values():
+        cookies[t.name] = _login_cookie(t, "/api/me")
+    for client in ("browser (login cookie)", "API client (token header)"):
+        runs = [(t, None) for t in targets] + [(c, "/api/me") for c in ceilings.values()]
+        rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+        lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+        for t, path in runs:  # warm up
+            _small(t, 50, cookies[t.name] if client.startswith("browser") else None, path)
+        for _ in range(rounds):
+            for t, path in runs:
+                lat = _small(t, n, cookies[t.name] if client.startswith("browser") else None, path)
+                rates[t.name].append(n / sum(lat))
+                lats[t.name] += lat
+        rate = {name: median(r) for name, r in rates.items()}
+        rows = []
+        for t, _ in runs:
+            rows.append([
+                t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
+                f"{percentile(lats[t.name], 99) * 1e3:.2f}",
+                ratio(rate[t.name], rate["jupyter-server-proxy"]) if t.token else "-",
+            ])
+        table(
+            f"small requests, {client}: one keep-alive connection, {rounds} interleaved rounds of {n} GETs "
+            f"(req/s: median of rounds; {_load()})",
+            ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy"], rows,
+        )
 
 
 async def _ws(t: Target, ws_prefix: str, small: int, big: int) -> tuple[list[float], float]:
@@ -268,11 +330,13 @@ def run() -> None:
         _small(targets[1], 5)  # warm up (imports, pools)
         _small(targets[2], 5)
 
+        print(f"# {_load()} at the start ({os.cpu_count()} CPUs, shared)", flush=True)
         rows = []
         results: dict[tuple[str, str], float | None] = {}
         bare = Target("bare relay (ceiling)", relay_port, "", None, None)
         order = [targets[0], bare, *targets[1:]]
-        for size_name, size, rounds in (("10 MiB", 10 * MiB, 5), ("500 MiB", 500 * MiB, 3), ("2 GiB", 2048 * MiB, 3)):
+        sections = os.environ.get("HPCGATE_BENCH_SECTIONS", "download,small,websocket").split(",")
+        for size_name, size, rounds in () if "download" not in sections else (("10 MiB", 10 * MiB, 5), ("500 MiB", 500 * MiB, 3), ("2 GiB", 2048 * MiB, 3)):
             # rounds interleave the targets, so drift of the machine hits all alike;
             # each target's best round counts
             best: dict[str, float] = {}
@@ -298,28 +362,29 @@ def run() -> None:
                     ratio(mib_s, results[(size_name, bare.name)] or 0) if mib_s and t is not targets[0] else "-",
                     f"{peaks[t.name] / 1024:.0f}" if t.pid else "-",
                 ])
-        table(
-            "download throughput (MiB/s) and server peak RSS (MiB); the bare relay is the ceiling of any "
-            f"proxy that copies in user space on this machine ({os.cpu_count()} CPUs)",
-            ["size", "via", "MiB/s", "vs direct", "vs bare relay", "peak RSS"], rows,
-        )
+        if rows:
+            table(
+                "download throughput (MiB/s) and server peak RSS (MiB); the bare relay is the ceiling of any "
+                f"proxy that copies in user space on this machine ({os.cpu_count()} CPUs)",
+                ["size", "via", "MiB/s", "vs direct", "vs bare relay", "peak RSS"], rows,
+            )
+
+        if "small" in sections:
+            small_requests(targets, {
+                "hpcgate": Target("(ceiling) hpcgate's Jupyter server /api/me", ours_port, "", token, None),
+                "jsp": Target("(ceiling) jsp's Jupyter server /api/me", jsp_port, "", token, None),
+            })
 
         rows = []
-        n = 2000
-        for t in targets:
-            lat = _small(t, n)
-            rows.append([t.name, f"{n / sum(lat):.0f}", f"{percentile(lat, 50) * 1e3:.2f}", f"{percentile(lat, 99) * 1e3:.2f}"])
-        table(f"small requests, one keep-alive connection ({n} GETs)", ["via", "req/s", "p50 ms", "p99 ms"], rows)
-
-        rows = []
-        for t in targets:
+        for t in targets if "websocket" in sections else []:
             wt = Target(t.name, ws_port_of.get(t.name, t.port), "", t.token, t.pid)
             try:
                 lat, mib_s = asyncio.run(_ws(wt, ws_prefix[t.name], 1000, 50))
                 rows.append([t.name, f"{percentile(lat, 50) * 1e3:.2f}", f"{percentile(lat, 99) * 1e3:.2f}", f"{mib_s:.0f}"])
             except Exception as exc:  # a failing peer is a result, not a crash
                 rows.append([t.name, "-", "-", f"failed ({str(exc)[:40]})"])
-        table("websocket echo: round trip and 1 MiB-message echo throughput", ["via", "p50 ms", "p99 ms", "1 MiB msgs MiB/s"], rows)
+        if rows:
+            table("websocket echo: round trip and 1 MiB-message echo throughput", ["via", "p50 ms", "p99 ms", "1 MiB msgs MiB/s"], rows)
     finally:
         for p in procs:
             p.terminate()

@@ -48,6 +48,8 @@ class LabContext:
         self.websocket_max_message_size = ext.websocket_max_message_size
         self.rewrite_body_limit = ext.rewrite_body_limit
         self.allowed_ports = self._parse_ports(ext.allowed_ports)
+        #: when (monotonic) the proxy last counted activity, per app name (None: proxy/<port>)
+        self.activity_marks: dict[str | None, float] = {}
 
     @staticmethod
     def _parse_ports(entries: list[Any]) -> list[tuple[int, int]]:

@@ -25,7 +25,8 @@ if TYPE_CHECKING:
     from ..apps.manager import ManagedApp
     from ..context import LabContext
 
-ACTIVITY_EVERY = 1.0  # seconds between activity updates during one long stream
+ACTIVITY_EVERY = 1.0  # seconds between activity updates of one stream, one app, the proxy/<port> routes
+_NEVER = float("-inf")
 #: Headers telling an app its mount point: set by the proxy only, never passed from the browser.
 CONTEXT_HEADERS = frozenset({"x-forwarded-context", "x-proxycontextpath", "x-forwarded-prefix"})
 
@@ -44,6 +45,7 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self.conn: Connection | None = None
         self._last_touch = 0.0
         self._client_gone = False
+        self._websocket: bool | None = None  # whether this is an upgrade (read once)
 
     # ------------------------------------------------------------ auth and errors
 
@@ -100,18 +102,28 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         return True
 
     def _is_websocket(self) -> bool:
-        return self.request.headers.get("Upgrade", "").lower() == "websocket"
+        if self._websocket is None:
+            self._websocket = self.request.headers.get("Upgrade", "").lower() == "websocket"
+        return self._websocket
 
     # ---------------------------------------------------------------- activity
 
     def _touch(self) -> None:
-        """Count this request as user activity unless the app's spec excludes it."""
+        """Count this request as user activity unless the app's spec excludes it.
+
+        At most once per ``ACTIVITY_EVERY`` per handler (long streams), and for apps
+        whose activity is counted unconditionally (the default) at most once per
+        ``ACTIVITY_EVERY`` per app: the idle culler reads minutes, not milliseconds.
+        A callable ``update_last_activity`` is still asked on every new request.
+        """
         now = time.monotonic()
         if now - self._last_touch < ACTIVITY_EVERY:
             return
         self._last_touch = now
-        if self.app is not None:
-            spec = self.app.spec
+        app = self.app
+        marks = self.lab.activity_marks
+        if app is not None:
+            spec = app.spec
             ula = spec.update_last_activity
             if callable(ula):
                 # jupyter-server-proxy passes the request handler (``request.get_argument``...)
@@ -119,7 +131,14 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
                     return
             elif not ula or any(p.match(self.request.path) for p in spec.exclude_last_activity_patterns):
                 return
-            self.app.touch()
+            elif now - marks.get(spec.name, _NEVER) < ACTIVITY_EVERY:
+                return
+            marks[spec.name] = now
+            app.touch()
+        elif now - marks.get(None, _NEVER) < ACTIVITY_EVERY:
+            return
+        else:
+            marks[None] = now
         self.lab.record_activity()
 
     # ---------------------------------------------------------------- upstream
