@@ -156,7 +156,10 @@ class Target:
         return {"Authorization": f"token {self.token}"} if self.token else {}
 
 
-def _start_jupyter(tmp: Path, name: str, extensions: dict[str, bool], token: str) -> tuple[subprocess.Popen, int]:
+def _start_jupyter(
+    tmp: Path, name: str, extensions: dict[str, bool], token: str, extra_config: str = ""
+) -> tuple[subprocess.Popen, int]:
+    """A Jupyter server with ``extensions`` and the token ``token``; ``extra_config`` lines appended."""
     port = _free_port()
     root = tmp / name
     root.mkdir()
@@ -164,7 +167,7 @@ def _start_jupyter(tmp: Path, name: str, extensions: dict[str, bool], token: str
     cfg.write_text(
         f"c.ServerApp.port = {port}\nc.ServerApp.ip = '127.0.0.1'\nc.ServerApp.open_browser = False\n"
         f"c.ServerApp.allow_root = True\nc.ServerApp.root_dir = {str(root)!r}\n"
-        f"c.ServerApp.jpserver_extensions = {extensions!r}\n"
+        f"c.ServerApp.jpserver_extensions = {extensions!r}\n" + extra_config
     )
     env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(root / "cfg"), JUPYTER_RUNTIME_DIR=str(root / "rt"))
     proc = subprocess.Popen(
