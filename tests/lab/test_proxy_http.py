@@ -49,6 +49,21 @@ def test_status_codes_pass(lab, upstream):
         assert lab.s.get(lab.url(f"proxy/{upstream}/status/{code}")).status_code == code
 
 
+def test_caching_headers_are_the_apps(lab, upstream):
+    """The proxy adds no Etag of its own to a small response sent whole, and leaves
+    If-None-Match to the app (which answers 200 here: its own Etag differs)."""
+    direct = requests.get(f"http://127.0.0.1:{upstream}/big?size=100")
+    assert "Etag" not in direct.headers  # the app streams it: no Etag
+    r = lab.s.get(lab.url(f"proxy/{upstream}/big?size=100"))
+    assert r.status_code == 200 and len(r.content) == 100
+    assert "Etag" not in r.headers, r.headers
+    r = lab.s.get(lab.url(f"proxy/{upstream}/hello"))
+    etag = r.headers["Etag"]  # the app's own (tornado computes it over the echoed request)
+    again = lab.s.get(lab.url(f"proxy/{upstream}/hello"), headers={"If-None-Match": etag})
+    assert again.status_code == 200 and again.json()["uri"] == "/hello"
+    assert ["If-None-Match", etag] in again.json()["headers"]
+
+
 def test_gzip_passes_untouched(lab, upstream):
     direct = requests.get(f"http://127.0.0.1:{upstream}/gzip", stream=True).raw.read()
     r = lab.s.get(lab.url(f"proxy/{upstream}/gzip"), stream=True)

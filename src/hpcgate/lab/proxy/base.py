@@ -65,6 +65,22 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
     def check_origin(self, origin: str | None = None) -> bool:  # websocket handshake
         return JupyterHandler.check_origin(self)
 
+    # ------------------------------------------------------------ caching is the app's
+
+    def compute_etag(self) -> str | None:
+        """None: the app's response passes without an Etag of tornado's making.
+
+        tornado would hash every small body it sends whole (a SHA-1 per request) and
+        add that Etag to the app's response.
+        """
+        return None
+
+    def check_etag_header(self) -> bool:
+        """False: an ``If-None-Match`` is the app's to answer (its 304 passes through);
+        tornado would answer 304 itself when the app's Etag matched, without asking
+        whether the app still considers the copy fresh."""
+        return False
+
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         # Plain text, fixed messages: nothing from the URL is ever reflected.
         self.clear_header("Content-Security-Policy")
