@@ -201,6 +201,15 @@ class UpstreamResponse:
 
     async def read_all(self, limit: int) -> bytes:
         """The whole body, refusing more than ``limit`` bytes."""
+        if self.framing == "length":  # one read, no per-chunk generator steps
+            if (self.length or 0) > limit:
+                raise UpstreamError("response too large to rewrite")
+            try:
+                body = await self.conn.reader.readexactly(self.length or 0)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                raise UpstreamError(f"broken response body: {exc.__class__.__name__}") from exc
+            self.complete = True
+            return body
         body = bytearray()
         async for data in self.chunks():
             body += data

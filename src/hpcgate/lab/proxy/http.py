@@ -214,8 +214,7 @@ class HTTPProxy(ProxyBase):
             return
         if resp.framing == "length" and (resp.length or 0) <= SMALL_BODY:
             # Small, fixed-size body: one write with the headers.
-            async for data in resp.chunks(SMALL_BODY):
-                self.write(data)
+            self.write(await resp.read_all(SMALL_BODY))
             await self.finish()
             return
         await self.flush()  # headers now, before the body ends (SSE, long polls)
