@@ -79,7 +79,8 @@ def resolve_route(
 def parse_hostport(lab: LabContext, hostport: str, handler: Any) -> Target:
     """The target of ``proxy/<hostport>/``; refused hosts and ports raise :class:`ProxyError`."""
     # Clients percent-encode IPv6 brackets; no other escape is accepted in a host.
-    hostport = re.sub("%5[bB]", "[", re.sub("%5[dD]", "]", hostport))
+    if "%" in hostport:
+        hostport = re.sub("%5[bB]", "[", re.sub("%5[dD]", "]", hostport))
     if hostport.isdigit():
         host, port_text = "localhost", hostport
     else:
