@@ -19,7 +19,7 @@ from hubtools import Hub, execute_in_kernel
 
 
 def _listener_command(port: int) -> str:
-    """The command name of the process listening on 127.0.0.1:``port`` (from ``ss``)."""
+    """``ss``'s line for the socket listening on ``port``, with its process's name."""
     out = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True, check=True).stdout
     return out
 
