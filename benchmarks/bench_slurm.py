@@ -39,7 +39,7 @@ from hubtools import Hub, wait_for  # noqa: E402
 from hpcgate.catalog import UserInfo, load_catalog  # noqa: E402
 from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec  # noqa: E402
 from hpcgate.hub.backends.slurm import SlurmBackend  # noqa: E402
-from hpcgate.hub.remote import SSHPool  # noqa: E402
+from hpcgate.remote import SSHPool  # noqa: E402
 from hpcgate.hub.status import StatusCache  # noqa: E402
 from hpcgate.sandbox import Sandbox  # noqa: E402
 from hpcgate.sandbox.catalog import catalog_data  # noqa: E402

@@ -121,7 +121,7 @@ class TunnelProcess:
     CODE = r"""
 import asyncio, json, sys
 from hpcgate.catalog import System
-from hpcgate.hub.tunnels import TunnelManager
+from hpcgate.remote.tunnels import TunnelManager
 async def main():
     system = System.model_validate(json.loads(sys.argv[1]))
     manager = TunnelManager(state_dir=sys.argv[2])

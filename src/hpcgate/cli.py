@@ -9,7 +9,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -18,6 +17,8 @@ from . import __version__
 from .catalog import CatalogError, json_schema_text, load_catalog
 from .database import ENV_VAR as DB_URL_ENV
 from .database import DatabaseURLError, check_connection, redacted, resolve_db_url
+from .files import private_dir, write_atomic
+from .net import free_port
 
 CONFIG_TEMPLATE = '''\
 # Written by `hpcgate up`; settings come from hpcgate-up.json beside this file.
@@ -98,19 +99,6 @@ def default_state_dir() -> str:
     return os.path.join(base, "hpcgate", "up")
 
 
-def _private(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(path, 0o700)
-    return path
-
-
-def _write_private(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(path, 0o600)
-
-
 def _read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
@@ -119,19 +107,13 @@ def _read_json(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _kept_password(path: Path, nbytes: int) -> str:
     """A password generated once (``nbytes`` random bytes) and kept 0600 at ``path``."""
     if path.exists():
         os.chmod(path, 0o600)
         return path.read_text().strip()
     password = secrets.token_urlsafe(nbytes)
-    _write_private(path, password + "\n")
+    write_atomic(path, password + "\n")
     return password
 
 
@@ -182,7 +164,7 @@ def find_traefik() -> str | None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    state_dir = _private(Path(args.state_dir).expanduser().resolve())
+    state_dir = private_dir(Path(args.state_dir).expanduser().resolve())
     if args.proxy == "traefik":
         proxy = find_traefik()
         if proxy is None:
@@ -227,8 +209,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     previous = _read_json(state_dir / "hpcgate-up.json")
     settings = {
         # servers that outlive the hub keep its API address: reuse the ports
-        "hub_port": previous.get("hub_port") or _free_port(),
-        "proxy_api_port": previous.get("proxy_api_port") or _free_port(),
+        "hub_port": previous.get("hub_port") or free_port(),
+        "proxy_api_port": previous.get("proxy_api_port") or free_port(),
         "ip": args.ip,
         "port": args.port,
         "proxy": proxy,
@@ -308,7 +290,7 @@ def _check_identity(args: argparse.Namespace, state_dir: Path) -> str:
         return f"--auth {args.auth} but {args.identity} configures {identity.kind}"
     key = state_dir / "crypt-key"
     if not key.exists():
-        _write_private(key, secrets.token_hex(32) + "\n")
+        write_atomic(key, secrets.token_hex(32) + "\n")
     return ""
 
 

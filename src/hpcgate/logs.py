@@ -30,14 +30,16 @@ import time
 from pathlib import Path
 from typing import Any
 
+from . import protocol
+
 #: The record attribute holding a line's structured fields (``extra={"hpcgate": {...}}``).
 FIELDS_ATTR = "hpcgate"
 #: The order of the structured fields in a line.
 FIELDS = ("user", "server", "system", "job_id", "phase", "reason")
 #: Environment variable that switches a lab's log to JSON (value ``json``).
-FORMAT_ENV = "HPCGATE_LOG_FORMAT"
+FORMAT_ENV = protocol.LOG_FORMAT
 #: Environment variable naming the server's system for the lab's log lines.
-SYSTEM_ENV = "HPCGATE_SYSTEM"
+SYSTEM_ENV = protocol.SYSTEM
 
 _PACKAGE_DIR = str(Path(__file__).resolve().parent) + os.sep
 
@@ -230,7 +232,7 @@ def lab_fields(environ: dict[str, str] | None = None) -> dict[str, Any]:
     environ = os.environ if environ is None else environ
     return {
         "user": environ.get("JUPYTERHUB_USER"),
-        "server": environ.get("JUPYTERHUB_SERVER_NAME", environ.get("HPCGATE_SERVER_NAME")),
+        "server": environ.get("JUPYTERHUB_SERVER_NAME"),
         "system": environ.get(SYSTEM_ENV) or None,
         "job_id": environ.get("SLURM_JOB_ID") or str(os.getsid(0)),
         "phase": "lab",

@@ -25,9 +25,13 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
+from . import protocol
+from .files import write_atomic
+from .net import free_port
+
 
 def log(message: str) -> None:
-    if os.environ.get("HPCGATE_LOG_FORMAT") == "json":
+    if os.environ.get(protocol.LOG_FORMAT) == "json":
         from .logs import lab_line
 
         print(lab_line("hpcgate-singleuser", message), file=sys.stderr, flush=True)
@@ -36,20 +40,13 @@ def log(message: str) -> None:
 
 
 def bind_address() -> str:
-    ip = os.environ.get("HPCGATE_BIND_IP")
+    ip = os.environ.get(protocol.BIND_IP)
     if ip:
         return ip
     try:
         return socket.gethostbyname(socket.gethostname())
     except OSError:
         return "127.0.0.1"
-
-
-def free_port(ip: str) -> int:
-    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as s:
-        s.bind((ip, 0))
-        return s.getsockname()[1]
 
 
 def report_timeout() -> float:
@@ -59,7 +56,7 @@ def report_timeout() -> float:
     through once the hub (and its tunnel to this system) is back.
     """
     try:
-        return max(1.0, float(os.environ.get("HPCGATE_REPORT_TIMEOUT", "300")))
+        return max(1.0, float(os.environ.get(protocol.REPORT_TIMEOUT, "300")))
     except ValueError:
         return 300.0
 
@@ -70,11 +67,9 @@ def report_to_hub(host: str, port: int, timeout: float | None = None) -> bool:
     if not api or not token:
         log("no JUPYTERHUB_API_URL/JUPYTERHUB_API_TOKEN: not reporting to the hub")
         return False
-    body = json.dumps(
-        {"host": host, "port": port, "server_name": os.environ.get("JUPYTERHUB_SERVER_NAME", "")}
-    ).encode()
+    body = json.dumps(protocol.ready_payload(host, port, os.environ.get("JUPYTERHUB_SERVER_NAME", ""))).encode()
     request = urllib.request.Request(
-        api.rstrip("/") + "/hpcgate/ready",
+        api.rstrip("/") + "/" + protocol.READY_PATH,
         data=body,
         method="POST",
         headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
@@ -103,11 +98,7 @@ def report_to_hub(host: str, port: int, timeout: float | None = None) -> bool:
 def write_connection_file(path: str, host: str, port: int) -> None:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = target.with_name(target.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": host, "port": port}, f)
-    os.replace(tmp, target)
+    write_atomic(target, json.dumps({"host": host, "port": port}))
     log(f"wrote connection file {target}")
 
 
@@ -121,23 +112,23 @@ def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ip = bind_address()
     port = free_port(ip)
-    host = os.environ.get("HPCGATE_REPORT_HOST") or ip
+    host = os.environ.get(protocol.REPORT_HOST) or ip
     os.environ["JUPYTERHUB_SERVICE_URL"] = service_url(ip, port)
-    connection_file = os.environ.get("HPCGATE_CONNECTION_FILE")
+    connection_file = os.environ.get(protocol.CONNECTION_FILE)
     if connection_file:
         write_connection_file(connection_file, host, port)
-    if os.environ.get("HPCGATE_REPORT_TO_HUB", "1") != "0":
+    if os.environ.get(protocol.REPORT_TO_HUB, "1") != "0":
         reported = report_to_hub(host, port)
         if not reported and not connection_file:
             log("could not report the address; the hub will not find this server")
             sys.exit(3)
-    if os.environ.get("HPCGATE_LOG_FORMAT") == "json":
+    if os.environ.get(protocol.LOG_FORMAT) == "json":
         from .logs import json_config_dir
 
         os.environ["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
             p for p in (json_config_dir(), os.environ.get("JUPYTER_CONFIG_PATH")) if p
         )
-    program = os.environ.get("HPCGATE_SINGLEUSER_APP") or "jupyterhub-singleuser"
+    program = os.environ.get(protocol.SINGLEUSER_APP) or "jupyterhub-singleuser"
     executable = shutil.which(program) or shutil.which(program, path=os.path.dirname(sys.executable))
     if executable is None:
         log(f"cannot find {program} on PATH")

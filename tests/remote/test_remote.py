@@ -1,4 +1,4 @@
-"""hpcgate.hub.remote and hpcgate.hub.accounts against a real sshd on loopback."""
+"""hpcgate.remote and hpcgate.hub.accounts against a real sshd on loopback."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from hpcgate.catalog import AccountMapping, System
 from hpcgate.hub.accounts import AccountError, AccountResolver
-from hpcgate.hub.remote import RemoteError, SSHPool, SystemRemote, run_local
+from hpcgate.remote import RemoteError, SSHPool, SystemRemote, run_local
 from sshd import USERS, free_port
 
 
@@ -49,6 +49,27 @@ async def test_connections_are_pooled_per_host_and_account(sshd):
         await first.wait_closed()
         assert (await remote.run("127.0.0.1", USERS[0], ["true"])).ok
         assert await pool.connection(remote.target("127.0.0.1", USERS[0])) is not first
+    finally:
+        await pool.close()
+
+
+async def test_idle_connections_are_closed_and_busy_ones_kept(sshd):
+    pool = SSHPool(idle_timeout=0.3)
+    remote = remote_for(sshd, pool)
+    try:
+        # a command that outlasts the idle timeout keeps its connection
+        result = await remote.run("127.0.0.1", USERS[0], ["sleep", "1"])
+        assert result.ok and pool.evicted == 0
+        target = remote.target("127.0.0.1", USERS[0])
+        first = await pool.connection(target)
+        for _ in range(100):
+            if pool.evicted:
+                break
+            await asyncio.sleep(0.1)
+        assert pool.evicted == 1 and first.is_closed() and not pool._entries
+        # the next command opens a new one
+        assert (await remote.run("127.0.0.1", USERS[0], ["true"])).ok
+        assert await pool.connection(target) is not first
     finally:
         await pool.close()
 

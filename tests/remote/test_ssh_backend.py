@@ -14,7 +14,7 @@ import pytest
 from hpcgate.catalog import Catalog, CatalogModel, UserInfo
 from hpcgate.hub.backends.base import BackendContext, JobSpec, JobState, StatusUnavailable, SubmitError
 from hpcgate.hub.backends.ssh import SSHBackend
-from hpcgate.hub.remote import SSHPool
+from hpcgate.remote import SSHPool
 from sshd import USERS
 
 

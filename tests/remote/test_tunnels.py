@@ -11,9 +11,9 @@ import pytest
 from hpcgate.catalog import System
 from hpcgate.hub.backends.base import BackendContext
 from hpcgate.hub.backends.ssh import SSHBackend
-from hpcgate.hub.remote import SSHPool
-from hpcgate.hub.tunnels import TunnelError, TunnelManager
-from sshd import USERS, free_port
+from hpcgate.remote import SSHPool
+from hpcgate.remote.tunnels import TunnelError, TunnelManager
+from sshd import TUNNEL_USER, USERS, free_port
 from test_ssh_backend import make_backend, spec_for
 
 
@@ -90,6 +90,36 @@ async def test_many_forwards_share_one_connection(sshd, lab, tmp_path):
         await manager.close_forward("login", "u0/")
         with pytest.raises(OSError):
             await http_get(ports[0], timeout=2)
+    finally:
+        await manager.close()
+
+
+async def test_a_catalog_change_rebuilds_the_tunnel_and_keeps_its_forwards(sshd, lab, tmp_path):
+    before = System.model_validate(sshd.system_data())
+    # the reloaded catalog logs the tunnel in as another account
+    after = System.model_validate(sshd.system_data(ssh={"tunnel_account": "root", "tunnel_key": str(sshd.keys["root"])}))
+    manager = manager_for(tmp_path)
+    try:
+        local = await manager.open_forward("login", before, "ann/", *lab, timeout=10)
+        tunnel = manager.get("login")
+        assert tunnel.target.username == TUNNEL_USER and tunnel.connects == 1
+
+        manager.update("login", after)
+        assert tunnel.system is after and tunnel.target.username == "root"
+        await tunnel.wait_connected(20, fresh_try=False)
+        # the same forward, on the same local port, now over the new login
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        assert tunnel.connects == 2 and manager.healthy("login", "ann/")
+        # a new server of the changed system uses the same (rebuilt) tunnel
+        assert await manager.open_forward("login", after, "ben/", *lab, timeout=10) != local
+        assert manager.get("login") is tunnel and tunnel.connects == 2
+
+        # a definition that can carry no tunnel leaves the tunnel as it was
+        broken = System.model_validate(sshd.system_data(ssh={"tunnel_account": None, "tunnel_key": None}))
+        manager.update("login", broken)
+        assert tunnel.system is after and manager.healthy("login", "ann/")
+        with pytest.raises(TunnelError, match="tunnel_account and tunnel_key"):
+            manager.tunnel("login", broken)
     finally:
         await manager.close()
 

@@ -10,7 +10,7 @@ from slurmtools import active_jobs, squeue
 from hpcgate.catalog import load_catalog, UserInfo
 from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec, JobState
 from hpcgate.hub.backends.slurm import SlurmBackend
-from hpcgate.hub.remote import SSHPool
+from hpcgate.remote import SSHPool
 from hpcgate.hub.status import StatusCache
 
 pytestmark = pytest.mark.sandbox

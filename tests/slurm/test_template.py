@@ -9,7 +9,9 @@ import subprocess
 import pytest
 
 from hpcgate.catalog import Catalog, CatalogModel, UserInfo
-from hpcgate.hub.backends import slurm
+from hpcgate.hub.backends.slurm import backend as slurm_backend
+from hpcgate.hub.backends.slurm import parse as slurm_parse
+from hpcgate.hub.backends.slurm import template as slurm_template
 from hpcgate.hub.backends.base import JobState, SubmitError
 
 
@@ -41,7 +43,7 @@ def catalog(**system_overrides) -> Catalog:
 
 def render(cat: Catalog, options=None, **kw) -> str:
     request = cat.validate(UserInfo("alice"), {"system": "hpc", **(options or {})})
-    values = slurm.template_values(
+    values = slurm_template.template_values(
         request,
         user=kw.get("user", "alice"),
         account="alice",
@@ -51,7 +53,7 @@ def render(cat: Catalog, options=None, **kw) -> str:
         command=kw.get("command", ["hpcgate-singleuser", "--debug"]),
         connection_file=kw.get("connection_file", False),
     )
-    return slurm.render_job_script("hpc", request.system_config, request.partition, values)
+    return slurm_template.render_job_script("hpc", request.system_config, request.partition, values)
 
 
 def sbatch_options(script: str) -> list[str]:
@@ -110,12 +112,12 @@ def test_connection_file_is_exported_when_enabled():
 
 def test_every_documented_variable_is_given_and_documented():
     request = catalog().validate(UserInfo("alice"), {"system": "hpc"})
-    values = slurm.template_values(
+    values = slurm_template.template_values(
         request, user="a", account="a", server_name="", run_id="r", workdir=".", command=["x"], connection_file=False
     )
-    assert set(values) == set(slurm.TEMPLATE_VARIABLES)
-    for name in slurm.TEMPLATE_VARIABLES:
-        assert f"``{name}``" in slurm.__doc__, name
+    assert set(values) == set(slurm_template.TEMPLATE_VARIABLES)
+    for name in slurm_template.TEMPLATE_VARIABLES:
+        assert f"``{name}``" in slurm_template.__doc__, name
 
 
 def test_partition_template_overrides_the_system_template(tmp_path):
@@ -172,7 +174,7 @@ def test_parse_squeue():
         "11|PENDING|Nodes required for job are DOWN, DRAINED or reserved||0|\n"
         "garbage line\n"
     )
-    got = slurm.parse_squeue(out)
+    got = slurm_parse.parse_squeue(out)
     assert got["4"].state is JobState.DONE and got["4"].exit_code == 3 and "NonZeroExitCode" in got["4"].reason
     assert got["6"].state is JobState.PENDING and "PartitionConfig" in got["6"].stuck
     assert got["7"].reason == "Resources" and not got["7"].stuck
@@ -184,7 +186,7 @@ def test_parse_squeue():
 
 
 def test_parse_sacct():
-    got = slurm.parse_sacct("12|CANCELLED by 1001|None|compute1|0:15\n13|COMPLETED|None|compute1|0:0\n14|RUNNING|None|c2|0:0\n")
+    got = slurm_parse.parse_sacct("12|CANCELLED by 1001|None|compute1|0:15\n13|COMPLETED|None|compute1|0:0\n14|RUNNING|None|c2|0:0\n")
     assert got["12"].state is JobState.DONE and got["12"].exit_code == 128 + 15 and got["12"].reason == "CANCELLED"
     assert got["13"].exit_code == 0
     assert got["14"].state is JobState.RUNNING
@@ -192,6 +194,17 @@ def test_parse_sacct():
 
 def test_submit_script_keeps_values_out_of_the_command_line():
     # the scripts are constants: values arrive as "$1"... and stdin only
-    for script in (slurm.SUBMIT_SCRIPT, slurm.CANCEL_SCRIPT):
+    for script in (slurm_backend.SUBMIT_SCRIPT, slurm_backend.CANCEL_SCRIPT):
         assert not re.search(r"\{[a-z_]+\}", script)
-    assert "sbatch --parsable" in slurm.SUBMIT_SCRIPT and '< "$script"' in slurm.SUBMIT_SCRIPT
+    assert "sbatch --parsable" in slurm_backend.SUBMIT_SCRIPT and '< "$script"' in slurm_backend.SUBMIT_SCRIPT
+
+
+def test_one_table_of_slurm_states_decides_status_and_cancel():
+    # every state of the table maps to the status the parser gives ...
+    for name, meaning in slurm_parse.SLURM_STATES.items():
+        assert slurm_parse.job_status(name, "None", "", "0").state is meaning.state, name
+    # ... and the cancel script stops waiting on exactly the final ones
+    waits_for = re.search(r'""\|([A-Z_|]+)\) exit 0', slurm_backend.CANCEL_SCRIPT).group(1).split("|")
+    assert set(waits_for) == slurm_parse.FINAL_STATES
+    assert "COMPLETING" not in slurm_parse.FINAL_STATES and "COMPLETED" in slurm_parse.FINAL_STATES
+    assert slurm_parse.job_status("BOGUS_STATE", "", "", "").state is JobState.UNKNOWN

@@ -16,8 +16,8 @@ Four sources (:class:`hpcgate.catalog.AccountMapping`):
 for source ``auth_state`` a mark, when present, must not have expired (other
 authenticators write none).
 
-Contract: :meth:`AccountResolver.account` returns a name that passed
-:func:`hpcgate.hub.paths.check_account` (safe in a path and a command line), or raises
+Contract: :meth:`AccountResolver.account` returns an :class:`~hpcgate.remote.AccountName`
+(checked once, here: safe in a path and a command line), or raises
 :class:`AccountError` whose message tells the user what to do. Admin mistakes (a
 missing or broken map file) are logged with the config key and the file name.
 """
@@ -26,15 +26,15 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 from collections.abc import Mapping
 from typing import Any
 
 import yaml
 
 from ..catalog import AccountMapping
+from ..files import ReloadingFile
+from ..remote import AccountName
 from .identity import stamp
-from .paths import check_account
 
 log = logging.getLogger("hpcgate.accounts")
 
@@ -43,43 +43,36 @@ class AccountError(ValueError):
     """No usable account for this user on this system; the message is for the user."""
 
 
+def _load_map_file(path: str) -> dict[str, str]:
+    """A YAML or JSON mapping ``hub name -> account``; :class:`OSError` with a sentence."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f)  # JSON is YAML too
+    except OSError as exc:
+        raise OSError(f"cannot read the account map file {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise OSError(f"the account map file {path} is not valid YAML or JSON: {exc}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise OSError(f"the account map file {path} must map hub user names to account names")
+    return dict(data)
+
+
 class _MapFile:
-    """A mapping file, re-read when its modification time, size or inode change."""
+    """The mapping file, re-read when its modification time, size or inode change."""
 
     def __init__(self, path: str):
         self.path = path
-        self._fingerprint: tuple[int, int, int] | None = None
-        self._mapping: dict[str, str] = {}
-        # the fingerprint and the mapping are swapped together
-        self._lock = threading.Lock()
+        self._file = ReloadingFile(path, _load_map_file)
 
     def get(self) -> dict[str, str]:
         try:
-            st = os.stat(self.path)
+            return self._file.get()
         except OSError as exc:
+            if exc.filename is None:
+                raise  # already a sentence (_load_map_file)
             raise OSError(f"cannot read the account map file {self.path}: {exc.strerror}") from exc
-        fingerprint = (st.st_mtime_ns, st.st_size, st.st_ino)
-        with self._lock:
-            if fingerprint != self._fingerprint:
-                self._mapping = self._load()
-                self._fingerprint = fingerprint
-            return self._mapping
-
-    def _load(self) -> dict[str, str]:
-        try:
-            with open(self.path, encoding="utf-8") as f:
-                data = yaml.safe_load(f)  # JSON is YAML too
-        except OSError as exc:
-            raise OSError(f"cannot read the account map file {self.path}: {exc.strerror}") from exc
-        except yaml.YAMLError as exc:
-            raise OSError(f"the account map file {self.path} is not valid YAML or JSON: {exc}") from exc
-        if data is None:
-            return {}
-        if not isinstance(data, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in data.items()
-        ):
-            raise OSError(f"the account map file {self.path} must map hub user names to account names")
-        return dict(data)
 
 
 class AccountResolver:
@@ -104,7 +97,7 @@ class AccountResolver:
                 "Log out and log in again."
             ) from exc
 
-    def account(self, hub_name: str, auth_state: Mapping[str, Any] | None = None) -> str:
+    def account(self, hub_name: str, auth_state: Mapping[str, Any] | None = None) -> AccountName:
         """The account of ``hub_name`` on this system; :class:`AccountError` if none."""
         source = self.mapping.source
         if source == "hub_name":
@@ -153,7 +146,7 @@ class AccountResolver:
                     "hub's admins to add your user name to the account map."
                 )
         try:
-            return check_account(str(raw))
+            return AccountName(str(raw))
         except ValueError as exc:
             log.error("systems.%s.accounts (%s): %s", self.system_name, source, exc)
             raise AccountError(

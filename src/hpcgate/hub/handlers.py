@@ -18,6 +18,7 @@ import re
 from jupyterhub.apihandlers.base import APIHandler
 from tornado import web
 
+from .. import protocol
 from ..catalog import HOST_PATTERN
 
 
@@ -81,6 +82,6 @@ class ReadyHandler(APIHandler):
 def extra_handlers() -> list[tuple[str, type]]:
     """Routes to add to ``c.JupyterHub.extra_handlers`` (prefixed with the hub's URL)."""
     return [
-        (r"/api/hpcgate/offer", OfferHandler),
-        (r"/api/hpcgate/ready", ReadyHandler),
+        (r"/api/" + protocol.OFFER_PATH, OfferHandler),
+        (r"/api/" + protocol.READY_PATH, ReadyHandler),
     ]

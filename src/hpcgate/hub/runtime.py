@@ -3,10 +3,18 @@
 One instance per JupyterHub process (:meth:`HPCGate.instance`). Spawners and handlers
 reach shared objects only through it; nothing per-user lives here and nothing shared
 lives in class attributes of the spawner.
+
+At hub shutdown it closes what it owns (:meth:`HPCGate.close`: backends, tunnels, the
+SSH pool). JupyterHub has no shutdown hook for spawners; what it does on SIGTERM,
+SIGINT or ``JupyterHub.stop()`` (``shutdown_cancel_tasks``) is run ``cleanup()`` --
+which stops the servers when ``cleanup_servers`` is set, through the backends, still
+open -- and then cancel every other task of the event loop and wait for them. A task
+of ours that waits for that cancellation closes everything while JupyterHub waits.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -14,13 +22,13 @@ from traitlets import Float, Integer, Unicode, default
 from traitlets.config import SingletonConfigurable
 
 from ..catalog import Catalog, CatalogStore, System
+from ..files import private_dir
+from ..remote.pool import SSHPool
+from ..remote.tunnels import TunnelManager
 from .accounts import AccountResolver
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
-from .paths import private_dir
-from .remote import SSHPool
 from .status import StatusCache
-from .tunnels import TunnelManager
 
 
 class HPCGate(SingletonConfigurable):
@@ -51,15 +59,17 @@ class HPCGate(SingletonConfigurable):
         base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
         return os.path.join(base, "hpcgate")
 
-    hub_api_url = Unicode(
-        "",
-        help="Hub API URL as seen from the hub host (set from the spawner's environment).",
-    ).tag(config=True)
-
     ssh_max_sessions = Integer(
         8,
         help="""Commands run at once on one pooled SSH connection (status queries, starts,
         stops); more wait. Keep it below the hosts' sshd MaxSessions (10 by default).""",
+    ).tag(config=True)
+
+    ssh_idle_timeout = Float(
+        300.0,
+        help="""Seconds after which a pooled SSH connection that ran no command is closed
+        (the next command opens it again). 0 keeps connections open until the hub stops.
+        Tunnel connections are not affected: they stay up while they carry forwards.""",
     ).tag(config=True)
 
     def __init__(self, **kwargs):
@@ -68,9 +78,41 @@ class HPCGate(SingletonConfigurable):
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
         #: SSH connections of every system's backend, one per (host, login).
-        self.ssh_pool = SSHPool(self.ssh_max_sessions)
+        self.ssh_pool = SSHPool(self.ssh_max_sessions, idle_timeout=self.ssh_idle_timeout)
         #: The tunnels of every system, one SSH connection per jump host.
         self.tunnels = TunnelManager(parent=self, state_dir=self.state_dir)
+        self._closer: asyncio.Task | None = None
+        self._close_at_shutdown()
+
+    def _close_at_shutdown(self) -> None:
+        """Start (once, in the hub's event loop) the task that closes all at shutdown."""
+        if self._closer is not None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return  # not in the event loop yet: the next use of a backend starts it
+        self._closer = loop.create_task(self._wait_for_shutdown())
+
+    async def _wait_for_shutdown(self) -> None:
+        try:
+            await asyncio.Event().wait()  # until JupyterHub cancels every task
+        except asyncio.CancelledError:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Close every backend, every tunnel and the SSH pool (hub shutdown).
+
+        Servers keep running (their jobs are not cancelled here); a restarted hub finds
+        them again from the spawner state.
+        """
+        entries, self._backends = list(self._backends.values()), {}
+        for _system, backend, _cache in entries:
+            await backend.close()
+        await self.tunnels.close()
+        await self.ssh_pool.close()
+        self.log.info("Closed hpcgate's backends, tunnels and SSH connections")
 
     @property
     def store(self) -> CatalogStore:
@@ -83,6 +125,7 @@ class HPCGate(SingletonConfigurable):
         return self.store.get()
 
     def _entry(self, system_name: str, system: System | None = None) -> tuple[System, Backend, StatusCache]:
+        self._close_at_shutdown()
         system = system or self.catalog().systems.get(system_name)
         entry = self._backends.get(system_name)
         if system is None:
@@ -99,12 +142,14 @@ class HPCGate(SingletonConfigurable):
             backend = cls(
                 system_name,
                 system,
-                BackendContext(state_dir=str(Path(self.state_dir)), hub_api_url=self.hub_api_url),
+                BackendContext(state_dir=str(Path(self.state_dir))),
                 **extra,
             )
             cache = StatusCache(backend, system.status_interval, logger=self.log)
             if entry is not None:
                 cache.take_over(entry[2])
+                # the tunnel follows the new definition (jump host, login, hub API forward)
+                self.tunnels.update(system_name, system)
             entry = (system, backend, cache)
             self._backends[system_name] = entry
         return entry

@@ -12,7 +12,6 @@ import hashlib
 import hmac
 import html
 import json
-import sys
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,14 +20,14 @@ from jupyterhub.spawner import Spawner
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
+from .. import protocol
 from ..catalog import LaunchError, LaunchRequest, UserInfo
 from ..logs import watch_start
+from ..remote.tunnels import TunnelError
 from .accounts import AccountError
-from .backends.base import JobHandle, JobSpec, JobState, JobStatus, SubmitError
+from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, SubmitError
 from .form import render_form
-from .remote import RemoteError
 from .runtime import HPCGate
-from .tunnels import TunnelError
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
 STATE_VERSION = 1
@@ -297,15 +296,12 @@ class HPCSpawner(Spawner):
         account = self.account_for(request, auth_state)
         self._address = asyncio.get_running_loop().create_future()
         env = self.get_env()
-        env["HPCGATE_SERVER_NAME"] = self.name
         if request.apps:
             # the catalog's apps for this system, read by hpcgate.lab (HPCGateLab.catalog_apps)
-            env["HPCGATE_APPS"] = json.dumps(request.apps, separators=(",", ":"))
+            env[protocol.APPS] = json.dumps(request.apps, separators=(",", ":"))
         if backend.needs_tunnel and request.system_config.hub_api_forward:
             await self._route_hub_api(request, env)
-        command = list(request.system_config.singleuser_command)
-        if request.system_config.kind == "local" and command == ["hpcgate-singleuser"]:
-            command = [sys.executable, "-m", "hpcgate.singleuser"]
+        command = backend.server_command(request.system_config.singleuser_command)
         spec = JobSpec(
             request=request,
             hub_user=self.user.name,
@@ -326,7 +322,7 @@ class HPCSpawner(Spawner):
             # finds it; never leave a job nobody knows about
             try:
                 self._adopt(request.system, await submitting)
-            except (SubmitError, RemoteError):
+            except BackendError:
                 pass
             raise
         except SubmitError as exc:
@@ -352,7 +348,7 @@ class HPCSpawner(Spawner):
             backend = self.hpcgate.backend(self.system)
             try:
                 await backend.cancel(self.job)
-            except RemoteError as exc:
+            except CancelError as exc:
                 self.log.error("Cannot cancel job %s of %s: %s", self.job.job_id, self._log_name, exc)
                 return
             self.hpcgate.status_cache(self.system).forget(self.job.job_id)
@@ -618,7 +614,7 @@ class HPCSpawner(Spawner):
             if known is None or known.state is not JobState.DONE:
                 # a job that already ended (behind the hub's back) needs no cancel
                 await backend.cancel(self.job)
-        except RemoteError as exc:
+        except CancelError as exc:
             # keep the job: a later stop (or the culler) tries again
             self.log.error("Cannot stop %s: %s", self._log_name, exc)
             raise

@@ -1,24 +1,23 @@
-"""Running argv on a host: locally, or over a pooled SSH connection.
+"""Running commands on a host: over a pooled SSH connection, or locally.
 
 Pieces, from the bottom up:
 
 - :class:`SSHTarget`: where and as whom to connect (host, port, login, key files, host
   key checks, keepalive). Hashable: the pool keeps one connection per target.
 - :class:`SSHPool`: one supervised asyncssh connection per target, opened on first use,
-  re-opened after it dropped, with keepalive and a cap on concurrent sessions (OpenSSH
-  refuses more than ``MaxSessions``, 10 by default, on one connection).
-- :class:`SystemRemote`: runs commands as a user's account on one catalog system's
-  hosts. It turns the catalog's :class:`~hpcgate.catalog.Identity` into a target:
-  the user's own key (``user_key``) or a service account whose key the hub holds and
-  which switches to the user's account with ``switch_user`` (``runuser -u`` or
-  ``sudo -u``) before running the command (``service_account``).
+  re-opened after it dropped, with keepalive, a cap on concurrent sessions (OpenSSH
+  refuses more than ``MaxSessions``, 10 by default, on one connection) and idle
+  eviction (a connection unused for ``idle_timeout`` seconds is closed).
+- :func:`describe_error`: the short cause of a connection error, for a sentence.
 - :func:`run_local`: the same call for the hub host itself.
+
+Who logs in as whom on which system (the catalog's identities) is
+:mod:`hpcgate.remote.targets`; the tunnels are :mod:`hpcgate.remote.tunnels`.
 
 Contracts:
 
-- Commands are argv lists. A remote command line is ``shlex.join(argv)``: no value is
-  ever interpolated into a shell string. Scripts (:meth:`SystemRemote.run_script`) are
-  constants of hpcgate that receive their values as positional parameters ``"$1"``...
+- Remote command lines are built by :mod:`hpcgate.remote.targets` from argv lists
+  (``shlex.join``): no value is ever interpolated into a shell string.
 - Secrets travel on stdin (``input=``), never in argv.
 - Every failure to reach or use a host raises :class:`RemoteError` with a sentence that
   names the host and what failed, e.g. ``cannot reach login1:22: connection refused``.
@@ -31,15 +30,11 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
-import shlex
 import socket
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import asyncssh
-
-from ..catalog import System
-from .paths import check_account, render_path
 
 log = logging.getLogger("hpcgate.remote")
 
@@ -97,7 +92,7 @@ class SSHTarget:
             key = asyncssh.read_private_key(self.key_path)
         except (OSError, asyncssh.KeyImportError) as exc:
             raise RemoteError(
-                f"cannot use the SSH key {self.key_path} for {self.username}@{self.host}: {_why(exc)}"
+                f"cannot use the SSH key {self.key_path} for {self.username}@{self.host}: {describe_error(exc)}"
             ) from exc
         client_key: object = key
         if self.cert_path:
@@ -106,7 +101,7 @@ class SSHTarget:
             except (OSError, asyncssh.KeyImportError) as exc:
                 raise RemoteError(
                     f"cannot use the SSH certificate {self.cert_path} for "
-                    f"{self.username}@{self.host}: {_why(exc)}"
+                    f"{self.username}@{self.host}: {describe_error(exc)}"
                 ) from exc
         return {
             "host": self.host,
@@ -124,8 +119,12 @@ class SSHTarget:
         }
 
 
-def _why(exc: BaseException) -> str:
-    """A short lower-case cause for an error sentence."""
+def describe_error(exc: BaseException) -> str:
+    """A short lower-case cause of a connection error, for a sentence.
+
+    ``cannot reach login1:22: {describe_error(exc)}`` reads e.g. "connection refused",
+    "no route to host" or "its host key is not the one in known_hosts".
+    """
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -155,14 +154,14 @@ async def connect(target: SSHTarget) -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(**options)
     except asyncssh.PermissionDenied as exc:
         raise RemoteError(
-            f"{target.where} refused the login of {target.username}: {_why(exc)}"
+            f"{target.where} refused the login of {target.username}: {describe_error(exc)}"
         ) from exc
     except (OSError, asyncssh.Error) as exc:
         if isinstance(exc, TimeoutError):
             raise RemoteError(
                 f"cannot reach {target.where}: no answer within {target.connect_timeout:.0f} s"
             ) from exc
-        raise RemoteError(f"cannot reach {target.where}: {_why(exc)}") from exc
+        raise RemoteError(f"cannot reach {target.where}: {describe_error(exc)}") from exc
 
 
 class _PooledConnection:
@@ -172,6 +171,10 @@ class _PooledConnection:
         self.target = target
         self.conn: asyncssh.SSHClientConnection | None = None
         self.sessions = asyncio.Semaphore(max_sessions)
+        #: commands in flight (idle eviction leaves a busy connection alone)
+        self.busy = 0
+        #: event loop time of the last use
+        self.last_used = asyncio.get_running_loop().time()
         # Opening and replacing the connection must happen once: without the lock, two
         # commands arriving together on a dropped connection would both reconnect and
         # one connection would leak.
@@ -181,6 +184,7 @@ class _PooledConnection:
         return self.conn is not None and not self.conn.is_closed()
 
     async def get(self) -> asyncssh.SSHClientConnection:
+        self.last_used = asyncio.get_running_loop().time()
         if self.alive():
             return self.conn  # type: ignore[return-value]
         async with self.lock:
@@ -201,17 +205,43 @@ class SSHPool:
     """Pooled SSH connections, one per :class:`SSHTarget`; owned by HPCGate.
 
     ``max_sessions`` caps the commands running at once on one connection; more wait.
+    ``idle_timeout`` (seconds, 0 for never): a connection that ran no command for that
+    long is closed, so that a hub with many users does not keep one login per user open
+    for good; the next command opens it again. :meth:`close` (at hub shutdown) closes
+    every connection.
     """
 
-    def __init__(self, max_sessions: int = 8):
+    def __init__(self, max_sessions: int = 8, idle_timeout: float = 300.0):
         self.max_sessions = max_sessions
+        self.idle_timeout = idle_timeout
         self._entries: dict[SSHTarget, _PooledConnection] = {}
+        self._reaper: asyncio.Task | None = None
+        #: connections closed for being idle (for tests and logs)
+        self.evicted = 0
 
     def _entry(self, target: SSHTarget) -> _PooledConnection:
         entry = self._entries.get(target)
         if entry is None:
             entry = self._entries[target] = _PooledConnection(target, self.max_sessions)
+        if self.idle_timeout > 0 and (self._reaper is None or self._reaper.done()):
+            self._reaper = asyncio.ensure_future(self._evict_idle())
         return entry
+
+    async def _evict_idle(self) -> None:
+        """Close connections idle for ``idle_timeout`` s; ends when the pool is empty."""
+        loop = asyncio.get_running_loop()
+        while self._entries:
+            await asyncio.sleep(max(self.idle_timeout / 4, 0.05))
+            now = loop.time()
+            for target, entry in list(self._entries.items()):
+                if entry.busy or now - entry.last_used < self.idle_timeout:
+                    continue
+                # dropped from the pool first: a command arriving now gets a new entry
+                del self._entries[target]
+                if entry.alive():
+                    self.evicted += 1
+                    log.info("Closing the idle connection to %s as %s", target.where, target.username)
+                await entry.close()
 
     async def connection(self, target: SSHTarget) -> asyncssh.SSHClientConnection:
         """The live connection of ``target``, opened if needed."""
@@ -229,6 +259,17 @@ class SSHPool:
         """Run a remote command line; retries once when a pooled connection went stale."""
         entry = self._entry(target)
         what = what or command.split(" ", 1)[0]
+        entry.busy += 1
+        try:
+            return await self._run(entry, command, input=input, timeout=timeout, what=what)
+        finally:
+            entry.busy -= 1
+            entry.last_used = asyncio.get_running_loop().time()
+
+    async def _run(
+        self, entry: _PooledConnection, command: str, *, input: str | None, timeout: float, what: str
+    ) -> CommandResult:
+        target = entry.target
         for attempt in (1, 2):
             conn = await entry.get()
             try:
@@ -245,12 +286,12 @@ class SSHPool:
                     conn.close()
                 if attempt == 2:
                     raise RemoteError(
-                        f"lost the connection to {target.where} while running {what}: {_why(exc)}"
+                        f"lost the connection to {target.where} while running {what}: {describe_error(exc)}"
                     ) from exc
                 continue
             except asyncssh.ChannelOpenError as exc:
                 if attempt == 2 or not conn.is_closed():
-                    raise RemoteError(f"cannot run {what} on {target.where}: {_why(exc)}") from exc
+                    raise RemoteError(f"cannot run {what} on {target.where}: {describe_error(exc)}") from exc
                 continue
             code = result.exit_status
             if code is None or code < 0:
@@ -260,6 +301,10 @@ class SSHPool:
         raise AssertionError("unreachable")
 
     async def close(self) -> None:
+        """Close every connection (hub shutdown); the pool stays usable afterwards."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            self._reaper = None
         entries, self._entries = list(self._entries.values()), {}
         for entry in entries:
             await entry.close()
@@ -277,7 +322,7 @@ async def run_local(
             stderr=asyncio.subprocess.PIPE,
         )
     except OSError as exc:
-        raise RemoteError(f"cannot run {argv[0]} on the hub host: {_why(exc)}") from exc
+        raise RemoteError(f"cannot run {argv[0]} on the hub host: {describe_error(exc)}") from exc
     try:
         out, err = await asyncio.wait_for(
             proc.communicate(input.encode() if input is not None else None), timeout
@@ -291,133 +336,3 @@ async def run_local(
         out.decode("utf-8", "replace"),
         err.decode("utf-8", "replace"),
     )
-
-
-@dataclass
-class SystemRemote:
-    """Runs commands as users' accounts on the hosts of one catalog system.
-
-    Built by HPCGate per system (cheap; connections live in the shared :class:`SSHPool`).
-    """
-
-    system_name: str
-    system: System
-    pool: SSHPool
-    #: values a path template of the catalog may use besides ``{account}``
-    template_values: dict[str, str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.system.ssh is None:
-            raise ValueError(f"systems.{self.system_name}: kind '{self.system.kind}' needs an ssh section")
-        self.ssh = self.system.ssh
-
-    def _path(self, template: str, account: str, key: str) -> str:
-        try:
-            return render_path(template, account=account, **self.template_values)
-        except ValueError as exc:
-            raise RemoteError(f"systems.{self.system_name}.ssh.{key}: {exc}") from exc
-
-    def target(self, host: str, account: str) -> SSHTarget:
-        """The login that runs commands as ``account`` on ``host``."""
-        check_account(account)
-        identity = self.ssh.identity
-        if identity.mode == "service_account":
-            return self._target(
-                host,
-                identity.service_account or "",
-                self._path(identity.service_key or "", account, "identity.service_key"),
-                None,
-            )
-        key = self._path(identity.key_path or "", account, "identity.key_path")
-        cert = self._path(identity.cert_path, account, "identity.cert_path") if identity.cert_path else None
-        return self._target(host, account, key, cert)
-
-    def _target(self, host: str, username: str, key: str, cert: str | None) -> SSHTarget:
-        return SSHTarget(
-            host=host,
-            port=self.ssh.port,
-            username=username,
-            key_path=key,
-            cert_path=cert,
-            known_hosts=self.ssh.known_hosts,
-            keepalive_interval=self.ssh.keepalive_interval,
-            connect_timeout=self.ssh.connect_timeout,
-        )
-
-    def tunnel_target(self, host: str) -> SSHTarget:
-        """The login of the tunnel connection (``ssh.tunnel_account``/``tunnel_key``).
-
-        Falls back to the service account of a ``service_account`` identity.
-        """
-        identity = self.ssh.identity
-        account = self.ssh.tunnel_account or (
-            identity.service_account if identity.mode == "service_account" else None
-        )
-        key = self.ssh.tunnel_key or (identity.service_key if identity.mode == "service_account" else None)
-        if not account or not key:
-            raise RemoteError(
-                f"systems.{self.system_name}.ssh.tunnel_account and tunnel_key are needed to carry "
-                "tunnels to this system's servers; set both in the catalog."
-            )
-        return self._target(host, account, self._path(key, account, "tunnel_key"), None)
-
-    def command_line(self, account: str, argv: Sequence[str]) -> str:
-        """The remote command line running ``argv`` as ``account`` (quoted, no shell values)."""
-        identity = self.ssh.identity
-        words = list(argv)
-        if identity.mode == "service_account" and account != identity.service_account:
-            words = [w.replace("{account}", account) for w in identity.switch_user] + words
-        return shlex.join(words)
-
-    async def run(
-        self,
-        host: str,
-        account: str,
-        argv: Sequence[str],
-        *,
-        input: str | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> CommandResult:
-        """Run ``argv`` as ``account`` on ``host``; secrets only in ``input``."""
-        target = self.target(host, account)
-        result = await self.pool.run(
-            target,
-            self.command_line(account, argv),
-            input=input,
-            timeout=timeout or self.ssh.command_timeout,
-            what=argv[0],
-        )
-        if check and not result.ok:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise CommandFailed(
-                f"{argv[0]} on {host} as {account} failed (exit {result.returncode})"
-                + (f": {detail[-1]}" if detail else ""),
-                result,
-            )
-        return result
-
-    async def run_script(
-        self,
-        host: str,
-        account: str,
-        script: str,
-        args: Sequence[str],
-        *,
-        name: str = "script",
-        input: str | None = None,
-        timeout: float | None = None,
-        check: bool = False,
-    ) -> CommandResult:
-        """Run one of hpcgate's constant sh scripts with ``args`` as ``"$1"``, ``"$2"``...
-
-        ``name`` becomes ``$0`` and appears in errors.
-        """
-        return await self.run(
-            host,
-            account,
-            ["sh", "-c", script, f"hpcgate-{name}", *args],
-            input=input,
-            timeout=timeout,
-            check=check,
-        )

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +50,9 @@ from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import System
-from .remote import RemoteError, SSHTarget, SystemRemote, _why, connect
-
-
+from ..files import write_atomic
+from .pool import RemoteError, SSHTarget, connect, describe_error
+from .targets import SystemRemote
 
 class TunnelError(RuntimeError):
     """A tunnel could not be opened; the message names the jump host and the cause."""
@@ -89,7 +88,7 @@ class _LocalSide(asyncio.Protocol):
         except (TunnelError, asyncssh.Error, OSError) as exc:
             tunnel.manager.log.info(
                 "Closing a client of %s -> %s:%s: %s",
-                fwd.local_port, fwd.dest_host, fwd.dest_port, _why(exc) if not isinstance(exc, TunnelError) else exc,
+                fwd.local_port, fwd.dest_host, fwd.dest_port, describe_error(exc) if not isinstance(exc, TunnelError) else exc,
             )
             self.transport.close()
             return
@@ -203,6 +202,35 @@ class SystemTunnel:
     @property
     def where(self) -> str:
         return self.target.where
+
+    def retarget(self, system: System, target: SSHTarget) -> None:
+        """Take the system's changed catalog definition (a catalog reload).
+
+        A new login (jump host, port, tunnel account, key, known_hosts ...) or new hub
+        API forward settings close the current connection: the supervisor opens the new
+        one and the forwards carry on over it on their local ports, the hub API forward
+        requested again. Other changes are taken as they are, without a reconnect.
+        """
+        before = self.system.ssh
+        after = system.ssh
+        forward_settings = (
+            (before.hub_api_bind, before.hub_api_port) if before else None,
+            (after.hub_api_bind, after.hub_api_port) if after else None,
+        )
+        self.system = system
+        relogin = target != self.target or forward_settings[0] != forward_settings[1]
+        if not relogin:
+            return
+        self.manager.log.info(
+            "Tunnel of %s: the catalog changed its login to %s@%s; reconnecting",
+            self.name, target.username, target.where,
+        )
+        self.target = target
+        if forward_settings[0] != forward_settings[1]:
+            self.hub_api_port = None  # the port the catalog names now (or a saved one)
+        conn = self.conn
+        if conn is not None and not conn.is_closed():
+            conn.close()
 
     def start(self) -> None:
         if self._supervisor is None or self._supervisor.done():
@@ -355,7 +383,7 @@ class SystemTunnel:
                 # ChannelListenError (the host refused the port) is no asyncssh.Error:
                 # uncaught, it ended the supervisor and the tunnel never reconnected
                 self.last_error = (
-                    f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {_why(exc)}"
+                    f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {describe_error(exc)}"
                 )
                 if attempt + 1 < tries and not self.conn.is_closed():
                     # after a hub crash the jump host may still hold the port for the
@@ -436,7 +464,7 @@ class SystemTunnel:
                 )
             except OSError as exc:
                 raise TunnelError(
-                    f"Cannot listen on 127.0.0.1:{local_port} for the tunnel to {dest_host}:{dest_port}: {_why(exc)}"
+                    f"Cannot listen on 127.0.0.1:{local_port} for the tunnel to {dest_host}:{dest_port}: {describe_error(exc)}"
                 ) from exc
             forward.local_port = forward.server.sockets[0].getsockname()[1]
             self.forwards[key] = forward
@@ -466,7 +494,7 @@ class SystemTunnel:
             except TimeoutError:
                 last = "no answer"
             except (asyncssh.Error, OSError) as exc:
-                last = _why(exc)
+                last = describe_error(exc)
             else:
                 writer.close()
                 return
@@ -594,29 +622,49 @@ class TunnelManager(LoggingConfigurable):
         self._ports[system_name] = port
         path = self._ports_file()
         if path is not None:
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._ports, f)
-            os.replace(tmp, path)
+            write_atomic(path, json.dumps(self._ports))
 
     # --- per system ---------------------------------------------------------------------
 
     def tunnel(self, system_name: str, system: System) -> SystemTunnel:
-        """The tunnel of a system (created, not yet connected, on first use)."""
+        """The tunnel of a system (created, not yet connected, on first use).
+
+        ``system`` is the catalog's current definition: a tunnel built from an older
+        one is brought up to date first (:meth:`update`).
+        """
         tunnel = self._tunnels.get(system_name)
         if tunnel is None:
-            host = system.tunnel_host
-            if host is None or system.ssh is None:
-                raise TunnelError(f"System {system_name} has no jump host or ssh section; it needs no tunnel.")
-            try:
-                # the tunnel has its own connection: no pool needed to compute its login
-                remote = SystemRemote(system_name, system, pool=None, template_values={"state_dir": self.state_dir})  # type: ignore[arg-type]
-                target = remote.tunnel_target(host)
-            except RemoteError as exc:
-                raise TunnelError(str(exc)) from exc
+            target = self._target(system_name, system)
             tunnel = self._tunnels[system_name] = SystemTunnel(self, system_name, system, target)
+        elif tunnel.system != system:
+            tunnel.retarget(system, self._target(system_name, system))
         return tunnel
+
+    def _target(self, system_name: str, system: System) -> SSHTarget:
+        """The login of a system's tunnel connection; :class:`TunnelError` if it has none."""
+        host = system.tunnel_host
+        if host is None or system.ssh is None:
+            raise TunnelError(f"System {system_name} has no jump host or ssh section; it needs no tunnel.")
+        try:
+            # the tunnel has its own connection: no pool needed to compute its login
+            remote = SystemRemote(system_name, system, pool=None, template_values={"state_dir": self.state_dir})
+            return remote.tunnel_target(host)
+        except RemoteError as exc:
+            raise TunnelError(str(exc)) from exc
+
+    def update(self, system_name: str, system: System) -> None:
+        """The catalog changed a system: its tunnel (if any) follows (see :meth:`SystemTunnel.retarget`).
+
+        A definition that can carry no tunnel any more is logged and leaves the tunnel
+        as it was, so that running servers stay reachable.
+        """
+        tunnel = self._tunnels.get(system_name)
+        if tunnel is None or tunnel.system == system:
+            return
+        try:
+            tunnel.retarget(system, self._target(system_name, system))
+        except TunnelError as exc:
+            self.log.error("Tunnel of %s keeps its previous login: %s", system_name, exc)
 
     def get(self, system_name: str) -> SystemTunnel | None:
         return self._tunnels.get(system_name)
@@ -642,7 +690,7 @@ class TunnelManager(LoggingConfigurable):
         except TunnelError:
             raise
         except asyncssh.Error as exc:
-            raise TunnelError(f"Cannot open a tunnel through {tunnel.target.host}: {_why(exc)}") from exc
+            raise TunnelError(f"Cannot open a tunnel through {tunnel.target.host}: {describe_error(exc)}") from exc
 
     async def restore_forward(
         self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, local_port: int

@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from ..files import write_atomic
+
 
 class SandboxError(RuntimeError):
     """Building, starting or stopping a part of the sandbox failed; the text says which."""
@@ -154,12 +156,7 @@ def pids_of_users(uids: set[int]) -> list[int]:
 
 def write_file(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to ``path`` atomically with ``mode`` (created with that mode)."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
+    write_atomic(path, text, mode)
 
 
 def make_dir(path: Path, mode: int = 0o755, owner: str | None = None) -> Path:

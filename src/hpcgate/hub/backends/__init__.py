@@ -10,7 +10,7 @@ from .base import Backend
 KINDS = {
     "local": "hpcgate.hub.backends.local:LocalBackend",
     "ssh": "hpcgate.hub.backends.ssh:SSHBackend",
-    "slurm": "hpcgate.hub.backends.slurm:SlurmBackend",
+    "slurm": "hpcgate.hub.backends.slurm.backend:SlurmBackend",
 }
 
 

@@ -15,8 +15,11 @@ Contract:
   A failed query raises :class:`StatusUnavailable`; callers treat that as UNKNOWN,
   never as "stopped".
 - :meth:`Backend.cancel` ends a server; cancelling one that has already ended is no
-  error.
+  error. A server that could not be stopped raises :class:`CancelError`.
 - :meth:`Backend.log_tail` returns the last bytes of the server's output, or ``""``.
+- Errors: a backend raises only :class:`BackendError` and its subclasses defined
+  here (whatever SSH, a scheduler or the hub host said is in the sentence); the
+  spawner needs to know no transport.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
 from ...catalog import LaunchRequest, System
+from ...remote import AccountName
 
 
 class JobState(enum.Enum):
@@ -51,12 +55,23 @@ class JobStatus:
     stuck: str = ""
 
 
-class StatusUnavailable(RuntimeError):
+class BackendError(RuntimeError):
+    """Base of every error a backend raises; the message is a sentence."""
+
+
+class StatusUnavailable(BackendError):
     """The system could not be asked for status (controller down, host unreachable)."""
 
 
-class SubmitError(RuntimeError):
+class SubmitError(BackendError):
     """The system refused a server; the message is shown to the user."""
+
+
+class CancelError(BackendError):
+    """A server could not be stopped (host unreachable, the scheduler refused).
+
+    The job is kept: a later stop tries again.
+    """
 
 
 @dataclass
@@ -69,7 +84,8 @@ class JobSpec:
 
     request: LaunchRequest
     hub_user: str
-    account: str
+    #: the user's account on the system, checked by the account resolver
+    account: AccountName
     server_name: str
     env: dict[str, str]
     command: list[str]
@@ -101,8 +117,6 @@ class BackendContext:
     """Hub-wide facts a backend may need."""
 
     state_dir: str
-    #: Hub API URL as the hub itself sees it.
-    hub_api_url: str = ""
 
 
 class Backend(ABC):
@@ -137,6 +151,14 @@ class Backend(ABC):
     async def log_tail(self, handle: JobHandle, nbytes: int = 4096) -> str:
         return ""
 
+    def server_command(self, command: Sequence[str]) -> list[str]:
+        """The argv that starts the server, from the catalog's ``singleuser_command``.
+
+        The default runs it as it is; a backend on the hub host may run it with the
+        hub's own Python instead.
+        """
+        return list(command)
+
     async def read_connection_file(self, handle: JobHandle) -> tuple[str, int] | None:
         """The address a server wrote to its connection file, or None if not there yet.
 
@@ -145,4 +167,4 @@ class Backend(ABC):
         return None
 
     async def close(self) -> None:
-        """Release connections; called when the system leaves the catalog or the hub stops."""
+        """Release what the backend holds; called once, when the hub stops (HPCGate.close)."""

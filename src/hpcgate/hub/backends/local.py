@@ -21,10 +21,13 @@ import asyncio
 import os
 import pwd
 import signal
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..paths import private_dir, render_path
+from ... import protocol
+from ...files import private_dir
+from ...remote import AccountName, render_path
 from .base import Backend, JobHandle, JobSpec, JobState, JobStatus, SubmitError
 
 
@@ -97,26 +100,38 @@ class LocalBackend(Backend):
         # our own children, for exit codes; servers adopted after a restart are not here
         self._children: dict[str, asyncio.subprocess.Process] = {}
 
-    def _log_path(self, account: str, server_name: str) -> Path:
-        logs = private_dir(Path(self.context.state_dir) / "logs" / account)
+    def _log_path(self, account: AccountName, server_name: str) -> Path:
+        logs = private_dir(Path(self.context.state_dir) / "logs" / AccountName(account))
         return logs / f"{server_name or 'default'}.log"
 
+    def server_command(self, command: Sequence[str]) -> list[str]:
+        """``hpcgate-singleuser`` runs with the hub's own Python (the same installation)."""
+        if list(command) == ["hpcgate-singleuser"]:
+            return [sys.executable, "-m", "hpcgate.singleuser"]
+        return list(command)
+
     async def submit(self, spec: JobSpec) -> JobHandle:
-        workdir = Path(
-            render_path(self.system.workdir, account=spec.account, state_dir=self.context.state_dir)
-        )
+        try:
+            workdir = Path(
+                render_path(self.system.workdir, account=spec.account, state_dir=self.context.state_dir)
+            )
+        except ValueError as exc:
+            raise SubmitError(f"The working directory of this system cannot be used: {exc}.") from exc
         try:
             private_dir(workdir)
         except OSError as exc:
             raise SubmitError(f"Cannot create the working directory {workdir}: {exc.strerror}.") from exc
-        log_path = self._log_path(spec.account, spec.server_name)
-        fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            log_path = self._log_path(spec.account, spec.server_name)
+            fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        except OSError as exc:
+            raise SubmitError(f"Cannot create the server's log file: {exc}.") from exc
         command = list(spec.command)
         env = {
             **session_environment(command[0]),
             **spec.env,
-            "HPCGATE_BIND_IP": "127.0.0.1",
-            "HPCGATE_REPORT_HOST": "127.0.0.1",
+            protocol.BIND_IP: "127.0.0.1",
+            protocol.REPORT_HOST: "127.0.0.1",
         }
         if os.geteuid() == 0 and "--allow-root" not in command:
             # a hub run as root (containers, CI) runs its local servers as root too

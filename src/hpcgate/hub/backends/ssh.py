@@ -3,7 +3,8 @@
 - Host: the login hosts of the user's partition (``ssh.partition_hosts``; the user picks
   a login node by picking the partition) or else all of the system's ``hosts``, taken
   round robin; a host that cannot be reached is skipped (and avoided for
-  ``HOST_RETRY_AFTER`` seconds) and the next one is tried.
+  ``HOST_RETRY_AFTER`` seconds) and the next one is tried (:mod:`.login`, shared with
+  the slurm backend).
 - Start: one SSH command as the user's account runs :data:`START_SCRIPT`. The
   environment (with the server's API token) arrives on stdin and is written to a 0600
   file under ``~/.hpcgate/run`` (0700). The server's shell is a login shell
@@ -27,28 +28,26 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import re
 import secrets
-import shlex
-import time
 from collections.abc import Sequence
 
-from ...catalog import HOST_PATTERN, NAME_PATTERN
-from ..paths import check_account
-from ..remote import CommandFailed, RemoteError, SSHPool, SystemRemote
-from .base import Backend, BackendContext, JobHandle, JobSpec, JobState, JobStatus, StatusUnavailable, SubmitError
+from ... import protocol
+from ...remote import RemoteError, SSHPool
+from .base import (
+    Backend,
+    BackendContext,
+    CancelError,
+    JobHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    StatusUnavailable,
+    SubmitError,
+)
+from .login import PRIVATE_DIRS, LoginHosts, env_lines, remote_workdir, safe_name
 
 log = logging.getLogger("hpcgate.backends.ssh")
-
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-#: Hub-side variables of JupyterHub's ``env_keep`` that mean nothing on another host.
-HUB_LOCAL_ENV = frozenset(
-    {"PATH", "PYTHONPATH", "VIRTUAL_ENV", "CONDA_ROOT", "CONDA_DEFAULT_ENV", "JUPYTER_PATH"}
-)
-#: Seconds a login host that could not be reached is tried last.
-HOST_RETRY_AFTER = 30.0
 
 # The scripts below are constants; every value reaches them as a positional parameter.
 # They are written for POSIX sh and procps/coreutils, as found on Linux login nodes.
@@ -56,17 +55,6 @@ HOST_RETRY_AFTER = 30.0
 #: $1 log name, $2 run id, $3 working directory (relative to $HOME or absolute),
 #: $4 setup lines (admin's shell, from the catalog), $5 "1" for a connection file,
 #: $6... the server's argv. stdin: the environment as ``export NAME='value'`` lines.
-#: First lines of every remote script: strict, private files, a 0700 ~/.hpcgate with
-#: logs/ and run/ (environment files), ``$base`` pointing at it.
-PRIVATE_DIRS = r"""
-set -e
-umask 077
-cd "$HOME"
-base="$HOME/.hpcgate"
-mkdir -p "$base/logs" "$base/run"
-chmod 700 "$base" "$base/logs" "$base/run"
-"""
-
 START_SCRIPT = PRIVATE_DIRS + r"""
 log="$base/logs/$1.log"
 envfile="$base/run/$2.env"
@@ -80,7 +68,7 @@ setup=$4
 shift 5
 setsid sh -l -c '
   . "$1"; rm -f "$1"
-  if [ -n "$2" ]; then HPCGATE_CONNECTION_FILE=$2; export HPCGATE_CONNECTION_FILE; fi
+  if [ -n "$2" ]; then @CONNECTION_FILE@=$2; export @CONNECTION_FILE@; fi
   cd "$3" || { echo "hpcgate: cannot change to the working directory $3" >&2; exit 1; }
   eval "$4"
   shift 4
@@ -89,7 +77,7 @@ setsid sh -l -c '
 pid=$!
 echo "$pid"
 LC_ALL=C ps -o lstart= -p "$pid" || true
-"""
+""".replace("@CONNECTION_FILE@", protocol.CONNECTION_FILE)
 
 #: $1 pid, $2 its start time (ps lstart), $3 grace seconds, $4 run id.
 STOP_SCRIPT = r"""
@@ -123,67 +111,10 @@ echo "processes still alive after SIGKILL:$(alive)" >&2
 exit 1
 """
 
-#: $1 log name, $2 bytes
-TAIL_SCRIPT = r"""tail -c "$2" "$HOME/.hpcgate/logs/$1.log" 2>/dev/null || true"""
-
-#: $1 run id; exit 3 when the file is not there (yet)
-CONNECTION_SCRIPT = r"""
-f="$HOME/.hpcgate/run/$1.json"
-[ -f "$f" ] || exit 3
-cat "$f"
-rm -f "$f"
-"""
-
 
 def _one_line(text: str) -> str:
     """Normalise whitespace (``ps lstart`` pads days with a space)."""
     return " ".join(text.split())
-
-
-def _safe_name(server_name: str) -> str:
-    if not server_name:
-        return "default"
-    if re.fullmatch(NAME_PATTERN, server_name):
-        return server_name
-    return "server-" + secrets.token_hex(4)
-
-
-def remote_workdir(template: str, account: str) -> str:
-    """The catalog's ``workdir`` for the remote shell, relative to the account's home.
-
-    Only ``{account}`` may be used (checked first, so it adds no path components);
-    ``~`` is the account's home on the remote host, not the hub's.
-    """
-    check_account(account)
-    try:
-        rendered = template.format_map({"account": account})
-    except (KeyError, IndexError, ValueError) as exc:
-        raise SubmitError(f"The workdir template {template!r} of this system may only use {{account}}.") from exc
-    if rendered in ("~", ""):
-        return "."
-    if rendered.startswith("~/"):
-        return rendered[2:] or "."
-    return rendered
-
-
-#: Last line of every environment file: a login environment without any locale (an
-#: sshd without PAM passes none) gets a UTF-8 one, so that terminals and ``!`` commands
-#: in notebooks speak UTF-8; a locale the account has is kept.
-DEFAULT_LOCALE = '[ -n "${LANG-}${LC_ALL-}${LC_CTYPE-}" ] || export LANG=C.UTF-8'
-
-
-def env_lines(env: dict[str, str]) -> str:
-    """The server's environment file (sent on stdin), sourced after the login profile:
-    ``export NAME='value'`` lines, then :data:`DEFAULT_LOCALE`."""
-    lines = []
-    for name, value in env.items():
-        if name in HUB_LOCAL_ENV:
-            continue
-        if not ENV_NAME.fullmatch(name):
-            raise SubmitError(f"Cannot pass the environment variable {name[:40]!r}: not a valid name.")
-        lines.append(f"export {name}={shlex.quote(value)}")
-    lines.append(DEFAULT_LOCALE)
-    return "\n".join(lines) + "\n"
 
 
 class SSHBackend(Backend):
@@ -198,60 +129,27 @@ class SSHBackend(Backend):
 
     def __init__(self, name, system, context: BackendContext, pool: SSHPool | None = None):
         super().__init__(name, system, context)
-        self.pool = pool or SSHPool()
-        self._own_pool = pool is None
-        self.remote = SystemRemote(name, system, self.pool, {"state_dir": context.state_dir})
-        self._next_host = 0
-        self._unreachable: dict[str, float] = {}
+        #: the login hosts, the commands run there, the server's log and connection file
+        self.login = LoginHosts(name, system, context, pool)
+        self.remote = self.login.remote
 
     # --- submit ---------------------------------------------------------------------
 
-    def candidate_hosts(self, partition: str) -> list[str]:
-        """Hosts to try, round robin; hosts that failed recently go last."""
-        assert self.system.ssh is not None
-        hosts = list(self.system.ssh.partition_hosts.get(partition) or self.system.hosts)
-        start = self._next_host % len(hosts)
-        self._next_host += 1
-        ordered = hosts[start:] + hosts[:start]
-        now = time.monotonic()
-        recent = {h for h, t in self._unreachable.items() if now - t < HOST_RETRY_AFTER}
-        return [h for h in ordered if h not in recent] + [h for h in ordered if h in recent]
-
     async def submit(self, spec: JobSpec) -> JobHandle:
-        assert self.system.ssh is not None
-        errors = []
-        for host in self.candidate_hosts(spec.request.partition):
-            try:
-                handle = await self._start_on(host, spec)
-            except CommandFailed as exc:
-                raise SubmitError(f"Cannot start the server on {host}: {exc}.") from exc
-            except RemoteError as exc:
-                self._unreachable[host] = time.monotonic()
-                log.warning("Skipping login host %s of %s: %s", host, self.name, exc)
-                errors.append(str(exc))
-                continue
-            self._unreachable.pop(host, None)
-            return handle
-        if len(errors) == 1:
-            raise SubmitError(f"Cannot start the server: {errors[0]}. Try again later.")
-        raise SubmitError(
-            f"Cannot start the server: no login host of {self.name} could be used ("
-            + "; ".join(errors)
-            + "). Try again later."
-        )
+        return await self.login.submit(spec.request.partition, lambda host: self._start_on(host, spec))
 
     async def _start_on(self, host: str, spec: JobSpec) -> JobHandle:
         assert self.system.ssh is not None
-        log_name = _safe_name(spec.server_name)
+        log_name = safe_name(spec.server_name)
         run_id = f"{log_name}-{secrets.token_hex(6)}"
         env = dict(spec.env)
         if host == self.system.tunnel_host:
             # the tunnel ends on this host: the lab needs to listen on loopback only
-            env["HPCGATE_BIND_IP"] = "127.0.0.1"
-            env["HPCGATE_REPORT_HOST"] = "127.0.0.1"
+            env[protocol.BIND_IP] = "127.0.0.1"
+            env[protocol.REPORT_HOST] = "127.0.0.1"
         else:
-            env.pop("HPCGATE_BIND_IP", None)
-            env.pop("HPCGATE_REPORT_HOST", None)
+            env.pop(protocol.BIND_IP, None)
+            env.pop(protocol.REPORT_HOST, None)
         setup = "\n".join([*self.system.setup, *spec.request.partition_config.setup])
         workdir = remote_workdir(spec.workdir, spec.account)
         result = await self.remote.run_script(
@@ -338,53 +236,25 @@ class SSHBackend(Backend):
     async def cancel(self, handle: JobHandle) -> None:
         """SIGTERM, then SIGKILL after ``stop_grace`` s, to the server and its descendants."""
         assert handle.host
-        result = await self.remote.run_script(
-            handle.host,
-            handle.extra["account"],
-            STOP_SCRIPT,
-            [str(int(handle.extra["pid"])), handle.extra.get("start", ""), str(self.stop_grace), handle.extra["run_id"]],
-            name="stop",
-            timeout=self.stop_grace + 30,
-        )
+        try:
+            result = await self.remote.run_script(
+                handle.host,
+                handle.extra["account"],
+                STOP_SCRIPT,
+                [str(int(handle.extra["pid"])), handle.extra.get("start", ""), str(self.stop_grace), handle.extra["run_id"]],
+                name="stop",
+                timeout=self.stop_grace + 30,
+            )
+        except RemoteError as exc:
+            raise CancelError(str(exc)) from exc
         if not result.ok:
-            raise RemoteError(f"Cannot stop the server on {handle.host}: {result.stderr.strip()}")
+            raise CancelError(f"Cannot stop the server on {handle.host}: {result.stderr.strip()}")
 
     async def log_tail(self, handle: JobHandle, nbytes: int = 4096) -> str:
-        if not handle.host:
-            return ""
-        try:
-            result = await self.remote.run_script(
-                handle.host, handle.extra["account"], TAIL_SCRIPT, [handle.extra["log"], str(int(nbytes))], name="tail"
-            )
-        except RemoteError as exc:
-            return f"(cannot read the log on {handle.host}: {exc})"
-        return result.stdout
+        return await self.login.log_tail(handle, nbytes)
 
     async def read_connection_file(self, handle: JobHandle) -> tuple[str, int] | None:
-        """The address in the server's connection file (removed once read), or None."""
-        if not handle.extra.get("connection_file") or not handle.host:
-            return None
-        try:
-            result = await self.remote.run_script(
-                handle.host, handle.extra["account"], CONNECTION_SCRIPT, [handle.extra["run_id"]], name="connection"
-            )
-        except RemoteError as exc:
-            log.warning("Cannot read the connection file of %s: %s", handle.job_id, exc)
-            return None
-        if result.returncode != 0:
-            return None
-        try:
-            data = json.loads(result.stdout)
-            host, port = data["host"], data["port"]
-        except (ValueError, KeyError, TypeError):
-            log.warning("Connection file of %s is not valid JSON with host and port", handle.job_id)
-            return None
-        if not isinstance(host, str) or not re.fullmatch(HOST_PATTERN, host):
-            return None
-        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-            return None
-        return host, port
+        return await self.login.read_connection_file(handle)
 
     async def close(self) -> None:
-        if self._own_pool:
-            await self.pool.close()
+        await self.login.close()

@@ -26,13 +26,13 @@ import logging
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ...appspec import AppSpec, render
+from ...net import free_port
 from ..upstream import ForeignSocketError, Target, UpstreamError, encode_head, open_connection, read_response_head
 from .isolation import bridged_argv, bwrap_argv, bwrap_unusable
 from .launch import ParameterError, base_environ, create_directories, missing_programs, resolve_parameters, with_setup
@@ -75,13 +75,6 @@ class LogTail:
 
     def text(self) -> str:
         return self._buf.decode("utf-8", "replace")
-
-
-def free_port() -> int:
-    """A TCP port free on localhost right now (the app binds it shortly after)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class ManagedApp:

@@ -1,0 +1,177 @@
+"""Slurm's words, read: job states, pending reasons, squeue and sacct output.
+
+:data:`SLURM_STATES` is the one table of Slurm job states in hpcgate: what each means
+for a server (:class:`~hpcgate.hub.backends.base.JobState`) and whether the job's
+processes are gone (:data:`FINAL_STATES`, e.g. what ``scancel`` waits for). The
+status parser, the cancel script and the tests' sandbox helpers all read it.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+from ..base import JobState, JobStatus, StatusUnavailable
+
+
+class SlurmState(NamedTuple):
+    """What a Slurm job state means for hpcgate."""
+
+    #: the server's state: pending, running, or ended
+    state: JobState
+    #: True when the job's processes are gone (COMPLETING: ended, processes still ending)
+    final: bool = False
+
+
+#: squeue -O fields; each ends in "|" so a line splits cleanly (the reason may hold spaces).
+SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|"
+
+#: Every Slurm job state (squeue %T, sacct State, scontrol JobState) -> its meaning.
+SLURM_STATES: dict[str, SlurmState] = {
+    "PENDING": SlurmState(JobState.PENDING),
+    "CONFIGURING": SlurmState(JobState.PENDING),  # nodes allocated, booting
+    "REQUEUED": SlurmState(JobState.PENDING),
+    "REQUEUE_HOLD": SlurmState(JobState.PENDING),
+    "REQUEUE_FED": SlurmState(JobState.PENDING),
+    "RESV_DEL_HOLD": SlurmState(JobState.PENDING),
+    "RUNNING": SlurmState(JobState.RUNNING),
+    "RESIZING": SlurmState(JobState.RUNNING),
+    "SIGNALING": SlurmState(JobState.RUNNING),
+    "STAGE_OUT": SlurmState(JobState.RUNNING),
+    "SUSPENDED": SlurmState(JobState.RUNNING),  # the server is there, frozen; keep it
+    "STOPPED": SlurmState(JobState.RUNNING),
+    "COMPLETING": SlurmState(JobState.DONE),  # the job's processes are ending
+    "COMPLETED": SlurmState(JobState.DONE, final=True),
+    "FAILED": SlurmState(JobState.DONE, final=True),
+    "CANCELLED": SlurmState(JobState.DONE, final=True),
+    "TIMEOUT": SlurmState(JobState.DONE, final=True),
+    "NODE_FAIL": SlurmState(JobState.DONE, final=True),
+    "OUT_OF_MEMORY": SlurmState(JobState.DONE, final=True),
+    "BOOT_FAIL": SlurmState(JobState.DONE, final=True),
+    "DEADLINE": SlurmState(JobState.DONE, final=True),
+    "PREEMPTED": SlurmState(JobState.DONE, final=True),
+    "SPECIAL_EXIT": SlurmState(JobState.DONE, final=True),
+    "REVOKED": SlurmState(JobState.DONE, final=True),
+}
+
+#: The states in which a job's processes are gone (a cancelled job has stopped).
+FINAL_STATES = frozenset(name for name, meaning in SLURM_STATES.items() if meaning.final)
+
+
+#: Pending reasons that waiting never clears: the request does not fit the partition, the
+#: account or QOS is not allowed, a hold that hpcgate never releases.
+STUCK_REASONS = frozenset(
+    {
+        "AccountNotAllowed",
+        "BadConstraints",
+        "DependencyNeverSatisfied",
+        "InvalidAccount",
+        "InvalidQOS",
+        "JobHeldAdmin",
+        "JobHeldUser",
+        "PartitionConfig",
+        "PartitionInactive",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "QOSNotAllowed",
+        "launch failed requeued held",
+    }
+)
+
+#: What a stuck reason means, for the sentence the user reads.
+STUCK_EXPLAINED = {
+    "PartitionConfig": "the request does not fit the nodes of the partition",
+    "PartitionNodeLimit": "the partition does not allow that many nodes",
+    "PartitionTimeLimit": "the run time is longer than the partition allows",
+    "BadConstraints": "no node of the partition can satisfy the request",
+    "InvalidAccount": "the project is not a valid Slurm account for you",
+    "AccountNotAllowed": "the project may not use this partition",
+    "InvalidQOS": "your Slurm QOS is not valid",
+    "QOSNotAllowed": "your Slurm QOS may not use this partition",
+}
+
+#: Errors of squeue/scancel that mean "this job id is not known (any more)".
+UNKNOWN_JOB = re.compile(r"Invalid job id specified")
+JOB_ID = re.compile(r"^[0-9]+(_[0-9]+)?$")
+
+
+def _exit_code(raw: str) -> int | None:
+    """squeue's ``exit_code`` (a wait status) or sacct's ``ExitCode`` (``code:signal``)."""
+    raw = raw.strip()
+    if ":" in raw:
+        code, _, sig = raw.partition(":")
+        if code.isdigit() and sig.isdigit():
+            return 128 + int(sig) if int(sig) else int(code)
+        return None
+    if not raw.isdigit():
+        return None
+    status = int(raw)
+    if status & 0x7F:
+        return 128 + (status & 0x7F)
+    return status >> 8
+
+
+def job_status(state: str, reason: str, nodes: str, exit_code: str) -> JobStatus:
+    """One job's status from Slurm's words."""
+    word = state.split()[0] if state.strip() else "UNKNOWN"  # sacct: "CANCELLED by 1001"
+    meaning = SLURM_STATES.get(word)
+    mapped = meaning.state if meaning is not None else JobState.UNKNOWN
+    reason = "" if reason.strip() in ("None", "(null)") else reason.strip()
+    node = nodes.strip() or None
+    if node in ("(null)", "None assigned"):
+        node = None
+    if mapped is JobState.DONE:
+        why = word if not reason or word == reason else f"{word}, {reason}"
+        return JobStatus(JobState.DONE, reason=why, node=node, exit_code=_exit_code(exit_code))
+    if mapped is JobState.PENDING:
+        shown = reason if word == "PENDING" else f"{word.capitalize()}{', ' + reason if reason else ''}"
+        stuck = explain_stuck(reason) if reason in STUCK_REASONS else ""
+        return JobStatus(JobState.PENDING, reason=shown, node=node, stuck=stuck)
+    if mapped is JobState.RUNNING:
+        return JobStatus(JobState.RUNNING, reason="" if word == "RUNNING" else word.capitalize(), node=node)
+    return JobStatus(JobState.UNKNOWN, reason=f"Slurm state {word}", node=node)
+
+
+def parse_squeue(stdout: str) -> dict[str, JobStatus]:
+    """``squeue -h -O`` + :data:`SQUEUE_FIELDS` output -> job id -> status."""
+    answer = {}
+    for line in stdout.splitlines():
+        fields = line.split("|")
+        if len(fields) < 6 or not JOB_ID.match(fields[0].strip()):
+            continue
+        job_id, state = fields[0].strip(), fields[1]
+        exit_code, nodes = fields[-2], fields[-3]
+        reason = "|".join(fields[2:-3])
+        answer[job_id] = job_status(state, reason, nodes, exit_code)
+    return answer
+
+
+def parse_sacct(stdout: str) -> dict[str, JobStatus]:
+    """``sacct -n -P -X -o JobID,State,Reason,NodeList,ExitCode`` -> job id -> status."""
+    answer = {}
+    for line in stdout.splitlines():
+        fields = line.split("|")
+        if len(fields) != 5 or not JOB_ID.match(fields[0].strip()):
+            continue
+        job_id, state, reason, nodes, exit_code = fields
+        answer[job_id.strip()] = job_status(state, reason, nodes, exit_code)
+    return answer
+
+
+class ControllerError(StatusUnavailable):
+    """Slurm's controller answered a query with an error (down, timed out, refused)."""
+
+
+def controller_error(stderr: str, code: int) -> str:
+    lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
+    return lines[-1] if lines else f"exit status {code}"
+
+
+def explain_stuck(reason: str) -> str:
+    """The sentence a user reads when a job can never start."""
+    why = STUCK_EXPLAINED.get(reason)
+    detail = f" ({why})" if why else ""
+    return (
+        f"Slurm will not start this job: {reason}{detail}. "
+        "Choose fewer resources or another partition or project, and start again."
+    )
