@@ -336,3 +336,7 @@ def test_sigterm_stops_hub_proxy_and_servers(tmp_path):
         hub.stop()
     for pid in (server, proxy, up):
         wait_for(lambda: not pid_alive(pid), 30, f"process {pid} to end")
+    # what hpcgate holds (backends, tunnels, SSH pool) is closed after JupyterHub's cleanup
+    log = hub.log_tail(200_000)
+    assert "Closed hpcgate's backends, tunnels and SSH connections" in log, log[-3000:]
+    assert log.index("Cleaning up single-user servers") < log.index("Closed hpcgate's backends")

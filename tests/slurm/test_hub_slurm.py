@@ -247,6 +247,8 @@ def test_hub_restart_while_one_job_runs_and_one_is_pending(hub, sandbox, blocker
     )
     alice_job = job_of(hub, "alice")
     hub.stop()
+    # the tunnels and pooled SSH connections were closed at shutdown, the jobs kept
+    assert "Closed hpcgate's backends, tunnels and SSH connections" in hub.log_tail(200_000)
     # the pending job survives the hub's shutdown
     assert [j["id"] for j in active_jobs(sandbox, "hpcg-alice")] == [alice_job]
     hub.start()
