@@ -16,12 +16,15 @@ part 3 needs the sandbox (root) and says so when it cannot run.
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +32,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "tests" / "remote"))
 
 from sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD, free_port  # noqa: E402
+
+from hpcgate import protocol  # noqa: E402
 
 
 from .report import median, ratio, table  # noqa: E402
@@ -46,16 +51,37 @@ def pss_kib(pid: int | str) -> int:
     return 0
 
 
-def start_blob_server() -> tuple[subprocess.Popen, int]:
-    """The stand-in lab (serves /blob/<MiB>) on 127.0.0.1; returns it and its port."""
-    script = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
-    script.write(FAKE_LAB)
-    script.close()
-    env = {**os.environ, "HPCGATE_BIND_IP": "127.0.0.1"}
-    server = subprocess.Popen(["/usr/bin/python3", script.name], stdout=subprocess.PIPE, env=env, text=True)
-    line = server.stdout.readline()
-    port = int(re.search(r":(\d+)$", line.strip()).group(1))
-    return server, port
+class BlobServer:
+    """The stand-in lab (serves /blob/<MiB>) on 127.0.0.1, and the "kernel" it starts.
+
+    The kernel (``sleep``) runs in a session of its own, as Jupyter's kernels do, so
+    killing the server leaves it: :meth:`stop` ends both, and nothing of this benchmark
+    outlives it holding its output open.
+    """
+
+    def __init__(self) -> None:
+        script = tempfile.NamedTemporaryFile("w", suffix=".py", delete=False)
+        script.write(FAKE_LAB)
+        script.close()
+        self.script = script.name
+        env = {**os.environ, protocol.BIND_IP: "127.0.0.1"}
+        self.proc = subprocess.Popen(
+            ["/usr/bin/python3", script.name], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True
+        )
+        line = self.proc.stdout.readline()
+        self.port = int(re.search(r":(\d+)$", line.strip()).group(1))
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as r:
+            self.kernel = int(json.loads(r.read())["kernel"])
+
+    def stop(self) -> None:
+        for pid in (self.kernel, self.proc.pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.proc.wait()
+        self.proc.stdout.close()
+        os.unlink(self.script)
 
 
 def curl_seconds(port: int, mib: int) -> float:
@@ -153,7 +179,8 @@ asyncio.run(main())
 
 
 def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
-    server, dest = start_blob_server()
+    server = BlobServer()
+    dest = server.port
     try:
         data = sshd.system_data()
         one = TunnelProcess(data, tmp, dest, 1)
@@ -216,8 +243,7 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
             ],
         )
     finally:
-        server.kill()
-        server.wait()
+        server.stop()
 
 
 def spawn_phases() -> None:
