@@ -8,7 +8,7 @@ import time
 import pytest
 
 from hpcgate.catalog import AccountMapping
-from hpcgate.hub.accounts import AccountError, AccountResolver
+from hpcgate.hub.identity.accounts import AccountError, AccountResolver
 from hpcgate.hub.identity import stamp
 from hpcgate.hub.identity.names import canonical_login
 from hpcgate.hub.identity.oidc import IdPAuthenticator

@@ -1,4 +1,4 @@
-"""hpcgate.remote and hpcgate.hub.accounts against a real sshd on loopback."""
+"""hpcgate.remote and hpcgate.hub.identity.accounts against a real sshd on loopback."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import os
 import pytest
 
 from hpcgate.catalog import AccountMapping, System
-from hpcgate.hub.accounts import AccountError, AccountResolver
+from hpcgate.hub.identity.accounts import AccountError, AccountResolver
 from hpcgate.remote import RemoteError, SSHPool, SystemRemote, run_local
 from sshd import USERS, free_port
 

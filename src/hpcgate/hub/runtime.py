@@ -25,7 +25,7 @@ from ..catalog import Catalog, CatalogStore, System
 from ..files import private_dir
 from ..remote.pool import SSHPool
 from ..remote.tunnels import TunnelManager
-from .accounts import AccountResolver
+from .identity.accounts import AccountResolver
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .status import StatusCache

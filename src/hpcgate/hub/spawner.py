@@ -24,7 +24,7 @@ from .. import protocol
 from ..catalog import LaunchError, LaunchRequest, UserInfo
 from ..logs import watch_start
 from ..remote.tunnels import TunnelError
-from .accounts import AccountError
+from .identity.accounts import AccountError
 from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, SubmitError
 from .form import render_form
 from .runtime import HPCGate

@@ -31,10 +31,10 @@ from typing import Any
 
 import yaml
 
-from ..catalog import AccountMapping
-from ..files import ReloadingFile
-from ..remote import AccountName
-from .identity import stamp
+from ...catalog import AccountMapping
+from ...files import ReloadingFile
+from ...remote import AccountName
+from . import stamp
 
 log = logging.getLogger("hpcgate.accounts")
 
