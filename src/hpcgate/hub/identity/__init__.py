@@ -1,5 +1,9 @@
-"""Who a hub user is: logins through the centre's directory (LDAP) or IdP (OIDC).
+"""Who a hub user is: logins through the centre's directory (LDAP) or IdP (OIDC), and
+the user's account on each system.
 
+- :mod:`.accounts`: :class:`~.accounts.AccountResolver`, the account sources (hub name,
+  ``auth_state``, map file, ldap); what an account name may be
+  (:class:`hpcgate.remote.AccountName`) is decided by :mod:`hpcgate.remote`;
 - :mod:`.names`: one canonical form for login names (refuses look-alikes);
 - :mod:`.stamp`: the mark hpcgate's authenticators put on ``auth_state`` (who wrote it,
   until when it may be trusted), checked by the account sources;
