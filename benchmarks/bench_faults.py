@@ -31,12 +31,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "faults"))
-sys.path.insert(0, str(ROOT / "tests" / "slurm"))
+from .report import table
 
-from .report import table  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 BASELINE = os.environ.get("HPCGATE_BENCH_BASELINE", "6615985")
 OUTAGE = float(os.environ.get("HPCGATE_BENCH_OUTAGE", "12"))  # s without sshd
@@ -62,7 +59,7 @@ def _failed(labs: dict) -> int:
 
 
 def scenario(sandbox, tmp: Path, hub_source: Path | None) -> dict[str, object]:
-    from faulttools import (
+    from harness.faults import (
         cancel_outside, controller_outage, fault_catalog, hub_restart, spawn_labs, sshd_outage, start_hub,
         stop_everything,
     )
@@ -123,7 +120,7 @@ def _cell(value: object) -> object:
 def run() -> None:
     from hpcgate.sandbox import Sandbox
 
-    from sandbox_fixtures import sandbox_missing
+    from harness.sandbox import sandbox_missing
 
     why = sandbox_missing()
     if why:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import sys
 import tempfile
 import threading
 import time
@@ -32,19 +31,17 @@ from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.hub import Hub, wait_for
 
-from hubtools import Hub, wait_for  # noqa: E402
+from hpcgate.catalog import UserInfo, load_catalog
+from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec
+from hpcgate.hub.backends.slurm import SlurmBackend
+from hpcgate.remote import SSHPool
+from hpcgate.hub.status import StatusCache
+from hpcgate.sandbox import Sandbox
+from hpcgate.sandbox.catalog import catalog_data
 
-from hpcgate.catalog import UserInfo, load_catalog  # noqa: E402
-from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec  # noqa: E402
-from hpcgate.hub.backends.slurm import SlurmBackend  # noqa: E402
-from hpcgate.remote import SSHPool  # noqa: E402
-from hpcgate.hub.status import StatusCache  # noqa: E402
-from hpcgate.sandbox import Sandbox  # noqa: E402
-from hpcgate.sandbox.catalog import catalog_data  # noqa: E402
-
-from .report import median, ratio, table  # noqa: E402
+from .report import median, ratio, table
 
 SESSIONS = int(os.environ.get("HPCGATE_BENCH_SLURM_SESSIONS", "50"))
 INTERVALS = int(os.environ.get("HPCGATE_BENCH_SLURM_INTERVALS", "5"))

@@ -9,16 +9,13 @@ Each round spawns one server on each hub, alternating, and stops it again.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from harness.hub import Hub, wait_for
 
-from hubtools import Hub, wait_for  # noqa: E402
-
-from .report import median, percentile, ratio, table  # noqa: E402
+from .report import median, percentile, ratio, table
 
 ROUNDS = int(os.environ.get("HPCGATE_BENCH_ROUNDS", "6"))
 

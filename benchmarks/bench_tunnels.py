@@ -10,7 +10,7 @@
    reported, JupyterLab listening + the tunnel's probe through it, routing (until
    JupyterHub says ready).
 
-The sshd for 1 and 2 is the tests' loopback sshd (tests/remote/sshd.py, real OpenSSH);
+The sshd for 1 and 2 is the loopback sshd of the tests (harness/sshd.py, real OpenSSH);
 part 3 needs the sandbox (root) and says so when it cannot run.
 """
 
@@ -27,16 +27,13 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-sys.path.insert(0, str(ROOT / "tests" / "remote"))
+from harness.sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD
+from hpcgate.net import free_port
 
-from sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD, free_port  # noqa: E402
-
-from hpcgate import protocol  # noqa: E402
+from hpcgate import protocol
 
 
-from .report import median, ratio, table  # noqa: E402
+from .report import median, ratio, table
 
 MIB = int(os.environ.get("HPCGATE_BENCH_MIB", "500"))
 FORWARDS = int(os.environ.get("HPCGATE_BENCH_FORWARDS", "200"))
@@ -247,13 +244,13 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
 
 
 def spawn_phases() -> None:
-    from sandbox_fixtures import sandbox_missing
+    from harness.sandbox import sandbox_missing
 
     why = sandbox_missing()
     if why:
         print(f"spawn phases not measured: {why}")
         return
-    from hubtools import Hub, wait_for
+    from harness.hub import Hub, wait_for
 
     from hpcgate.sandbox import Sandbox
 

@@ -14,8 +14,8 @@ import textwrap
 
 import pytest
 
-from hubtools import Hub, wait_for
-from pgtools import new_database
+from harness.hub import Hub, wait_for
+from tests.pgtools import new_database
 
 CATALOG = textwrap.dedent(
     f"""

@@ -20,8 +20,10 @@ import requests
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from hubtools import ROOT, Hub, execute_in_kernel, free_port, wait_for
-from tlstools import make_ca_and_server_cert
+from harness.hub import ROOT, Hub, execute_in_kernel, wait_for
+
+from hpcgate.net import free_port
+from tests.deploy.tlstools import make_ca_and_server_cert
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 SITE = ROOT / "docs" / "deploy" / "nginx-hpcgate.conf"

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 import requests
 
-from hubtools import EXTRA_CONFIG, ROOT, free_port, wait_for
-from pgtools import new_database
-from unittools import UNITS, environment, exec_start
+from harness.hub import EXTRA_CONFIG, ROOT, wait_for
+
+from hpcgate.net import free_port
+from tests.pgtools import new_database
+from tests.deploy.unittools import UNITS, environment, exec_start
 
 SITE_CONFIG = """
 c.JupyterHub.bind_url = "http://127.0.0.1:{proxy_port}"

@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from unittools import UNITS, localized
+from tests.deploy.unittools import UNITS, localized
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
 UNIT_NAMES = ["hpcgate-hub.service", "hpcgate-proxy.service"]

@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from hubtools import ROOT
+from harness.hub import ROOT
 
 UNITS = ROOT / "docs" / "deploy"
 #: the installed paths the units name, mapped to where this checkout has them

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from faulttools import (
+from harness.faults import (
     ACCOUNTS,
     LABS,
     cancel_outside,
@@ -39,8 +39,8 @@ from faulttools import (
     start_hub,
     stop_everything,
 )
-from hubtools import Hub, wait_for
-from slurmtools import squeue
+from harness.hub import Hub, wait_for
+from harness.sandbox import squeue
 
 pytestmark = pytest.mark.sandbox
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import requests
+
+from hpcgate.net import free_port
 
 HERE = Path(__file__).parent
 UPSTREAM = str(HERE / "upstream_app.py")
@@ -34,12 +35,6 @@ RAW_ECHO = textwrap.dedent(
     asyncio.run(main())
     """
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_http(url: str, timeout: float = 60, **kw) -> None:

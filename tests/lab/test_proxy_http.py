@@ -8,7 +8,7 @@ import socket
 import threading
 
 import requests
-from labtools import RssWatch
+from tests.lab.labtools import RssWatch
 
 MiB = 1024 * 1024
 
@@ -225,7 +225,7 @@ def test_concurrent_requests_share_keepalive(lab, upstream):
 
 
 def test_unreachable_port_is_502(lab):
-    from labtools import free_port
+    from hpcgate.net import free_port
 
     r = lab.s.get(lab.url(f"proxy/{free_port()}/"))
     assert r.status_code == 502

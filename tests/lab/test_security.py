@@ -8,7 +8,8 @@ import time
 
 import pytest
 import requests
-from labtools import free_port, wait_http
+from hpcgate.net import free_port
+from tests.lab.labtools import wait_http
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from labtools import RssWatch, free_port, wait_http
+from hpcgate.net import free_port
+from tests.lab.labtools import RssWatch, wait_http
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection, websocket_connect
@@ -136,7 +137,6 @@ async def test_raw_socket_proxy(lab):
 
 
 async def test_websocket_to_closed_port_fails_cleanly(lab):
-    from labtools import free_port
     from tornado.httpclient import HTTPClientError
 
     with pytest.raises(HTTPClientError) as err:

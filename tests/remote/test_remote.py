@@ -10,7 +10,8 @@ import pytest
 from hpcgate.catalog import AccountMapping, System
 from hpcgate.hub.identity.accounts import AccountError, AccountResolver
 from hpcgate.remote import RemoteError, SSHPool, SystemRemote, run_local
-from sshd import USERS, free_port
+from harness.sshd import USERS
+from hpcgate.net import free_port
 
 
 def remote_for(sshd, pool, **overrides) -> SystemRemote:

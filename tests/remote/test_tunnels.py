@@ -13,8 +13,9 @@ from hpcgate.hub.backends.base import BackendContext
 from hpcgate.hub.backends.ssh import SSHBackend
 from hpcgate.remote import SSHPool
 from hpcgate.remote.tunnels import TunnelError, TunnelManager
-from sshd import TUNNEL_USER, USERS, free_port
-from test_ssh_backend import make_backend, spec_for
+from harness.sshd import TUNNEL_USER, USERS
+from hpcgate.net import free_port
+from tests.hub.backends.test_ssh import make_backend, spec_for
 
 
 async def http_get(port: int, path: str = "/", timeout: float = 10) -> bytes:

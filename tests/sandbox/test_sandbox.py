@@ -18,7 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.sandbox import cut_hub_link, restore_hub_link, wait_job
 from hpcgate.catalog import load_catalog
+from hpcgate.net import free_port
 from hpcgate.sandbox import Sandbox, SandboxError, cli
 from hpcgate.sandbox import layout as L
 from hpcgate.sandbox.network import namespaces, sandbox_routes
@@ -54,12 +56,6 @@ def listener(host: str):
         yield server.getsockname()[1]
     finally:
         server.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ssh(sandbox: Sandbox, account: str, *command: str, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -239,7 +235,7 @@ def test_sbatch_as_a_user_runs_on_compute1(sandbox):
     result = ssh(sandbox, "hpcg-alice", "sbatch", "--parsable", "--wrap", "hostname")
     assert result.returncode == 0, result.stderr
     job = result.stdout.strip().split(";")[0]
-    fields = sandbox.wait_job(job)
+    fields = wait_job(sandbox, job)
     assert fields["JobState"] == "COMPLETED", fields
     assert fields["NodeList"] == "compute1"
     out = Path(fields["StdOut"])
@@ -273,7 +269,7 @@ def test_jobs_survive_a_controller_restart(exclusive):
     ping = sandbox.run_in("login", ["scontrol", "ping"], check=False)
     assert ping.returncode != 0 and "DOWN" in ping.stdout
     sandbox.start_slurmctld()
-    assert sandbox.wait_job(job)["JobState"] == "COMPLETED"
+    assert wait_job(sandbox, job)["JobState"] == "COMPLETED"
 
 
 def test_sshd_stop_drops_connections_and_start_restores(exclusive):
@@ -296,13 +292,13 @@ def test_cut_hub_link_drops_packets_silently(exclusive):
     info = sandbox.info
     with ssh_session(sandbox, "hpcg-alice") as session:
         try:
-            sandbox.cut_hub_link()
+            cut_hub_link(sandbox)
             started = time.monotonic()
             assert not tcp_open(info.login_addr, info.ssh_port, timeout=1.5)
             assert time.monotonic() - started >= 1.4  # a timeout, not a refusal
             assert session.poll() is None  # the established connection hangs, it is not reset
         finally:
-            sandbox.restore_hub_link()
+            restore_hub_link(sandbox)
     assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
 
 

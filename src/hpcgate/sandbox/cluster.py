@@ -10,7 +10,8 @@ Both take a lock (``/run/hpcgate-sandbox.lock``), so several processes -- pytest
 sessions, the CLI -- can call them at once. All of it needs root.
 
 Integration tests build their cluster only through this module (see
-``tests/sandbox_fixtures.py``).
+the ``sandbox`` fixture of ``tests/conftest.py``; their test-only handles on it are in
+``harness/sandbox.py``).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .identity import identity_down, identity_status, identity_up
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
-from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run, tcp_open, wait_until
+from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run
 
 RUNUSER = "/usr/sbin/runuser"
 #: Short names accepted wherever a namespace is expected.
@@ -395,22 +396,6 @@ class Sandbox:
             slurm.wait_idle(self.layout)
         return pid
 
-    def cut_hub_link(self) -> None:
-        """Silently cut hub <-> login: packets are dropped, nothing is refused or reset.
-
-        The login side of the hub veth goes down; established connections hang until
-        keepalives or timeouts notice, as in a real network partition. Processes keep
-        running. Undo with :meth:`restore_hub_link`.
-        """
-        require_root()
-        run(["ip", "-n", L.LOGIN_NS, "link", "set", L.HUB_VETH[1], "down"], what="cutting the hub link")
-
-    def restore_hub_link(self) -> None:
-        """Bring the hub <-> login link back after :meth:`cut_hub_link`."""
-        require_root()
-        run(["ip", "-n", L.LOGIN_NS, "link", "set", L.HUB_VETH[1], "up"], what="restoring the hub link")
-        wait_until(lambda: tcp_open(L.LOGIN_ADDR, L.SSH_PORT), "login's sshd to answer again", 15)
-
     # --- sharing between test sessions ---------------------------------------------
 
     def hold(self) -> SandboxInfo:
@@ -468,17 +453,6 @@ class Sandbox:
                 return False
             self._down_locked()
             return True
-
-    def wait_job(self, job_id: str, timeout: float = 60) -> dict[str, str]:
-        """Wait until Slurm job ``job_id`` ended; return ``scontrol show job`` fields."""
-        ended = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL"}
-
-        def fields() -> dict[str, str] | None:
-            result = self.run_in("login", ["scontrol", "-o", "show", "job", job_id], check=False)
-            found = dict(item.split("=", 1) for item in result.stdout.split() if "=" in item)
-            return found if found.get("JobState") in ended else None
-
-        return wait_until(fields, f"Slurm job {job_id} to end", timeout, 0.3)  # type: ignore[return-value]
 
     # --- internals ------------------------------------------------------------------
 

@@ -1,0 +1,102 @@
+"""Helpers and fixtures of the Slurm tests: a test catalog, kernels through the hub.
+
+The ``sandbox`` fixture comes from tests/conftest.py (shared by every test session);
+the sandbox's jobs (``squeue``, ``active_jobs``, ``stop_hub_and_jobs``) from
+:mod:`harness.sandbox`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from tornado.httpclient import HTTPRequest
+from tornado.websocket import websocket_connect
+
+from hpcgate.sandbox import layout as L
+from hpcgate.sandbox.catalog import catalog_data
+
+
+#: Printed by the job of the ``cluster-broken`` system, which exits at once.
+BROKEN_MARK = "hpcgate-test: this partition fails on purpose"
+#: What the catalog allows in partition debug beyond what compute1 has (4 CPUs, 4 GiB).
+TOO_MANY_CPUS = 2 * L.NODE_CPUS
+TOO_MUCH_MEMORY = 2 * L.NODE_MEMORY_MB // 1024
+
+
+def slurm_catalog_data(lay: L.Layout) -> dict:
+    """The sandbox catalog, with limits beyond Slurm's and a system whose jobs fail."""
+    data = copy.deepcopy(catalog_data(lay))
+    cluster = data["systems"]["cluster"]
+    debug = cluster["partitions"]["debug"]["limits"]
+    debug["cpus"]["max"] = TOO_MANY_CPUS
+    debug["memory"]["max"] = TOO_MUCH_MEMORY
+    broken = copy.deepcopy(cluster)
+    broken["description"] = "Jobs that exit at once"
+    broken["setup"] = [*broken.get("setup", []), f"echo '{BROKEN_MARK}' >&2", "exit 3"]
+    broken["partitions"] = {"debug": broken["partitions"]["debug"]}
+    data["systems"]["cluster-broken"] = broken
+    data["groups"]["everyone"]["grants"].append({"system": "cluster-broken"})
+    return data
+
+
+@pytest.fixture(scope="module")
+def slurm_catalog(sandbox, tmp_path_factory) -> Path:  # noqa: F811
+    path = tmp_path_factory.mktemp("slurm-catalog") / "catalog.yaml"
+    path.write_text(yaml.safe_dump(slurm_catalog_data(sandbox.layout), sort_keys=False))
+    return path
+
+
+def run_code(hub, user: str, code: str, timeout: float = 60) -> str:
+    """Start a kernel in ``user``'s lab through the hub and run ``code``; its stdout."""
+    return asyncio.run(_run_code(hub, user, code, timeout))
+
+
+async def _run_code(hub, user: str, code: str, timeout: float) -> str:
+    r = hub.request("POST", f"/user/{user}/api/kernels", json={"name": "python3"}, timeout=60)
+    assert r.status_code == 201, r.text
+    kernel = r.json()["id"]
+    try:
+        url = hub.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kernel}/channels"
+        request = HTTPRequest(url, headers={"Authorization": f"token {hub.token}"})
+        ws = await asyncio.wait_for(websocket_connect(request), timeout)
+        msg_id = uuid.uuid4().hex
+        ws.write_message(
+            json.dumps(
+                {
+                    "header": {
+                        "msg_id": msg_id,
+                        "username": user,
+                        "session": uuid.uuid4().hex,
+                        "msg_type": "execute_request",
+                        "version": "5.3",
+                    },
+                    "parent_header": {},
+                    "metadata": {},
+                    "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
+                    "channel": "shell",
+                }
+            )
+        )
+        out = []
+        while True:
+            raw = await asyncio.wait_for(ws.read_message(), timeout)
+            assert raw is not None, "the kernel websocket closed"
+            msg = json.loads(raw)
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            kind = msg["msg_type"]
+            if kind == "stream":
+                out.append(msg["content"]["text"])
+            elif kind == "error":
+                raise AssertionError(f"the kernel raised: {msg['content']}")
+            elif kind == "status" and msg["content"]["execution_state"] == "idle":
+                ws.close()
+                return "".join(out)
+    finally:
+        hub.request("DELETE", f"/user/{user}/api/kernels/{kernel}", timeout=30)
