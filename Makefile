@@ -10,7 +10,7 @@ export PATH := $(CURDIR)/$(BIN):$(NODE_BIN):$(PATH)
 ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test bench install install-test system-deps labext clean
+.PHONY: demo test lint bench install install-test system-deps labext clean
 
 ## The JupyterLab extension (labextension/), built with @jupyterlab/builder into
 ## src/hpcgate/labextension (shipped in the wheel); rebuilt only when its sources change.
@@ -61,9 +61,14 @@ system-deps:
 demo: install
 	$(BIN)/hpcgate up $(ARGS)
 
-## make test: install what the tests need, start what they need, run them.
-test: install-test system-deps
+## make test: install what the tests need, lint and type-check, start what they need, run them.
+test: install-test system-deps lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## make lint: ruff (rules in pyproject.toml) and mypy where it pays (the hub side).
+lint: install-test
+	$(BIN)/ruff check src tests harness benchmarks
+	$(BIN)/mypy
 
 ## make bench: side-by-side benchmarks, printed as tables with ratios.
 # jupyter-server-proxy (the alternative) is installed but kept disabled by hpcgate's

@@ -60,7 +60,13 @@ def _failed(labs: dict) -> int:
 
 def scenario(sandbox, tmp: Path, hub_source: Path | None) -> dict[str, object]:
     from harness.faults import (
-        cancel_outside, controller_outage, fault_catalog, hub_restart, spawn_labs, sshd_outage, start_hub,
+        cancel_outside,
+        controller_outage,
+        fault_catalog,
+        hub_restart,
+        spawn_labs,
+        sshd_outage,
+        start_hub,
         stop_everything,
     )
 
@@ -118,9 +124,8 @@ def _cell(value: object) -> object:
 
 
 def run() -> None:
-    from hpcgate.sandbox import Sandbox
-
     from harness.sandbox import sandbox_missing
+    from hpcgate.sandbox import Sandbox
 
     why = sandbox_missing()
     if why:

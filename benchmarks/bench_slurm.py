@@ -32,12 +32,11 @@ from pathlib import Path
 import yaml
 
 from harness.hub import Hub, wait_for
-
 from hpcgate.catalog import UserInfo, load_catalog
 from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec
 from hpcgate.hub.backends.slurm import SlurmBackend
-from hpcgate.remote import SSHPool
 from hpcgate.hub.status import StatusCache
+from hpcgate.remote import SSHPool
 from hpcgate.sandbox import Sandbox
 from hpcgate.sandbox.catalog import catalog_data
 

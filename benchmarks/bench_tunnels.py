@@ -28,10 +28,8 @@ import urllib.request
 from pathlib import Path
 
 from harness.sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD
-from hpcgate.net import free_port
-
 from hpcgate import protocol
-
+from hpcgate.net import free_port
 
 from .report import median, ratio, table
 
@@ -251,7 +249,6 @@ def spawn_phases() -> None:
         print(f"spawn phases not measured: {why}")
         return
     from harness.hub import Hub, wait_for
-
     from hpcgate.sandbox import Sandbox
 
     cluster = Sandbox()
@@ -268,7 +265,7 @@ def spawn_phases() -> None:
                     started = time.perf_counter()
                     r, events = hub.spawn_with_progress(user, {"system": "login"})
                     assert r.status_code in (201, 202), r.text
-                    wait_for(lambda: hub.user_model(user)["servers"].get("", {}).get("ready"), 120, "ready", interval=0.02)
+                    wait_for(lambda user=user: hub.user_model(user)["servers"].get("", {}).get("ready"), 120, "ready", interval=0.02)
                     total = time.perf_counter() - started
                     at = {}
                     for e in events:

@@ -37,8 +37,8 @@ def table(title: str, columns: Sequence[str], rows: Sequence[Sequence[object]]) 
         for i, col in enumerate(columns)
     ]
     line = "  ".join("-" * w for w in widths)
-    out = [f"\n## {title}", "  ".join(str(c).ljust(w) for c, w in zip(columns, widths)), line]
-    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in text_rows]
+    out = [f"\n## {title}", "  ".join(str(c).ljust(w) for c, w in zip(columns, widths, strict=True)), line]
+    out += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in text_rows]
     text = "\n".join(out)
     print(text, flush=True)
     return text

@@ -110,7 +110,7 @@ def wait_labs_accept_fresh_tokens(hub: Hub, users, since: float, timeout: float 
 
     users = list(users)
     with concurrent.futures.ThreadPoolExecutor(len(users)) as pool:
-        return dict(zip(users, pool.map(one, users)))
+        return dict(zip(users, pool.map(one, users), strict=True))
 
 
 def servers(hub: Hub) -> dict[str, dict]:
@@ -206,7 +206,7 @@ def hub_restart(hub: Hub, kind: str = "sigkill") -> dict:
         if hub.proc:
             hub.proc.wait(30)
         for pid in pids:
-            wait_for(lambda: not pid or not Path(f"/proc/{pid}").exists() or
+            wait_for(lambda pid=pid: not pid or not Path(f"/proc/{pid}").exists() or
                      "State:\tZ" in Path(f"/proc/{pid}/status").read_text(), 30, f"process {pid} to die")
         hub.proc = None
     else:

@@ -16,6 +16,7 @@ from hpcgate.sandbox import Sandbox, packages
 from hpcgate.sandbox import layout as L
 from hpcgate.sandbox.proc import run, tcp_open, wait_until
 
+
 def sandbox_missing() -> str:
     """Why the sandbox cannot be built here, or ``""``."""
     if os.geteuid() != 0:

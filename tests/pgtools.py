@@ -22,7 +22,6 @@ from pathlib import Path
 import pytest
 
 from harness.hub import wait_for
-
 from hpcgate.net import free_port
 
 PG_BIN = Path(os.environ.get("HPCGATE_PG_BIN", "/usr/lib/postgresql/15/bin"))

@@ -94,9 +94,8 @@ def test_hpcgate_up_says_why_it_cannot_connect(tmp_path):
 
 
 def test_a_wrong_password_is_one_sentence_without_it(postgres):
-    from tests.pgtools import new_database
-
     from hpcgate.database import check_connection
+    from tests.pgtools import new_database
 
     good = new_database(postgres)
     check_connection(good)

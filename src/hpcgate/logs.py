@@ -117,7 +117,7 @@ def _find_spawner(log_name: str) -> Any | None:
         if not JupyterHub.initialized():
             return None
         users = JupyterHub.instance().users
-    except Exception:  # noqa: BLE001 - logging must never fail the code that logs
+    except Exception:
         return None
     user_name, _, server = log_name.partition(":")
     # dict's own methods: UserDict/_SpawnerDict look names up in the database on a miss
@@ -173,7 +173,7 @@ def _requested_system(spawner: Any) -> str:
     """The system of the launch under way (called by JupyterHub's ``get_env``)."""
     try:
         return spawner.validated_request().system
-    except Exception:  # noqa: BLE001 - an invalid request fails the start itself, later
+    except Exception:
         return ""
 
 

@@ -110,7 +110,7 @@ def test_a_failed_spawn_logs_one_line_with_the_users_reason(hub):
     assert r.status_code == 500
     shown = events[-1]["message"]  # what the progress page shows
     failed = wait_for(
-        lambda: [l for l in json_lines(hub.log_tail(400_000)) if l.get("user") == "ivan" and l.get("phase") == "failed"],
+        lambda: [e for e in json_lines(hub.log_tail(400_000)) if e.get("user") == "ivan" and e.get("phase") == "failed"],
         10,
         "the failed-spawn line",
     )
@@ -127,7 +127,7 @@ def test_a_refused_launch_logs_the_sentence_the_user_read(hub):
     assert r.status_code == 400
     sentence = r.json()["message"]
     failed = wait_for(
-        lambda: [l for l in json_lines(hub.log_tail(400_000)) if l.get("user") == "henry" and l.get("phase") == "failed"],
+        lambda: [e for e in json_lines(hub.log_tail(400_000)) if e.get("user") == "henry" and e.get("phase") == "failed"],
         10,
         "henry's failed-spawn line",
     )

@@ -21,7 +21,6 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from harness.hub import ROOT, Hub, execute_in_kernel, wait_for
-
 from hpcgate.net import free_port
 from tests.deploy.tlstools import make_ca_and_server_cert
 

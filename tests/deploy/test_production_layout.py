@@ -21,10 +21,9 @@ import pytest
 import requests
 
 from harness.hub import EXTRA_CONFIG, ROOT, wait_for
-
 from hpcgate.net import free_port
-from tests.pgtools import new_database
 from tests.deploy.unittools import UNITS, environment, exec_start
+from tests.pgtools import new_database
 
 SITE_CONFIG = """
 c.JupyterHub.bind_url = "http://127.0.0.1:{proxy_port}"
@@ -166,7 +165,7 @@ def test_hub_restart_behind_a_proxy_apart_keeps_routes_and_servers(layout):
 
     # the hub logs JSON lines (the shipped config) with the server's fields
     lines = [json.loads(line) for line in layout.log("hub").splitlines() if line.startswith("{")]
-    assert any(l.get("user") == "una" and l.get("phase") == "submitted" and l.get("job_id") == job for l in lines)
+    assert any(e.get("user") == "una" and e.get("phase") == "submitted" and e.get("job_id") == job for e in lines)
     # the state is in PostgreSQL; no secret is in a command line
     assert not list(layout.state.glob("*.sqlite"))
     password = layout.db_url.split(":")[2].split("@")[0]

@@ -21,7 +21,6 @@ from tornado.websocket import websocket_connect
 from hpcgate.sandbox import layout as L
 from hpcgate.sandbox.catalog import catalog_data
 
-
 #: Printed by the job of the ``cluster-broken`` system, which exits at once.
 BROKEN_MARK = "hpcgate-test: this partition fails on purpose"
 #: What the catalog allows in partition debug beyond what compute1 has (4 CPUs, 4 GiB).
@@ -46,7 +45,7 @@ def slurm_catalog_data(lay: L.Layout) -> dict:
 
 
 @pytest.fixture(scope="module")
-def slurm_catalog(sandbox, tmp_path_factory) -> Path:  # noqa: F811
+def slurm_catalog(sandbox, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("slurm-catalog") / "catalog.yaml"
     path.write_text(yaml.safe_dump(slurm_catalog_data(sandbox.layout), sort_keys=False))
     return path

@@ -8,8 +8,6 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from hpcgate.catalog import UserInfo, default_catalog, parse_catalog
 from hpcgate.hub.backends.base import Backend, BackendContext, JobHandle, JobState, JobStatus, StatusUnavailable
 from hpcgate.hub.form import render_form

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from harness.hub import Hub, hub_leaks, process_environ, wait_for, xsrf_headers
+from harness.hub import Hub, hub_leaks, process_environ, wait_for
 from tests.pgtools import new_database
 
 CATALOG = textwrap.dedent(
@@ -335,7 +335,7 @@ def test_sigterm_stops_hub_proxy_and_servers(tmp_path):
     finally:
         hub.stop()
     for pid in (server, proxy, up):
-        wait_for(lambda: not pid_alive(pid), 30, f"process {pid} to end")
+        wait_for(lambda pid=pid: not pid_alive(pid), 30, f"process {pid} to end")
     # what hpcgate holds (backends, tunnels, SSH pool) is closed after JupyterHub's cleanup
     log = hub.log_tail(200_000)
     assert "Closed hpcgate's backends, tunnels and SSH connections" in log, log[-3000:]

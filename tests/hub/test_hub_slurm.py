@@ -118,7 +118,7 @@ def job_environ(job: str, account: str) -> dict[str, str]:
     raise AssertionError(f"no process of job {job} with the server's environment")
 
 
-def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:  # noqa: F811
+def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:
     """The job's server: the account's login environment on compute1 (bash -l), then the
     catalog's setup lines; nothing of the hub's environment."""
     env = job_environ(job, account)

@@ -30,7 +30,7 @@ OPTIONS = {"system": "login", "partition": "interactive"}
 
 
 @pytest.fixture(scope="module")
-def catalog_path(sandbox, tmp_path_factory) -> Path:  # noqa: F811
+def catalog_path(sandbox, tmp_path_factory) -> Path:
     info = sandbox.info
     data = yaml.safe_load(Path(info.catalog).read_text())
     down = json.loads(json.dumps(data["systems"]["login"]))
@@ -128,7 +128,7 @@ def alive(pid: int) -> bool:
     return stat[stat.rindex(")") + 2] != "Z"
 
 
-def exclusive_sandbox(sandbox, wait: float = 120) -> bool:  # noqa: F811
+def exclusive_sandbox(sandbox, wait: float = 120) -> bool:
     """Wait until no other test session holds the sandbox (we are about to stop sshd)."""
     deadline = time.monotonic() + wait
     while sandbox.other_holders():
@@ -149,7 +149,7 @@ def test_two_users_spawn_at_once_and_run_code(hub):
         state = hub.user_model(user)["servers"][""]["state"]
         assert state["tunnel"]["host"] == "127.0.0.1" and state["job"]["host"] == "10.250.1.2"
     for user in USERS:
-        status = wait_for(lambda: lab_status(hub, user), 30, f"{user}'s lab api/status")
+        status = wait_for(lambda user=user: lab_status(hub, user), 30, f"{user}'s lab api/status")
         assert "started" in status
         assert asyncio.run(run_code(hub, user, "import getpass; print(getpass.getuser(), 6 * 7)")).split() == [
             f"hpcg-{user}",
@@ -157,7 +157,7 @@ def test_two_users_spawn_at_once_and_run_code(hub):
         ]
 
 
-def test_a_server_has_the_accounts_login_environment_and_nothing_of_the_hub(hub, sandbox):  # noqa: F811
+def test_a_server_has_the_accounts_login_environment_and_nothing_of_the_hub(hub, sandbox):
     """The lab on the login node: the account's login shell environment (/etc/profile,
     ~/.profile), then the catalog's setup lines; nothing of the hub's environment."""
     pid = hub.user_model("alice")["servers"][""]["state"]["job"]["extra"]["pid"]
@@ -190,7 +190,7 @@ def test_one_user_cannot_reach_the_others_lab(hub):
     assert direct.status_code == 403
 
 
-def test_labs_answer_again_after_the_jump_host_restarts(hub, sandbox):  # noqa: F811
+def test_labs_answer_again_after_the_jump_host_restarts(hub, sandbox):
     if not exclusive_sandbox(sandbox):
         print("skipping: other test sessions hold the sandbox; stopping its sshd would disturb them")
         pytest.skip("other test sessions hold the sandbox")
@@ -207,7 +207,7 @@ def test_labs_answer_again_after_the_jump_host_restarts(hub, sandbox):  # noqa: 
     finally:
         sandbox.start_sshd()
     for user in USERS:
-        wait_for(lambda: lab_status(hub, user), 60, f"{user}'s lab after the sshd restart")
+        wait_for(lambda user=user: lab_status(hub, user), 60, f"{user}'s lab after the sshd restart")
         assert asyncio.run(run_code(hub, user, "print('back')")).strip() == "back"
 
 
@@ -216,7 +216,7 @@ def test_labs_answer_after_a_hub_restart(hub):
     hub.stop()
     hub.start()
     for user in USERS:
-        wait_for(lambda: lab_status(hub, user), 60, f"{user}'s lab after the hub restart")
+        wait_for(lambda user=user: lab_status(hub, user), 60, f"{user}'s lab after the hub restart")
         assert hub.user_model(user)["servers"][""]["state"]["tunnel"]["local_port"] == before[user]
         assert asyncio.run(run_code(hub, user, "print(1 + 1)")).strip() == "2"
 

@@ -122,7 +122,7 @@ def test_restart_after_crash_then_give_up(lab):
 
 def test_restart_policy_always_and_never(lab):
     first = api(lab, "POST", "/cleanexit").json()["pid"]
-    wait_for(lambda: (a := info(lab, "cleanexit"))["pid"] not in (None, first))
+    wait_for(lambda: info(lab, "cleanexit")["pid"] not in (None, first))
     api(lab, "POST", "/noretry")
     final = wait_for(lambda: (a := info(lab, "noretry"))["state"] == "stopped" and a)
     assert final["exit_code"] == 0 and final["restarts"] == 0

@@ -8,6 +8,7 @@ import socket
 import threading
 
 import requests
+
 from tests.lab.labtools import RssWatch
 
 MiB = 1024 * 1024

@@ -8,10 +8,11 @@ import time
 
 import pytest
 import requests
-from hpcgate.net import free_port
-from tests.lab.labtools import wait_http
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
+
+from hpcgate.net import free_port
+from tests.lab.labtools import wait_http
 
 
 def test_http_needs_authentication(lab, upstream):
@@ -36,7 +37,7 @@ async def test_websocket_upgrade_needs_authentication(lab, upstream):
 def test_cross_origin_post_with_cookie_refused(lab, upstream):
     """State-changing requests authenticated by cookie must come from our own origin."""
     s = requests.Session()
-    r = s.get(lab.url(f"login?token={lab.token}"), allow_redirects=False)  # sets the login cookie
+    s.get(lab.url(f"login?token={lab.token}"), allow_redirects=False)  # sets the login cookie
     assert s.get(lab.url(f"proxy/{upstream}/x")).status_code == 200
     assert s.post(lab.url(f"proxy/{upstream}/x"), headers={"Origin": "https://evil.example", "Connection": "close"}).status_code == 403
     assert s.post(lab.url(f"proxy/{upstream}/x"), headers={"Origin": f"http://127.0.0.1:{lab.port}"}).status_code == 200

@@ -85,7 +85,7 @@ def test_relay_moves_exactly_count_bytes_and_reports_early_close():
         feeder.start()
         got = bytearray()
 
-        def read_all(peer: socket.socket = browser_peer, n: int = count) -> None:
+        def read_all(peer: socket.socket = browser_peer, n: int = count, got: bytearray = got) -> None:
             while len(got) < n:
                 got.extend(peer.recv(1 << 16))
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from hpcgate.net import free_port
-from tests.lab.labtools import RssWatch, wait_http
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.httputil import HTTPHeaders
 from tornado.websocket import WebSocketClientConnection, websocket_connect
+
+from hpcgate.net import free_port
+from tests.lab.labtools import RssWatch, wait_http
 
 MiB = 1024 * 1024
 

@@ -7,11 +7,11 @@ import os
 
 import pytest
 
+from harness.sshd import USERS
 from hpcgate.catalog import AccountMapping, System
 from hpcgate.hub.identity.accounts import AccountError, AccountResolver
-from hpcgate.remote import RemoteError, SSHPool, SystemRemote, run_local
-from harness.sshd import USERS
 from hpcgate.net import free_port
+from hpcgate.remote import RemoteError, SSHPool, SystemRemote, run_local
 
 
 def remote_for(sshd, pool, **overrides) -> SystemRemote:

@@ -8,13 +8,13 @@ import socket
 
 import pytest
 
+from harness.sshd import TUNNEL_USER, USERS
 from hpcgate.catalog import System
 from hpcgate.hub.backends.base import BackendContext
 from hpcgate.hub.backends.ssh import SSHBackend
+from hpcgate.net import free_port
 from hpcgate.remote import SSHPool
 from hpcgate.remote.tunnels import TunnelError, TunnelManager
-from harness.sshd import TUNNEL_USER, USERS
-from hpcgate.net import free_port
 from tests.hub.backends.test_ssh import make_backend, spec_for
 
 

@@ -25,9 +25,9 @@ from ..catalog import Catalog, CatalogStore, System
 from ..files import private_dir
 from ..remote.pool import SSHPool
 from ..remote.tunnels import TunnelManager
-from .identity.accounts import AccountResolver
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
+from .identity.accounts import AccountResolver
 from .status import StatusCache
 
 

@@ -23,10 +23,11 @@ from traitlets import Float, Integer, Unicode, default
 from .. import protocol
 from ..catalog import LaunchError, LaunchRequest, UserInfo
 from ..logs import watch_start
+from ..remote import AccountName
 from ..remote.tunnels import TunnelError
-from .identity.accounts import AccountError
 from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, SubmitError
 from .form import render_form
+from .identity.accounts import AccountError
 from .runtime import HPCGate
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
@@ -251,7 +252,7 @@ class HPCSpawner(Spawner):
 
     # --- start ----------------------------------------------------------------------
 
-    def account_for(self, request: LaunchRequest, auth_state: dict[str, Any] | None = None) -> str:
+    def account_for(self, request: LaunchRequest, auth_state: dict[str, Any] | None = None) -> AccountName:
         """The user's account name on the request's system (validated).
 
         The system's ``accounts:`` mapping decides: the hub name, a key of
@@ -393,6 +394,7 @@ class HPCSpawner(Spawner):
         deadline = loop.time() + max(self.start_timeout - 5, 1)
         last_shown = None
         while True:
+            found: tuple[str, int] | None
             try:
                 found = await asyncio.wait_for(asyncio.shield(self._address), self.progress_poll_interval)
             except TimeoutError:

@@ -46,7 +46,7 @@ def tune_malloc(mmap_threshold: int) -> bool:
         return False
     try:
         libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only (musl's mallopt does nothing)
+        libc.gnu_get_libc_version  # noqa: B018 (probes the attribute) glibc only (musl's mallopt does nothing)
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False

@@ -63,7 +63,7 @@ class Connection:
         return self.writer.get_extra_info("socket")
 
     def usable(self) -> bool:
-        return not (self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer)  # noqa: SLF001
+        return not (self.writer.is_closing() or self.reader.at_eof() or self.reader._buffer)
 
     def close(self) -> None:
         if not self.writer.is_closing():

@@ -54,6 +54,7 @@ from ..files import write_atomic
 from .pool import RemoteError, SSHTarget, connect, describe_error
 from .targets import SystemRemote
 
+
 class TunnelError(RuntimeError):
     """A tunnel could not be opened; the message names the jump host and the cause."""
 
@@ -71,9 +72,10 @@ class _LocalSide(asyncio.Protocol):
         self.opener: asyncio.Task | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         # nothing may be read before the channel exists: data would have nowhere to go
-        self.transport.pause_reading()
+        transport.pause_reading()
         self.forward.clients.add(self)
         self.opener = asyncio.ensure_future(self._open())
 

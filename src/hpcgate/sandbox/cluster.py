@@ -32,10 +32,10 @@ from pathlib import Path
 from typing import Any
 
 from . import jobenv, network, slurm, ssh, users
-from .identity import identity_down, identity_status, identity_up
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
+from .identity import identity_down, identity_status, identity_up
 from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run
 
 RUNUSER = "/usr/sbin/runuser"

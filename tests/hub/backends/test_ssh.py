@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from harness.sshd import USERS
 from hpcgate.catalog import Catalog, CatalogModel, UserInfo
 from hpcgate.hub.backends.base import BackendContext, JobSpec, JobState, StatusUnavailable, SubmitError
 from hpcgate.hub.backends.ssh import SSHBackend
 from hpcgate.remote import SSHPool
-from harness.sshd import USERS
 
 
 def make_backend(sshd, tmp_path, **overrides) -> tuple[SSHBackend, Catalog]:
@@ -81,7 +81,7 @@ async def test_start_status_connection_file_log_and_stop(sshd, tmp_path):
     seen_pids = {}
     try:
         handles = [await backend.submit(spec_for(catalog, user)) for user in USERS]
-        for user, handle in zip(USERS, handles):
+        for user, handle in zip(USERS, handles, strict=True):
             assert handle.host == "127.0.0.1" and handle.job_id == f"{handle.extra['pid']}@127.0.0.1"
             host, port = await wait_address(backend, handle)
             assert host == "127.0.0.1"

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
-
-from hpcgate.sandbox.directory import SLAPD, Directory
 from hpcgate.net import free_port
+from hpcgate.sandbox.directory import SLAPD, Directory
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import time
 import pytest
 
 from hpcgate.catalog import AccountMapping
-from hpcgate.hub.identity.accounts import AccountError, AccountResolver
 from hpcgate.hub.identity import stamp
+from hpcgate.hub.identity.accounts import AccountError, AccountResolver
 from hpcgate.hub.identity.names import canonical_login
 from hpcgate.hub.identity.oidc import IdPAuthenticator
 from hpcgate.hub.identity.settings import IdentityConfigError, configure, load_identity

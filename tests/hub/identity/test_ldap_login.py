@@ -13,10 +13,10 @@ import textwrap
 import pytest
 import requests
 
-from hpcgate.hub.identity.ldap import DirectoryAuthenticator
-from hpcgate.sandbox.directory import GROUPS, PEOPLE, SERVICE_DN
 from harness.hub import Hub
+from hpcgate.hub.identity.ldap import DirectoryAuthenticator
 from hpcgate.net import free_port
+from hpcgate.sandbox.directory import GROUPS, PEOPLE, SERVICE_DN
 from tests.hub.identity.idtools import assert_secrets_hidden, vo_catalog
 
 CATALOG = vo_catalog("{source: ldap, attribute: employeeType}")

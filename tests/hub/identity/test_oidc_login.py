@@ -17,9 +17,9 @@ import time
 import pyotp
 import pytest
 
-from hpcgate.sandbox.idp import GLEWLWYD, IdentityProvider
 from harness.hub import Hub, chromium, wait_for
 from hpcgate.net import free_port
+from hpcgate.sandbox.idp import GLEWLWYD, IdentityProvider
 from tests.hub.identity.idtools import assert_secrets_hidden, vo_catalog
 
 pytestmark = pytest.mark.browser

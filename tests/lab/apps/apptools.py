@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import requests
+
 from harness.hub import wait_for
 from hpcgate.net import free_port
 

@@ -4,6 +4,7 @@ installed recipes and jupyter-server-proxy plugins (see ``apptools.start_lab``).
 from __future__ import annotations
 
 import pytest
+
 from tests.lab.apps.apptools import start_lab, stop_lab
 
 

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 import pytest
-from tests.lab.apps.apptools import alive, write_scalars, xwd_text_pixels
+
 from harness.hub import Hub, wait_for
+from tests.lab.apps.apptools import alive, write_scalars, xwd_text_pixels
 
 pytestmark = pytest.mark.browser
 
@@ -177,7 +178,7 @@ def test_novnc_desktop_from_the_launcher(page, apps_hub, artifacts_dir, tmp_path
     name = tab.url.split(f"/user/{USER}/")[1].split("/")[0]
     type_and_prove(tab, canvas, apps_hub, name, tmp_path / "vnc-proof.txt", artifacts_dir, "apps-novnc-desktop.png")
     out = subprocess.run(["ss", "-Hltn"], capture_output=True, text=True, check=True).stdout
-    assert not [l for l in out.splitlines() if 5800 <= int(l.split()[3].rsplit(":", 1)[1]) <= 5999]
+    assert not [line for line in out.splitlines() if 5800 <= int(line.split()[3].rsplit(":", 1)[1]) <= 5999]
     tab.close()
 
 

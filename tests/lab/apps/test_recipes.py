@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.lab.apps.apptools import alive, family_pids, start_lab, stop_lab, tcp_listeners, write_scalars
+
 from harness.hub import wait_for
+from tests.lab.apps.apptools import alive, family_pids, start_lab, stop_lab, tcp_listeners, write_scalars
 
 DESKTOP_PORTS = range(5800, 6000)
 

@@ -166,5 +166,5 @@ class Backend(ABC):
         """
         return None
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 (a no-op by default, not abstract)
         """Release what the backend holds; called once, when the hub stops (HPCGate.close)."""

@@ -197,7 +197,7 @@ class SSHBackend(Backend):
         )
         result: dict[str, JobStatus] = {}
         errors = []
-        for (host, hs), answer in zip(by_host.items(), answers):
+        for (host, hs), answer in zip(by_host.items(), answers, strict=True):
             if isinstance(answer, RemoteError):
                 errors.append(str(answer))
                 for h in hs:

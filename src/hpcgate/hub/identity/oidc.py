@@ -107,7 +107,7 @@ class IdPAuthenticator(GatewayLogin, GenericOAuthenticator):
         cached = getattr(self, "_discovered", None)
         if cached is None:
             url = self.issuer.rstrip("/") + "/.well-known/openid-configuration"
-            with urlopen(url, timeout=10) as r:  # noqa: S310 - the admin's issuer URL
+            with urlopen(url, timeout=10) as r:
                 cached = json.loads(r.read())
             self._discovered = cached
         return cached

@@ -155,17 +155,17 @@ def configure(c: Any, identity: Identity) -> None:
         a.auth_state_attributes = list(s.attributes)
         a.group_map = dict(s.group_map)
     else:
-        s = identity.oidc
-        assert s is not None
+        o = identity.oidc
+        assert o is not None
         c.JupyterHub.authenticator_class = "hpcgate.hub.identity.oidc.IdPAuthenticator"
         a = c.IdPAuthenticator
-        a.issuer = s.issuer
-        a.client_id = s.client_id
-        a.client_secret = s._read(s.client_secret_file, s.client_secret_env, "oidc.client_secret")
-        a.oauth_callback_url = s.callback_url
-        a.scope = list(s.scopes)
-        a.username_claim = s.username_claim
-        a.account_claim = s.account_claim or ""
-        a.entitlements_claim = s.groups_claim
-        a.entitlement_pattern = s.group_pattern
-        a.validate_server_cert = s.verify_tls
+        a.issuer = o.issuer
+        a.client_id = o.client_id
+        a.client_secret = o._read(o.client_secret_file, o.client_secret_env, "oidc.client_secret")
+        a.oauth_callback_url = o.callback_url
+        a.scope = list(o.scopes)
+        a.username_claim = o.username_claim
+        a.account_claim = o.account_claim or ""
+        a.entitlements_claim = o.groups_claim
+        a.entitlement_pattern = o.group_pattern
+        a.validate_server_cert = o.verify_tls

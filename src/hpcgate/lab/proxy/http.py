@@ -250,7 +250,7 @@ class HTTPProxy(ProxyBase):
         transport = resp.conn.writer.transport
         remaining = resp.length or 0
         # Bytes the event loop already read from the app go first, the ordinary way.
-        buffered = len(reader._buffer)  # noqa: SLF001
+        buffered = len(reader._buffer)
         if buffered:
             data = await reader.read(min(buffered, remaining))
             self.write(data)
@@ -269,7 +269,7 @@ class HTTPProxy(ProxyBase):
             raise
         finally:
             transport.resume_reading()
-        http_conn._expected_content_remaining = 0  # noqa: SLF001 -- we wrote them past tornado
+        http_conn._expected_content_remaining = 0
         resp.complete = True
         self._touch()
         await self.finish()

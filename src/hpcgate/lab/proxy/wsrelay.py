@@ -60,9 +60,9 @@ class FrameRelay:
         """Take over the browser's ``stream`` and the app's ``conn`` until both are closed."""
         loop = asyncio.get_running_loop()
         # Bytes already read past the HTTP heads, in tornado's and asyncio's buffers.
-        early = stream._read_buffer_size and await stream.read_bytes(stream._read_buffer_size)  # noqa: SLF001
-        app_early = bytes(conn.reader._buffer)  # noqa: SLF001
-        conn.reader._buffer.clear()  # noqa: SLF001
+        early = stream._read_buffer_size and await stream.read_bytes(stream._read_buffer_size)
+        app_early = bytes(conn.reader._buffer)
+        conn.reader._buffer.clear()
         app_transport = conn.writer.transport
         app_transport.pause_reading()  # until the browser side is in place
         app_transport.set_protocol(self.app)

@@ -7,11 +7,11 @@ import asyncio
 import pytest
 
 from harness.sandbox import active_jobs, squeue
-from hpcgate.catalog import load_catalog, UserInfo
+from hpcgate.catalog import UserInfo, load_catalog
 from hpcgate.hub.backends.base import BackendContext, JobHandle, JobSpec, JobState
 from hpcgate.hub.backends.slurm import SlurmBackend
-from hpcgate.remote import SSHPool
 from hpcgate.hub.status import StatusCache
+from hpcgate.remote import SSHPool
 
 pytestmark = pytest.mark.sandbox
 

@@ -9,9 +9,9 @@ import subprocess
 import pytest
 
 from hpcgate.catalog import Catalog, CatalogModel, UserInfo
+from hpcgate.hub.backends.base import SubmitError
 from hpcgate.hub.backends.slurm import backend as slurm_backend
 from hpcgate.hub.backends.slurm import template as slurm_template
-from hpcgate.hub.backends.base import SubmitError
 
 
 def catalog(**system_overrides) -> Catalog:
