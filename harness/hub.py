@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from hpcgate.files import write_atomic
 from hpcgate.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,9 +140,7 @@ class Hub:
     def start(self, timeout: float = 60) -> Hub:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         config = self.state_dir / "tests_config.py"
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(EXTRA_CONFIG.format(token=self.token, extra=self.extra))
+        write_atomic(config, EXTRA_CONFIG.format(token=self.token, extra=self.extra))
         argv = [*HPCGATE, "up", "--state-dir", str(self.state_dir), "--port", str(self.port), "--config", str(config)]
         if self.catalog:
             argv += ["--catalog", self.catalog]

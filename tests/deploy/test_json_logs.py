@@ -7,7 +7,6 @@ from a private file (``--db-url-file``).
 from __future__ import annotations
 
 import json
-import os
 import re
 import sys
 import textwrap
@@ -15,6 +14,7 @@ import textwrap
 import pytest
 
 from harness.hub import Hub, wait_for
+from hpcgate.files import write_atomic
 from tests.pgtools import new_database
 
 CATALOG = textwrap.dedent(
@@ -54,9 +54,7 @@ def hub(tmp_path_factory, postgres):
     catalog = base / "catalog.yaml"
     catalog.write_text(CATALOG)
     url_file = base / "db-url"
-    fd = os.open(url_file, os.O_WRONLY | os.O_CREAT, 0o600)
-    os.write(fd, (new_database(postgres) + "\n").encode())
-    os.close(fd)
+    write_atomic(url_file, new_database(postgres) + "\n")
     hub = Hub(base / "hub", catalog=str(catalog), args=["--log-format", "json", "--db-url-file", str(url_file)])
     hub.url_file = url_file
     hub.start()

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from harness.hub import EXTRA_CONFIG, ROOT, wait_for
+from hpcgate.files import write_atomic
 from hpcgate.net import free_port
 from tests.deploy.unittools import UNITS, environment, exec_start
 from tests.pgtools import new_database
@@ -36,9 +37,7 @@ c.Authenticator.allow_all = True
 
 
 def _write_secret(path: Path, text: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text + "\n")
+    write_atomic(path, text + "\n")
 
 
 class Layout:
