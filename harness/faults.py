@@ -25,6 +25,7 @@ import requests
 import yaml
 
 from harness.hub import Hub, wait_for
+from harness.sandbox import wait_job
 
 #: hub user -> spawn options: one lab per kind of system
 LABS = {
@@ -224,7 +225,7 @@ def cancel_outside(sandbox, hub: Hub, user: str = "bob") -> dict:
     job = servers(hub)[user]["state"]["job"]["job_id"]
     sandbox.run_in("login", ["scancel", job], user=ACCOUNTS[user])
     cancelled = time.monotonic()
-    sandbox.wait_job(job, timeout=60)
+    wait_job(sandbox, job, timeout=60)
     ended = time.monotonic()
     wait_for(lambda: not hub.user_model(user)["servers"].get(""), 90, f"the hub to report {user}'s server stopped")
     reported = time.monotonic()
