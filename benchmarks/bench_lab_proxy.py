@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 from benchmarks.report import median, percentile, ratio, table
+from hpcgate.net import free_port
 
 MiB = 1024 * 1024
 ROOT = Path(__file__).resolve().parent.parent
@@ -102,12 +103,6 @@ BARE_RELAY = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _wait_port(port: int, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -160,7 +155,7 @@ def _start_jupyter(
     tmp: Path, name: str, extensions: dict[str, bool], token: str, extra_config: str = ""
 ) -> tuple[subprocess.Popen, int]:
     """A Jupyter server with ``extensions`` and the token ``token``; ``extra_config`` lines appended."""
-    port = _free_port()
+    port = free_port()
     root = tmp / name
     root.mkdir()
     cfg = root / "config.py"
@@ -310,7 +305,7 @@ async def _ws(t: Target, ws_prefix: str, small: int, big: int) -> tuple[list[flo
 
 def run() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="bench-lab-"))
-    http_port, ws_port = _free_port(), _free_port()
+    http_port, ws_port = free_port(), free_port()
     token = secrets.token_hex(16)
     procs = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(http_port), str(ws_port)])]
     try:
@@ -319,7 +314,7 @@ def run() -> None:
         common = {"jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False, "jupyter_server_terminals": False}
         ours, ours_port = _start_jupyter(tmp, "hpcgate", {**common, "hpcgate.lab": True, "jupyter_server_proxy": False}, token)
         jsp, jsp_port = _start_jupyter(tmp, "jsp", {**common, "hpcgate.lab": False, "jupyter_server_proxy": True}, token)
-        relay_port = _free_port()
+        relay_port = free_port()
         relay = subprocess.Popen([sys.executable, "-c", BARE_RELAY, str(relay_port), str(http_port)])
         procs += [ours, jsp, relay]
         _wait_port(relay_port)

