@@ -140,8 +140,8 @@ class SessionItem extends Widget {
       this.warned.add(m);
     }
     Notification.warning(
-      `Your session on ${this.session?.system} ends in ${duration(left)} (at the end of its wall time). ` +
-        'Save your work now: unsaved changes and running kernels are lost when it ends.',
+      `Your session on ${this.session?.system} ends in ${duration(left)}. ` +
+        'Save your work now: unsaved changes are lost when it ends.',
       { autoClose: false }
     );
   }

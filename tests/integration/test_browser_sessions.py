@@ -165,6 +165,7 @@ def test_session_cards_form_and_lab_status(browser, hub, artifacts_dir):
         lab.screenshot(path=str(artifacts_dir / "browser-sessions-lab-warning.png"))
     toast = lab.wait_for_selector(".Toastify__toast:has-text('Save your work')", timeout=30_000)
     assert "ends in" in toast.text_content()
+    lab.wait_for_selector(".jp-LauncherCard", timeout=60_000)
     lab.screenshot(path=str(artifacts_dir / "browser-sessions-lab-warning.png"))
     lab.close()
 
