@@ -37,7 +37,11 @@ c.JupyterHub.pid_file = ""
 # --- hpcgate ---------------------------------------------------------------------------------------
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
-c.JupyterHub.template_paths = hpcgate.hub.template_paths()  # the home page says why a server stopped
+c.JupyterHub.template_paths = hpcgate.hub.template_paths()  # the home page of session cards (and why a session stopped)
+# several sessions per user; how many come from the catalog (sessions.per_user, .remembered)
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = hpcgate.hub.named_server_limit
+c.JupyterHub.redirect_to_server = False  # after login: the home page of session cards
 c.HPCGate.catalog_path = str(etc / "catalog.yaml")
 c.HPCGate.state_dir = str(state)
 

@@ -11,6 +11,8 @@ import { ServerConnection } from '@jupyterlab/services';
 import { LabIcon } from '@jupyterlab/ui-components';
 import { Widget } from '@lumino/widgets';
 
+import sessionPlugin from './session';
+
 interface IParameter {
   title: string;
   kind: string;
@@ -244,4 +246,4 @@ const plugin: JupyterFrontEndPlugin<void> = {
   }
 };
 
-export default plugin;
+export default [plugin, sessionPlugin];

@@ -229,6 +229,15 @@ class System(_Model):
     template: str | None = None
     #: Seconds between status queries for this system's jobs (StatusCache).
     status_interval: float = Field(10, gt=0)
+    #: Sessions one user may have active (starting or running) on this system at once;
+    #: ``null``: only the catalog-wide ``sessions.per_user`` applies.
+    sessions_per_user: int | None = Field(
+        None,
+        ge=1,
+        le=1000,
+        description="Sessions one user may have active (starting or running) on this system at once; "
+        "null: only the catalog-wide sessions.per_user applies.",
+    )
     #: Web apps offered beside the lab on this system, added to (or, by name,
     #: replacing) the catalog's top-level ``apps``; ``null`` withdraws a top-level app.
     apps: dict[Name, AppEntry | None] = {}
@@ -290,6 +299,32 @@ class Defaults(_Model):
     system: Name | None = None
 
 
+class Sessions(_Model):
+    """How many sessions (JupyterHub named servers) a user may have."""
+
+    per_user: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="Sessions one user may have active (starting or running) at once, on all systems together.",
+    )
+    remembered: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="Sessions a user may keep, running or stopped, with their options "
+        "(JupyterHub's named_server_limit_per_user; stopped ones can be relaunched).",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Sessions:
+        if self.remembered < self.per_user:
+            raise ValueError(
+                f"remembered ({self.remembered}) must be at least per_user ({self.per_user})"
+            )
+        return self
+
+
 class CatalogModel(_Model):
     """The whole catalog file."""
 
@@ -297,6 +332,8 @@ class CatalogModel(_Model):
     projects: dict[Name, Project] = {}
     groups: dict[Name, Group] = {}
     defaults: Defaults = Defaults()
+    #: How many sessions a user may have (see also ``System.sessions_per_user``).
+    sessions: Sessions = Sessions()
     #: Web apps offered beside the lab on every system (see ``System.apps``).
     apps: dict[Name, AppEntry] = {}
 
@@ -343,17 +380,28 @@ class UserInfo:
     groups: frozenset[str] = frozenset()
 
 
+def core_hours(nodes: int, cpus: int, runtime: int) -> float:
+    """What a launch may cost at most: nodes x CPUs per node x runtime (minutes) / 60."""
+    return nodes * cpus * runtime / 60
+
+
 @dataclass(frozen=True)
 class PartitionOffer:
     name: str
     description: str
     limits: dict[str, Range]
 
+    @property
+    def has_gpus(self) -> bool:
+        """Whether a launch here may ask for GPUs (the form shows the field only then)."""
+        return self.limits["gpus"].max > 0
+
     def as_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
             "limits": {k: r.model_dump() for k, r in self.limits.items()},
+            "has_gpus": self.has_gpus,
         }
 
 
@@ -364,6 +412,12 @@ class SystemOffer:
     description: str
     partitions: list[PartitionOffer]
     projects: list[tuple[str, str]]
+    #: Sessions one user may have active here at once (None: only the catalog-wide limit).
+    sessions_per_user: int | None = None
+    #: Hook for the system's health (up, draining, maintenance) from other work; None: not known.
+    state: str | None = None
+    #: Hook for the reservations the user may use here (names); empty: none offered.
+    reservations: tuple[str, ...] = ()
 
     def partition(self, name: str) -> PartitionOffer | None:
         return next((p for p in self.partitions if p.name == name), None)
@@ -375,6 +429,9 @@ class SystemOffer:
             "description": self.description,
             "partitions": [p.as_json() for p in self.partitions],
             "projects": [{"name": n, "description": d} for n, d in self.projects],
+            "sessions_per_user": self.sessions_per_user,
+            "state": self.state,
+            "reservations": list(self.reservations),
         }
 
 
@@ -382,6 +439,8 @@ class SystemOffer:
 class Offer:
     systems: list[SystemOffer]
     default_system: str | None = None
+    #: Sessions one user may have active at once, on all systems together.
+    sessions_per_user: int = 4
 
     def system(self, name: str) -> SystemOffer | None:
         return next((s for s in self.systems if s.name == name), None)
@@ -390,6 +449,7 @@ class Offer:
         return {
             "systems": [s.as_json() for s in self.systems],
             "default_system": self.default_system,
+            "sessions_per_user": self.sessions_per_user,
         }
 
 
@@ -413,6 +473,11 @@ class LaunchRequest:
     def as_options(self) -> dict[str, Any]:
         """The request as JSON-able ``user_options``."""
         return {k: getattr(self, k) for k in OPTION_KEYS}
+
+    @property
+    def core_hours(self) -> float:
+        """The most this launch may cost: nodes x CPUs per node x runtime in hours."""
+        return core_hours(self.nodes, self.cpus, self.runtime)
 
 
 class Catalog:
@@ -482,12 +547,35 @@ class Catalog:
                         for p in self.model.projects
                         if p in projects.get(sname, ())
                     ],
+                    sessions_per_user=system.sessions_per_user,
                 )
             )
         default = self.model.defaults.system
         if default not in {s.name for s in systems}:
             default = systems[0].name if systems else None
-        return Offer(systems=systems, default_system=default)
+        return Offer(systems=systems, default_system=default, sessions_per_user=self.model.sessions.per_user)
+
+    def check_sessions(self, system: str, active: Iterable[str]) -> None:
+        """Raise :class:`LaunchError` if one more session on ``system`` is too many.
+
+        ``active``: the systems of the user's other sessions that are starting or
+        running (one entry per session). The same sentence serves the form and the
+        REST API.
+        """
+        active = list(active)
+        most = self.model.sessions.per_user
+        if len(active) >= most:
+            raise LaunchError(
+                f"You have {len(active)} session(s) starting or running, the most you may have at once "
+                f"({most}). Stop one of them on your home page, then launch again."
+            )
+        config = self.systems.get(system)
+        here = sum(1 for s in active if s == system)
+        if config is not None and config.sessions_per_user is not None and here >= config.sessions_per_user:
+            raise LaunchError(
+                f"You have {here} session(s) starting or running on {system}, the most it allows per user "
+                f"({config.sessions_per_user}). Stop one there, or launch on another system."
+            )
 
     def validate(self, user: UserInfo, options: Mapping[str, Any] | None) -> LaunchRequest:
         """Turn raw options into a :class:`LaunchRequest` or raise :class:`LaunchError`.
@@ -560,7 +648,16 @@ class Catalog:
 
     def describe(self) -> str:
         """Human-readable summary: what each group may launch (``hpcgate check``)."""
-        lines = [f"catalog {self.source}: {len(self.systems)} system(s), {len(self.model.groups)} group(s)"]
+        sessions = self.model.sessions
+        lines = [
+            f"catalog {self.source}: {len(self.systems)} system(s), {len(self.model.groups)} group(s)",
+            f"sessions per user: {sessions.per_user} at once, {sessions.remembered} kept"
+            + "".join(
+                f"; {name}: {s.sessions_per_user} at once"
+                for name, s in self.systems.items()
+                if s.sessions_per_user is not None
+            ),
+        ]
         for gname, group in self.model.groups.items():
             who = "every user" if group.all_users else f"members of JupyterHub group '{gname}'"
             lines.append(f"group {gname} ({who}):")

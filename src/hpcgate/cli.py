@@ -82,6 +82,12 @@ if settings.get("auth", "demo") != "demo":
 c.JupyterHub.spawner_class = "hpcgate"
 c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()
 c.JupyterHub.template_paths = hpcgate.hub.template_paths()
+# several sessions per user (a lab on the login node and one on a compute partition);
+# how many may run at once comes from the catalog (sessions.per_user), how many are
+# kept with their options from sessions.remembered
+c.JupyterHub.allow_named_servers = True
+c.JupyterHub.named_server_limit_per_user = hpcgate.hub.named_server_limit
+c.JupyterHub.redirect_to_server = False  # after login: the home page of session cards
 c.HPCGate.catalog_path = settings["catalog"]
 c.HPCGate.state_dir = str(here)
 

@@ -46,6 +46,8 @@ SYSTEM = "HPCGATE_SYSTEM"
 READY_PATH = "hpcgate/ready"
 #: The hub API route of a user's offer (below ``/hub/api/``).
 OFFER_PATH = "hpcgate/offer"
+#: The hub API route a running server asks for its own session (end time, node, job).
+SESSION_PATH = "hpcgate/session"
 
 
 def ready_payload(host: str, port: int, server_name: str) -> dict[str, Any]:

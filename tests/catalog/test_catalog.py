@@ -106,8 +106,10 @@ def test_offer_json_shape(catalog):
     data = catalog.offer(UserInfo("u", frozenset({"chemists"}))).as_json()
     json.dumps(data)
     system = data["systems"][0]
-    assert set(system) == {"name", "kind", "description", "partitions", "projects"}
-    assert set(system["partitions"][0]) == {"name", "description", "limits"}
+    assert set(system) == {
+        "name", "kind", "description", "partitions", "projects", "sessions_per_user", "state", "reservations"
+    }
+    assert set(system["partitions"][0]) == {"name", "description", "limits", "has_gpus"}
     assert system["partitions"][0]["limits"]["cpus"] == {"min": 1, "default": 4, "max": 128}
 
 

@@ -29,6 +29,8 @@ def test_login_fill_form_and_land_in_jupyterlab(browser, demo_hub, artifacts_dir
     page.fill("input[name=username]", "nora")
     page.fill("input[name=password]", demo_hub.password)
     page.click("input[type=submit], button[type=submit]")
+    page.wait_for_selector("#hpcgate-sessions")  # the home page of session cards
+    page.goto(demo_hub.url + "/hub/spawn")
     page.wait_for_selector("#hpcgate-form")
     # the dependent fields follow the partition without a page reload
     assert page.input_value("select[name=system]") == "local"

@@ -2,8 +2,12 @@
 
 The page is rendered server-side for the current choice (so it works without
 JavaScript) and carries the whole offer as JSON; a small script re-renders the dependent
-fields when the system or partition changes, with the limits beside each field. Every
-catalog value is HTML-escaped; the JSON is escaped for a ``<script>`` element.
+fields when the system or partition changes: the system's description, the partition's
+limits, the GPU field only where the partition has GPUs, the project, the cost of the
+launch in core-hours, and (per system) the user's last choice there. Every field says
+what it is for. Every catalog value is HTML-escaped; the JSON is escaped for a
+``<script>`` element. The form posts the same option names the REST API takes, and
+both go through :meth:`Catalog.validate` (same checks, same sentences).
 """
 
 from __future__ import annotations
@@ -12,52 +16,112 @@ import html
 import json
 from typing import Any
 
-from ..catalog import RESOURCES, UNITS, Offer, PartitionOffer, SystemOffer
+from ..catalog import RESOURCES, UNITS, Offer, PartitionOffer, Range, SystemOffer, core_hours
 
 LABELS = {
     "nodes": "Nodes",
     "cpus": "CPUs per node",
-    "memory": "Memory (GiB)",
+    "memory": "Memory per node (GiB)",
     "gpus": "GPUs per node",
     "runtime": "Runtime (minutes)",
+}
+
+#: What each field is for (shown under it).
+HELP = {
+    "system": "The machine your JupyterLab runs on. Your files there are the ones you see in the lab.",
+    "partition": "A group of nodes with the same hardware and limits. Login-node partitions start at "
+    "once; compute partitions may wait in the queue.",
+    "project": "The compute budget charged for this session.",
+    "nodes": "Whole nodes reserved for the session; more than one only helps code that runs across nodes (MPI, Dask).",
+    "cpus": "CPU cores on each node for your kernels and apps.",
+    "memory": "Memory on each node; a kernel that needs more is stopped by the system.",
+    "gpus": "GPUs on each node.",
+    "runtime": "The session ends after this time (the job's wall time); save your work before. "
+    "The lab warns you 10 and 2 minutes before.",
 }
 
 _SCRIPT = r"""
 (function () {
   const root = document.getElementById("hpcgate-form");
   const offer = JSON.parse(document.getElementById("hpcgate-offer").textContent);
+  const remembered = JSON.parse(document.getElementById("hpcgate-remembered").textContent);
   const units = JSON.parse(root.dataset.units);
   const sysSel = root.querySelector("select[name=system]");
   const partSel = root.querySelector("select[name=partition]");
   const projSel = root.querySelector("select[name=project]");
   const projRow = root.querySelector(".hpcgate-project");
   const option = (value, text) => { const o = document.createElement("option"); o.value = value; o.textContent = text; return o; };
+  const label = (x) => x.description ? x.name + " - " + x.description : x.name;
   const system = () => offer.systems.find(s => s.name === sysSel.value) || offer.systems[0];
-  function fillPartitions() {
-    const s = system(); const keep = partSel.value;
-    partSel.replaceChildren(...s.partitions.map(p => option(p.name, p.description ? p.name + " - " + p.description : p.name)));
+  const partition = () => system().partitions.find(p => p.name === partSel.value);
+  function fillSystem(useRemembered) {
+    const s = system();
+    const last = useRemembered ? remembered[s.name] : null;
+    const keep = last && last.partition ? last.partition : partSel.value;
+    partSel.replaceChildren(...s.partitions.map(p => option(p.name, label(p))));
     if (s.partitions.some(p => p.name === keep)) partSel.value = keep;
-    projSel.replaceChildren(...s.projects.map(p => option(p.name, p.description ? p.name + " - " + p.description : p.name)));
+    projSel.replaceChildren(...s.projects.map(p => option(p.name, label(p))));
+    if (last && last.project && s.projects.some(p => p.name === last.project)) projSel.value = last.project;
     projRow.hidden = s.projects.length === 0; projSel.disabled = s.projects.length === 0;
-    fillLimits();
+    root.querySelector(".hpcgate-system-description").textContent = s.description || "";
+    const state = root.querySelector(".hpcgate-system-state");
+    state.textContent = s.state ? "State: " + s.state : ""; state.hidden = !s.state;
+    const note = root.querySelector(".hpcgate-remembered-note");
+    note.hidden = !last;
+    fillLimits(last);
   }
-  function fillLimits() {
-    const p = system().partitions.find(p => p.name === partSel.value);
+  function limitText(res, lim) {
+    return lim.min === lim.max ? "fixed at " + lim.max + units[res]
+      : "from " + lim.min + " to " + lim.max + units[res] + ", default " + lim.default;
+  }
+  function fillLimits(last) {
+    const p = partition();
     if (!p) return;
+    root.querySelector(".hpcgate-partition-description").textContent = p.description || "";
+    root.querySelector(".hpcgate-partition-limits").textContent = p.summary;
     for (const [res, lim] of Object.entries(p.limits)) {
       const input = root.querySelector("input[name=" + res + "]");
       const hint = root.querySelector(".hpcgate-limit-" + res);
       input.min = lim.min; input.max = lim.max;
-      const v = Number(input.value);
-      if (input.value === "" || v < lim.min || v > lim.max) input.value = lim.default;
-      input.closest(".form-group").hidden = lim.min === lim.max && lim.max === 0;
-      hint.textContent = lim.min === lim.max ? "fixed at " + lim.max + units[res]
-        : "from " + lim.min + " to " + lim.max + units[res] + ", default " + lim.default;
+      let v = Number(input.value);
+      if (last && Number.isInteger(last[res])) v = last[res];
+      input.value = (input.value === "" && !last) || v < lim.min || v > lim.max ? lim.default : v;
+      const row = input.closest(".form-group");
+      const hide = res === "gpus" ? !p.has_gpus : lim.min === lim.max && lim.max === 0;
+      row.hidden = hide; input.disabled = hide;
+      hint.textContent = limitText(res, lim);
     }
+    cost();
   }
-  sysSel.addEventListener("change", fillPartitions);
-  partSel.addEventListener("change", fillLimits);
+  function cost() {
+    const n = (res) => Number(root.querySelector("input[name=" + res + "]").value) || 0;
+    const nodes = n("nodes"), cpus = n("cpus"), runtime = n("runtime"), gpus = n("gpus");
+    const hours = nodes * cpus * runtime / 60;
+    const p = partition();
+    let text = "This launch reserves " + nodes + " node" + (nodes === 1 ? "" : "s") + " \u00d7 " + cpus +
+      " CPU" + (cpus === 1 ? "" : "s") + " for " + runtime + " min: up to " + (Math.round(hours * 100) / 100) + " core-hours";
+    if (p && p.has_gpus && gpus > 0) text += " and " + (Math.round(nodes * gpus * runtime / 60 * 100) / 100) + " GPU-hours";
+    if (!projSel.disabled && projSel.value) text += ", charged to project " + projSel.value;
+    root.querySelector(".hpcgate-cost").textContent = text + ".";
+  }
+  sysSel.addEventListener("change", () => fillSystem(true));
+  partSel.addEventListener("change", () => fillLimits(null));
+  projSel.addEventListener("change", cost);
+  root.querySelectorAll("input[type=number]").forEach(i => i.addEventListener("input", cost));
+  fillLimits(null);
 })();
+"""
+
+_STYLE = """
+#hpcgate-form .hpcgate-lead { margin-bottom: 1rem; }
+#hpcgate-form .form-group { margin-bottom: .9rem; }
+#hpcgate-form label { font-weight: 600; }
+#hpcgate-form .hpcgate-help { display: block; color: var(--bs-secondary-color, #6c757d); }
+#hpcgate-form .hpcgate-limit { font-variant-numeric: tabular-nums; }
+#hpcgate-form .hpcgate-described { margin: .25rem 0 0; font-style: italic; }
+#hpcgate-form .hpcgate-partition-limits { display: block; font-weight: 500; }
+#hpcgate-form .hpcgate-resources { display: grid; grid-template-columns: repeat(auto-fill, minmax(15rem, 1fr)); gap: 0 1.25rem; }
+#hpcgate-form .hpcgate-cost { font-weight: 600; }
 """
 
 
@@ -76,11 +140,26 @@ def _options(items: list[tuple[str, str]], selected: str | None) -> str:
     return "".join(out)
 
 
-def _limit_text(res: str, lim: Any) -> str:
+def _limit_text(res: str, lim: Range) -> str:
     unit = UNITS[res]
     if lim.min == lim.max:
         return f"fixed at {lim.max}{unit}"
     return f"from {lim.min} to {lim.max}{unit}, default {lim.default}"
+
+
+def limits_summary(partition: PartitionOffer) -> str:
+    """One line of what the partition allows at most (shown under its description)."""
+    lim = partition.limits
+    hours, minutes = divmod(lim["runtime"].max, 60)
+    runtime = f"{hours} h" + (f" {minutes} min" if minutes else "") if hours else f"{minutes} min"
+    parts = [
+        f"up to {lim['nodes'].max} node{'' if lim['nodes'].max == 1 else 's'}",
+        f"{lim['cpus'].max} CPUs and {lim['memory'].max} GiB per node",
+    ]
+    if partition.has_gpus:
+        parts.append(f"{lim['gpus'].max} GPUs per node")
+    parts.append(f"{runtime} per session")
+    return "Allows " + ", ".join(parts) + "."
 
 
 def _choice(previous: dict[str, Any], key: str) -> str | None:
@@ -88,48 +167,134 @@ def _choice(previous: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def render_form(offer: Offer, previous: dict[str, Any], note: str = "") -> str:
-    """HTML of the options form for ``offer``, preselecting ``previous`` choices."""
+def cost_sentence(nodes: int, cpus: int, gpus: int, runtime: int, project: str | None) -> str:
+    """The form's cost line (the script writes the same words as fields change)."""
+    text = (
+        f"This launch reserves {nodes} node{'' if nodes == 1 else 's'} \u00d7 {cpus} CPU{'' if cpus == 1 else 's'} "
+        f"for {runtime} min: up to {round(core_hours(nodes, cpus, runtime), 2):g} core-hours"
+    )
+    if gpus > 0:
+        text += f" and {round(nodes * gpus * runtime / 60, 2):g} GPU-hours"
+    if project:
+        text += f", charged to project {project}"
+    return text + "."
+
+
+def _help(key: str) -> str:
+    return f'<small class="form-text hpcgate-help" id="hpcgate-{key}-help">{html.escape(HELP[key])}</small>'
+
+
+def _sessions_note(offer: Offer, system: SystemOffer, active: list[str]) -> str:
+    """How many sessions the user has active, against the catalog's limits."""
+    parts = [f"You have {len(active)} of at most {offer.sessions_per_user} sessions starting or running"]
+    if system.sessions_per_user is not None:
+        here = sum(1 for s in active if s == system.name)
+        parts.append(f"{here} of at most {system.sessions_per_user} on {system.name}")
+    full = len(active) >= offer.sessions_per_user
+    cls = "alert alert-warning" if full else "text-muted"
+    tail = " Stop one on your home page before you launch another." if full else ""
+    return f'<p class="hpcgate-sessions {cls}">{html.escape("; ".join(parts) + "." + tail)}</p>'
+
+
+def _offer_json(offer: Offer) -> dict[str, Any]:
+    """The offer for the script, each partition with its :func:`limits_summary`."""
+    data = offer.as_json()
+    for system, sdata in zip(offer.systems, data["systems"], strict=True):
+        for partition, pdata in zip(system.partitions, sdata["partitions"], strict=True):
+            pdata["summary"] = limits_summary(partition)
+    return data
+
+
+def render_form(
+    offer: Offer,
+    previous: dict[str, Any],
+    note: str = "",
+    remembered: dict[str, dict[str, Any]] | None = None,
+    active: list[str] | None = None,
+    session: str = "",
+) -> str:
+    """HTML of the options form for ``offer``, preselecting ``previous`` choices.
+
+    ``remembered``: the user's last options per system (applied when the user picks
+    that system); ``active``: the systems of the user's other active sessions (for the
+    line on session limits); ``session``: the session's name ("" for the default one).
+    """
     if not offer.systems:
         return (
             '<div class="alert alert-warning" id="hpcgate-form">Your account may not launch on any '
             "system yet. Ask your centre's support to add you to a project group.</div>"
         )
+    remembered = remembered or {}
+    active = active or []
     system: SystemOffer = offer.system(_choice(previous, "system") or "") or offer.system(
         offer.default_system or ""
     ) or offer.systems[0]
     partition: PartitionOffer = system.partition(_choice(previous, "partition") or "") or system.partitions[0]
     project = _choice(previous, "project")
+    is_remembered = bool(previous) and remembered.get(system.name) == {
+        k: v for k, v in previous.items() if k in remembered.get(system.name, {})
+    }
+    named = f"Session <strong>{html.escape(session)}</strong>: choose" if session else "Choose"
     rows = [
+        f'<p class="hpcgate-lead">{named} where your JupyterLab runs and what it may use. '
+        "The limits under each field are those of your projects on the chosen partition.</p>",
+        _sessions_note(offer, system, active),
         '<div class="form-group"><label for="hpcgate-system">System</label>'
-        f'<select class="form-control" id="hpcgate-system" name="system">'
-        f"{_options([(s.name, s.description) for s in offer.systems], system.name)}</select></div>",
+        '<select class="form-select form-control" id="hpcgate-system" name="system" aria-describedby="hpcgate-system-help">'
+        f"{_options([(s.name, s.description) for s in offer.systems], system.name)}</select>"
+        f'<p class="hpcgate-described hpcgate-system-description">{html.escape(system.description)}</p>'
+        # hook: the system's state (up, draining, maintenance) once other work fills it in
+        f'<p class="hpcgate-system-state text-warning"{"" if system.state else " hidden"}>'
+        f'{html.escape("State: " + system.state) if system.state else ""}</p>'
+        f"{_help('system')}"
+        f'<small class="form-text text-info hpcgate-remembered-note"{"" if is_remembered else " hidden"}>'
+        "Filled in with your last choice on this system.</small></div>",
         '<div class="form-group"><label for="hpcgate-partition">Partition</label>'
-        f'<select class="form-control" id="hpcgate-partition" name="partition">'
-        f"{_options([(p.name, p.description) for p in system.partitions], partition.name)}</select></div>",
+        '<select class="form-select form-control" id="hpcgate-partition" name="partition" aria-describedby="hpcgate-partition-help">'
+        f"{_options([(p.name, p.description) for p in system.partitions], partition.name)}</select>"
+        f'<p class="hpcgate-described hpcgate-partition-description">{html.escape(partition.description)}</p>'
+        f'<small class="form-text hpcgate-partition-limits">{html.escape(limits_summary(partition))}</small>'
+        f"{_help('partition')}</div>",
         f'<div class="form-group hpcgate-project"{"" if system.projects else " hidden"}>'
-        '<label for="hpcgate-project">Project (charged for the resources)</label>'
-        f'<select class="form-control" id="hpcgate-project" name="project"{"" if system.projects else " disabled"}>'
-        f"{_options(system.projects, project)}</select></div>",
+        '<label for="hpcgate-project">Project</label>'
+        f'<select class="form-select form-control" id="hpcgate-project" name="project" aria-describedby="hpcgate-project-help"'
+        f'{"" if system.projects else " disabled"}>'
+        f"{_options(system.projects, project)}</select>{_help('project')}</div>",
+        '<div class="hpcgate-resources">',
     ]
+    values: dict[str, int] = {}
     for res in RESOURCES:
         lim = partition.limits[res]
         value = previous.get(res)
         if not isinstance(value, int) or not lim.min <= value <= lim.max:
             value = lim.default
-        hidden = " hidden" if lim.min == lim.max == 0 else ""
+        values[res] = value
+        hidden = not partition.has_gpus if res == "gpus" else lim.min == lim.max == 0
+        off = " hidden" if hidden else ""
         rows.append(
-            f'<div class="form-group"{hidden}><label for="hpcgate-{res}">{LABELS[res]}</label>'
+            f'<div class="form-group"{off}><label for="hpcgate-{res}">{LABELS[res]}</label>'
             f'<input class="form-control" type="number" step="1" id="hpcgate-{res}" name="{res}" '
-            f'min="{lim.min}" max="{lim.max}" value="{value}">'
-            f'<small class="form-text text-muted hpcgate-limit-{res}">{html.escape(_limit_text(res, lim))}</small></div>'
+            f'min="{lim.min}" max="{lim.max}" value="{value}"{" disabled" if hidden else ""} '
+            f'aria-describedby="hpcgate-{res}-help">'
+            f'<small class="form-text hpcgate-limit hpcgate-limit-{res}">{html.escape(_limit_text(res, lim))}</small>'
+            f"{_help(res)}</div>"
         )
+    rows.append("</div>")
+    shown_project = project if project in {n for n, _ in system.projects} else (
+        system.projects[0][0] if system.projects else None
+    )
+    cost = cost_sentence(
+        values["nodes"], values["cpus"], values["gpus"] if partition.has_gpus else 0, values["runtime"], shown_project
+    )
+    rows.append(f'<p class="hpcgate-cost" aria-live="polite">{html.escape(cost)}</p>')
     if note:
         rows.append(f'<p class="text-muted">{html.escape(note)}</p>')
     units = html.escape(json.dumps(UNITS), quote=True)
     return (
+        f"<style>{_STYLE}</style>"
         f'<div id="hpcgate-form" data-units="{units}">'
         + "".join(rows)
-        + f'<script type="application/json" id="hpcgate-offer">{_script_json(offer.as_json())}</script>'
+        + f'<script type="application/json" id="hpcgate-offer">{_script_json(_offer_json(offer))}</script>'
+        + f'<script type="application/json" id="hpcgate-remembered">{_script_json(remembered)}</script>'
         + f"<script>{_SCRIPT}</script></div>"
     )

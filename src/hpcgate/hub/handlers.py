@@ -4,6 +4,12 @@
 - ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}``.
   Only that server's own API token is accepted; the spawner never guesses the port.
   The whole body is checked before any spawner is looked up or told anything.
+- ``GET  /hub/api/hpcgate/users/<name>/sessions[/<server>]``: the user's sessions as the
+  home page's cards show them (:func:`hpcgate.hub.sessions.session_card`); needs the
+  ``read:servers`` scope on that user (the user's own cookie or token, or an admin's).
+- ``GET  /hub/hpcgate/static/...``: the home page's script and style.
+- ``GET  /hub/api/hpcgate/session``: a running server asks about itself with its own
+  API token: system, node, job id and when its wall time ends (the lab's status bar).
 
 These must run inside the hub process (they talk to live spawner objects), which is why
 they are extra handlers and not a separate JupyterHub service.
@@ -14,12 +20,23 @@ from __future__ import annotations
 import hmac
 import json
 import re
+from pathlib import Path
 
 from jupyterhub.apihandlers.base import APIHandler
+from jupyterhub.scopes import needs_scope
 from tornado import web
 
 from .. import protocol
 from ..catalog import HOST_PATTERN
+from .sessions import session_card
+
+
+async def _card(spawner) -> dict:
+    status = None
+    job_status = getattr(spawner, "job_status", None)
+    if job_status is not None and spawner.active:
+        status = await job_status()
+    return await session_card(spawner, status)
 
 
 class OfferHandler(APIHandler):
@@ -79,9 +96,81 @@ class ReadyHandler(APIHandler):
         self.set_status(204)
 
 
-def extra_handlers() -> list[tuple[str, type]]:
+class SessionsHandler(APIHandler):
+    """A user's sessions (default and named servers) with their options and job state."""
+
+    @needs_scope("read:servers")
+    async def get(self, user_name: str, session: str | None = None) -> None:
+        # not "server_name": needs_scope would filter on "user/None" for the list
+        server_name = session
+        user = self.find_user(user_name)
+        if user is None:
+            raise web.HTTPError(404, "No such user.")
+        if server_name is not None:
+            if server_name not in user.orm_spawners:
+                raise web.HTTPError(404, f"{user_name} has no session {server_name[:64]!r}.")
+            names = [server_name]
+        else:
+            names = sorted(user.orm_spawners, key=lambda n: (n != "", n))
+        cards = [await _card(user.spawners[name]) for name in names]
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        if server_name is not None:
+            self.write(json.dumps(cards[0]))
+            return
+        catalog = user.spawner.hpcgate.catalog() if hasattr(user.spawner, "hpcgate") else None
+        self.write(
+            json.dumps(
+                {
+                    "sessions": cards,
+                    "sessions_per_user": catalog.model.sessions.per_user if catalog else None,
+                    "remembered_per_user": catalog.model.sessions.remembered if catalog else None,
+                }
+            )
+        )
+
+
+class SessionSelfHandler(APIHandler):
+    """A running server's own session: what the lab's status bar shows.
+
+    Authenticated by that server's API token only (``owns_token``), so a lab learns
+    its end time from the hub and never asks the scheduler itself.
+    """
+
+    async def get(self) -> None:
+        token = self.get_auth_token()
+        user = self.current_user
+        if not token or user is None or getattr(user, "kind", "user") != "user":
+            raise web.HTTPError(403, "This endpoint takes a server's own API token.")
+        spawner = next(
+            (
+                user.spawners[name]
+                for name in list(user.orm_spawners)
+                if getattr(user.spawners[name], "owns_token", None) and user.spawners[name].owns_token(token)
+            ),
+            None,
+        )
+        if spawner is None:
+            raise web.HTTPError(403, "This token does not belong to a server run by hpcgate.")
+        card = await _card(spawner)
+        self.set_header("Content-Type", "application/json")
+        self.set_header("Cache-Control", "no-store")
+        keys = ("name", "system", "system_description", "partition", "project", "resources", "job_id",
+                "node", "state", "started", "end_time", "now")
+        self.write(json.dumps({k: card[k] for k in keys}))
+
+
+#: The home page's script and style (``/hub/hpcgate/static/``).
+STATIC_DIR = str(Path(__file__).parent / "static")
+
+
+def extra_handlers() -> list[tuple]:
     """Routes to add to ``c.JupyterHub.extra_handlers`` (prefixed with the hub's URL)."""
     return [
+        (r"/hpcgate/static/(.*)", web.StaticFileHandler, {"path": STATIC_DIR}),
         (r"/api/" + protocol.OFFER_PATH, OfferHandler),
         (r"/api/" + protocol.READY_PATH, ReadyHandler),
+        (r"/api/" + protocol.SESSION_PATH, SessionSelfHandler),
+        (r"/api/hpcgate/users/([^/]+)/sessions", SessionsHandler),
+        (r"/api/hpcgate/users/([^/]+)/sessions/([^/]*)", SessionsHandler),
     ]

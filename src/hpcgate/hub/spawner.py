@@ -29,6 +29,8 @@ from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobSta
 from .form import render_form
 from .identity.accounts import AccountError
 from .runtime import HPCGate
+from .sessions import active_systems, last_choices
+from .sessions import end_time as session_end_time
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
 STATE_VERSION = 1
@@ -147,8 +149,21 @@ class HPCSpawner(Spawner):
     # --- form -----------------------------------------------------------------------
 
     def _render_options_form(self, spawner: Spawner) -> str:
+        """The form, pre-filled with this session's options, else the user's last
+        launch (its system), and per system with the last choice made there."""
         offer = self.hpcgate.catalog().offer(self.user_info())
-        return render_form(offer, self.user_options or {}, note=self.account_source_note)
+        remembered = last_choices(self.user)
+        previous = dict(self.user_options or {})
+        if not previous and remembered:
+            previous = list(remembered.values())[-1]
+        return render_form(
+            offer,
+            previous,
+            note=self.account_source_note,
+            remembered=remembered,
+            active=active_systems(self.user, exclude=self.name),
+            session=self.name,
+        )
 
     def _options_from_form_checked(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
         """Form fields to ``user_options``; invalid choices come back on the form page."""
@@ -157,9 +172,25 @@ class HPCSpawner(Spawner):
         options = {k: v for k, v in options.items() if v not in ("", None) and k != "_xsrf"}
         try:
             request = self.hpcgate.catalog().validate(self.user_info(), options)
+            self.check_sessions(request)
         except LaunchError as exc:
             raise web.HTTPError(400, str(exc), reason="Invalid launch options") from exc
         return request.as_options()
+
+    def check_sessions(self, request: LaunchRequest) -> None:
+        """LaunchError if this session would exceed the catalog's session limits."""
+        self.hpcgate.catalog().check_sessions(request.system, active_systems(self.user, exclude=self.name))
+
+    def _keep_options(self, request: LaunchRequest) -> None:
+        """Keep the options this session launches with, complete (defaults filled in):
+        a relaunch (a start without options) and the home page's card use them."""
+        self.user_options = request.as_options()
+        orm = getattr(self, "orm_spawner", None)
+        if orm is not None:
+            orm.user_options = dict(self.user_options)
+            db = getattr(self, "db", None)
+            if db is not None:
+                db.commit()
 
     def validated_request(self) -> LaunchRequest:
         try:
@@ -289,6 +320,12 @@ class HPCSpawner(Spawner):
         self.last_log = ""
         self.stop_reason = ""
         request = self.validated_request()
+        try:
+            # the same limits and sentence as the form (a REST start, a relaunch)
+            self.check_sessions(request)
+        except LaunchError as exc:
+            raise _bad_request(str(exc)) from exc
+        self._keep_options(request)
         gate = self.hpcgate
         backend = gate.backend(request.system)
         auth_state = None
@@ -462,8 +499,38 @@ class HPCSpawner(Spawner):
                 self.stop_reason = self._ended_sentence(status)
             await self._close_tunnel()
             return status.exit_code if status.exit_code is not None else 1
+        if await self._runtime_ended(status):
+            return 0
         await self._restore_tunnel()
         return None
+
+    async def _runtime_ended(self, status: JobStatus) -> bool:
+        """On systems without a scheduler's wall time (local, ssh) the hub ends a
+        server when the runtime asked for is over; True if it did so now."""
+        if status.end_time is not None or status.state is not JobState.RUNNING:
+            return False
+        end = session_end_time(self, status)
+        if end is None or time.time() < end:
+            return False
+        runtime = (self.user_options or {}).get("runtime")
+        self.log.info("%s: its runtime of %s min is over; stopping it", self._log_name, runtime)
+        await self.stop()
+        self.stop_reason = (
+            f"Your session ended at {time.strftime('%H:%M UTC', time.gmtime(end))}: "
+            f"its runtime of {runtime} minutes was over. Relaunch it to go on."
+        )
+        self._save_state()
+        return True
+
+    async def job_status(self) -> JobStatus | None:
+        """This server's job status from the shared cache (None without a job)."""
+        if not self.job or not self.system:
+            return None
+        try:
+            cache = self.hpcgate.status_cache(self.system)
+        except KeyError:
+            return None
+        return await cache.get(self.job)
 
     def _ended_sentence(self, status: JobStatus) -> str:
         """What the home page says about a server whose job ended on its own."""

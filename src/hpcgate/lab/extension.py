@@ -27,6 +27,7 @@ from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 from .serverproxy.api import serverproxy_api_handlers
 from .serverproxy.config import ServerProxy
+from .session import session_handlers
 
 MiB = 1024 * 1024
 
@@ -310,6 +311,7 @@ class HPCGateLab(ExtensionApp):
         atexit.register(manager.kill_all_now)
         self.handlers.extend(api_handlers(self.lab))
         self.handlers.extend(serverproxy_api_handlers(self.lab, self.serverproxy_launcher))
+        self.handlers.extend(session_handlers())
         self.handlers.extend(proxy_handlers(self.lab))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
 

@@ -53,6 +53,12 @@ class JobStatus:
     #: the partition, a hold nobody releases): a sentence for the user. The spawner
     #: cancels such a job and fails the spawn with it.
     stuck: str = ""
+    #: Epoch seconds: when a running job started, or when the scheduler expects a
+    #: pending one to start (``squeue --start``); None where the system does not say.
+    start_time: float | None = None
+    #: Epoch seconds: when the job's wall time runs out, as the scheduler plans it;
+    #: None where the system enforces none (local, ssh) or does not say.
+    end_time: float | None = None
 
 
 class BackendError(RuntimeError):

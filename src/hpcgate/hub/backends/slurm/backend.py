@@ -70,6 +70,7 @@ from ..login import PRIVATE_DIRS, LoginHosts, env_lines, remote_workdir, safe_na
 from .parse import (
     FINAL_STATES,
     JOB_ID,
+    SQUEUE_ENV,
     SQUEUE_FIELDS,
     UNKNOWN_JOB,
     ControllerError,
@@ -240,7 +241,7 @@ class SlurmBackend(Backend):
 
     async def _squeue(self, account: str, job_ids: Sequence[str], host: str | None = None) -> dict[str, JobStatus]:
         """One squeue for ``job_ids`` as ``account``; StatusUnavailable when Slurm cannot say."""
-        argv = ["squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-O", SQUEUE_FIELDS]
+        argv = [*SQUEUE_ENV, "squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-O", SQUEUE_FIELDS]
         errors = []
         for login_host in [host] if host else self.login.in_order():
             self._count("squeue")

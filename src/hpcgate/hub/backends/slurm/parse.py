@@ -24,7 +24,15 @@ class SlurmState(NamedTuple):
 
 
 #: squeue -O fields; each ends in "|" so a line splits cleanly (the reason may hold spaces).
-SQUEUE_FIELDS = "JobID:|,State:|,Reason:|,NodeList:|,exit_code:|"
+#: StartTime is what ``squeue --start`` shows: the expected start of a pending job (once
+#: the scheduler has planned it), the real one of a running job; EndTime is when its
+#: wall time runs out. Both as epoch seconds (:data:`SQUEUE_ENV`).
+SQUEUE_FIELDS = "JobID:|,State:|,StartTime:|,EndTime:|,Reason:|,NodeList:|,exit_code:|"
+#: Times in squeue's answer as epoch seconds: no time zone or locale of the login host
+#: to guess.
+SQUEUE_ENV = ["env", "SLURM_TIME_FORMAT=%s"]
+#: A StartTime/EndTime field: epoch seconds, or a word for "not planned yet".
+_TIME_FIELD = re.compile(r"^\s*(?:[0-9]{1,12}|N/A|Unknown|None|NONE)\s*$")
 
 #: Every Slurm job state (squeue %T, sacct State, scontrol JobState) -> its meaning.
 SLURM_STATES: dict[str, SlurmState] = {
@@ -111,8 +119,16 @@ def _exit_code(raw: str) -> int | None:
     return status >> 8
 
 
-def job_status(state: str, reason: str, nodes: str, exit_code: str) -> JobStatus:
-    """One job's status from Slurm's words."""
+def _epoch(raw: str) -> float | None:
+    """A squeue time field (``SLURM_TIME_FORMAT=%s``) as epoch seconds; None if unplanned."""
+    raw = raw.strip()
+    return float(raw) if raw.isdigit() and int(raw) > 0 else None
+
+
+def job_status(
+    state: str, reason: str, nodes: str, exit_code: str, start: str = "", end: str = ""
+) -> JobStatus:
+    """One job's status from Slurm's words (``start``/``end``: squeue's time fields)."""
     word = state.split()[0] if state.strip() else "UNKNOWN"  # sacct: "CANCELLED by 1001"
     meaning = SLURM_STATES.get(word)
     mapped = meaning.state if meaning is not None else JobState.UNKNOWN
@@ -126,9 +142,15 @@ def job_status(state: str, reason: str, nodes: str, exit_code: str) -> JobStatus
     if mapped is JobState.PENDING:
         shown = reason if word == "PENDING" else f"{word.capitalize()}{', ' + reason if reason else ''}"
         stuck = explain_stuck(reason) if reason in STUCK_REASONS else ""
-        return JobStatus(JobState.PENDING, reason=shown, node=node, stuck=stuck)
+        return JobStatus(
+            JobState.PENDING, reason=shown, node=node, stuck=stuck,
+            start_time=_epoch(start), end_time=_epoch(end),
+        )
     if mapped is JobState.RUNNING:
-        return JobStatus(JobState.RUNNING, reason="" if word == "RUNNING" else word.capitalize(), node=node)
+        return JobStatus(
+            JobState.RUNNING, reason="" if word == "RUNNING" else word.capitalize(), node=node,
+            start_time=_epoch(start), end_time=_epoch(end),
+        )
     return JobStatus(JobState.UNKNOWN, reason=f"Slurm state {word}", node=node)
 
 
@@ -141,8 +163,13 @@ def parse_squeue(stdout: str) -> dict[str, JobStatus]:
             continue
         job_id, state = fields[0].strip(), fields[1]
         exit_code, nodes = fields[-2], fields[-3]
-        reason = "|".join(fields[2:-3])
-        answer[job_id] = job_status(state, reason, nodes, exit_code)
+        start = end = ""
+        if len(fields) >= 8 and _TIME_FIELD.match(fields[2]) and _TIME_FIELD.match(fields[3]):
+            start, end = fields[2], fields[3]
+            reason = "|".join(fields[4:-3])
+        else:  # the fields without the times (an older hpcgate's query)
+            reason = "|".join(fields[2:-3])
+        answer[job_id] = job_status(state, reason, nodes, exit_code, start, end)
     return answer
 
 
