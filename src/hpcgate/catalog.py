@@ -19,6 +19,7 @@ Units: ``memory`` is in GiB, ``runtime`` in minutes.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import os
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, ValidationError, field_validator, model_validator
 
 log = logging.getLogger("hpcgate.catalog")
 
@@ -208,6 +209,23 @@ class SSHSettings(_Model):
     hub_api_port: int = Field(0, ge=0, le=65535)
 
 
+class ProjectSource(_Model):
+    """Where a system's projects come from.
+
+    ``catalog``: the grants' ``projects``. ``slurm``: the Slurm accounts the user has an
+    association with on that system (``sacctmgr show assoc``, asked once per ``ttl``
+    seconds for all users); the catalog's ``projects`` filter them (unless ``unlisted``)
+    and describe them, and a grant's ``projects``, if given, restrict them further. The
+    user's default account is preselected and the job is submitted with ``--account``.
+    """
+
+    source: Literal["catalog", "slurm"] = "catalog"
+    #: Seconds an accounting answer is used before the next query (source ``slurm``).
+    ttl: float = Field(300, gt=0)
+    #: Also offer Slurm accounts that the catalog's ``projects`` do not list.
+    unlisted: bool = False
+
+
 class System(_Model):
     kind: Literal["local", "ssh", "slurm"]
     description: str = ""
@@ -238,6 +256,8 @@ class System(_Model):
         description="Sessions one user may have active (starting or running) on this system at once; "
         "null: only the catalog-wide sessions.per_user applies.",
     )
+    #: Where the projects users may charge come from (see :class:`ProjectSource`).
+    projects: ProjectSource = ProjectSource()
     #: Web apps offered beside the lab on this system, added to (or, by name,
     #: replacing) the catalog's top-level ``apps``; ``null`` withdraws a top-level app.
     apps: dict[Name, AppEntry | None] = {}
@@ -254,6 +274,8 @@ class System(_Model):
                 raise ValueError(f"kind '{self.kind}' needs hosts (its login hosts)")
             if self.ssh is None:
                 raise ValueError(f"kind '{self.kind}' needs an ssh section")
+        if self.projects.source == "slurm" and self.kind != "slurm":
+            raise ValueError(f"projects.source 'slurm' needs kind 'slurm', not '{self.kind}'")
         if self.ssh is not None:
             unknown = sorted(set(self.ssh.partition_hosts) - set(self.partitions))
             if unknown:
@@ -283,9 +305,16 @@ class Grant(_Model):
     system: Name
     #: Allowed partitions; omitted: all of the system's.
     partitions: list[Name] | None = None
-    #: Projects the group may charge on this system; omitted or empty: none needed.
+    #: Projects the group may charge on this system; omitted or empty: none needed
+    #: (a system with ``projects: {source: slurm}``: the user's Slurm accounts, and if
+    #: given, only these of them).
     projects: list[Name] = []
     caps: Caps = Caps()
+    #: Only usable by a login with a second factor (the IdP's ``amr``/``acr``).
+    mfa: bool = False
+    #: Only usable from these client networks (CIDR); omitted: from anywhere. The
+    #: client address is the one seen behind the hub's trusted proxies.
+    networks: list[IPvAnyNetwork] | None = None
 
 
 class Group(_Model):
@@ -386,6 +415,54 @@ def core_hours(nodes: int, cpus: int, runtime: int) -> float:
 
 
 @dataclass(frozen=True)
+class LoginContext:
+    """What the hub knows of the login and the request that asks (grant conditions).
+
+    ``mfa``: the login used a second factor (from the IdP's ``amr``/``acr``, as
+    recorded by hpcgate's authenticator). ``address``: the client's address as seen
+    behind the hub's trusted proxies; ``None`` if unknown (then no ``networks`` grant
+    applies). ``unconditional`` treats every condition as met (``hpcgate check``).
+    """
+
+    mfa: bool = False
+    address: str | None = None
+    unconditional: bool = False
+
+    def unmet(self, grant: Grant) -> str | None:
+        """Why ``grant`` does not apply to this login (a phrase), or ``None`` if it does."""
+        if self.unconditional:
+            return None
+        if grant.mfa and not self.mfa:
+            return "log in with a second factor"
+        if grant.networks is not None:
+            try:
+                ip = ipaddress.ip_address(self.address or "")
+            except ValueError:
+                return "connect from an allowed network (your address is unknown)"
+            if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+                ip = ip.ipv4_mapped
+            if not any(ip.version == net.version and ip in net for net in grant.networks):
+                nets = ", ".join(str(n) for n in grant.networks)
+                return f"connect from an allowed network ({nets}; you connect from {ip})"
+        return None
+
+
+@dataclass(frozen=True)
+class Charges:
+    """What the scheduler's accounting says one user may charge on one system.
+
+    ``accounts``: the user's Slurm accounts there (``None``: never learned, the
+    accounting has not answered yet). ``default``: the user's default account.
+    ``notice``: a sentence for the form (e.g. the accounting did not answer and the
+    list is the last known one).
+    """
+
+    accounts: tuple[str, ...] | None
+    default: str | None = None
+    notice: str = ""
+
+
+@dataclass(frozen=True)
 class PartitionOffer:
     name: str
     description: str
@@ -418,6 +495,11 @@ class SystemOffer:
     state: str | None = None
     #: Hook for the reservations the user may use here (names); empty: none offered.
     reservations: tuple[str, ...] = ()
+    #: The project preselected in the form and used when none is given (Slurm's
+    #: default account of the user, if offered).
+    default_project: str | None = None
+    #: Sentences about this system's projects (e.g. the accounting did not answer).
+    notices: list[str] = field(default_factory=list)
 
     def partition(self, name: str) -> PartitionOffer | None:
         return next((p for p in self.partitions if p.name == name), None)
@@ -432,7 +514,27 @@ class SystemOffer:
             "sessions_per_user": self.sessions_per_user,
             "state": self.state,
             "reservations": list(self.reservations),
+            "default_project": self.default_project,
+            "notices": list(self.notices),
         }
+
+
+@dataclass(frozen=True)
+class Withheld:
+    """Partitions a grant would add but its conditions keep from this login."""
+
+    system: str
+    partitions: tuple[str, ...]
+    reason: str
+
+    @property
+    def sentence(self) -> str:
+        what = (
+            f"{self.system}'s {self.partitions[0]} partition"
+            if len(self.partitions) == 1
+            else f"{self.system}'s partitions {', '.join(self.partitions)}"
+        )
+        return f"{self.reason[0].upper()}{self.reason[1:]} to use {what}."
 
 
 @dataclass(frozen=True)
@@ -441,15 +543,32 @@ class Offer:
     default_system: str | None = None
     #: Sessions one user may have active at once, on all systems together.
     sessions_per_user: int = 4
+    #: Partitions granted on conditions this login does not meet, with the reason.
+    withheld: list[Withheld] = field(default_factory=list)
 
     def system(self, name: str) -> SystemOffer | None:
         return next((s for s in self.systems if s.name == name), None)
+
+    @property
+    def notices(self) -> list[str]:
+        """Sentences for the user: withheld partitions, then the systems' notices."""
+        return [w.sentence for w in self.withheld] + [n for s in self.systems for n in s.notices]
+
+    def withheld_reason(self, system: str, partition: str | None = None) -> str | None:
+        for w in self.withheld:
+            if w.system == system and (partition is None or partition in w.partitions):
+                return w.sentence
+        return None
 
     def as_json(self) -> dict[str, Any]:
         return {
             "systems": [s.as_json() for s in self.systems],
             "default_system": self.default_system,
             "sessions_per_user": self.sessions_per_user,
+            "withheld": [
+                {"system": w.system, "partitions": list(w.partitions), "reason": w.sentence} for w in self.withheld
+            ],
+            "notices": self.notices,
         }
 
 
@@ -498,18 +617,36 @@ class Catalog:
             if g.all_users or name in user.groups
         ]
 
-    def offer(self, user: UserInfo) -> Offer:
+    def offer(
+        self,
+        user: UserInfo,
+        context: LoginContext | None = None,
+        charges: Mapping[str, Charges] | None = None,
+    ) -> Offer:
         """What ``user`` may launch: the union over the user's catalog groups.
 
         Where several groups grant the same partition, the most generous cap wins.
-        Systems and partitions keep the catalog's order.
+        Systems and partitions keep the catalog's order. Grants whose conditions
+        (``mfa``, ``networks``) ``context`` does not meet are left out and listed in
+        :attr:`Offer.withheld` (``context`` None: no second factor, address unknown).
+        ``charges``: per system with ``projects: {source: slurm}``, the user's accounts
+        from the accounting (missing: not known, no project can be offered there).
         """
+        context = context or LoginContext()
+        charges = charges or {}
         partitions: dict[str, dict[str, dict[str, int | None]]] = {}
         projects: dict[str, set[str]] = {}
+        # slurm-sourced systems: grants that name no projects allow all the user's accounts
+        any_project: set[str] = set()
+        withheld: list[tuple[str, list[str], str]] = []
         for _, group in self.groups_of(user):
             for grant in group.grants:
                 system = self.systems[grant.system]
                 names = grant.partitions if grant.partitions is not None else list(system.partitions)
+                reason = context.unmet(grant)
+                if reason is not None:
+                    withheld.append((grant.system, names, reason))
+                    continue
                 for pname in names:
                     caps = partitions.setdefault(grant.system, {}).setdefault(pname, {})
                     for res in RESOURCES:
@@ -519,6 +656,8 @@ class Catalog:
                         elif caps[res] is not None:
                             caps[res] = None if cap is None else max(caps[res], cap)
                 projects.setdefault(grant.system, set()).update(grant.projects)
+                if not grant.projects:
+                    any_project.add(grant.system)
         systems = []
         for sname, system in self.systems.items():
             if sname not in partitions:
@@ -536,24 +675,63 @@ class Catalog:
                 for pname, part in system.partitions.items()
                 if pname in allowed
             ]
+            notices: list[str] = []
+            default_project = None
+            if system.projects.source == "slurm":
+                known = charges.get(sname)
+                granted = None if sname in any_project else projects.get(sname, set())
+                offered = self._slurm_projects(system, known, granted)
+                if known is not None:
+                    if known.notice:
+                        notices.append(known.notice)
+                    if known.default in {n for n, _ in offered}:
+                        default_project = known.default
+                if known is None or known.accounts is None:
+                    if not (known and known.notice):
+                        notices.append(
+                            f"The accounting of {sname} has not told hpcgate your projects yet; "
+                            "try again in a minute."
+                        )
+                elif not offered:
+                    notices.append(
+                        f"You may not charge any project on {sname}: ask your centre's support "
+                        "to add you to a Slurm account there."
+                    )
+            else:
+                offered = [
+                    (p, self.model.projects[p].description)
+                    for p in self.model.projects
+                    if p in projects.get(sname, ())
+                ]
             systems.append(
                 SystemOffer(
                     name=sname,
                     kind=system.kind,
                     description=system.description,
                     partitions=offers,
-                    projects=[
-                        (p, self.model.projects[p].description)
-                        for p in self.model.projects
-                        if p in projects.get(sname, ())
-                    ],
+                    projects=offered,
+                    default_project=default_project,
+                    notices=notices,
                     sessions_per_user=system.sessions_per_user,
                 )
             )
+        # a withheld grant is only news if it would add a partition not offered anyway
+        news: list[Withheld] = []
+        for sname, names, reason in withheld:
+            missing = tuple(n for n in names if n not in partitions.get(sname, {}))
+            seen = {n for w in news if w.system == sname for n in w.partitions}
+            missing = tuple(n for n in missing if n not in seen)
+            if missing:
+                news.append(Withheld(sname, missing, reason))
         default = self.model.defaults.system
         if default not in {s.name for s in systems}:
             default = systems[0].name if systems else None
-        return Offer(systems=systems, default_system=default, sessions_per_user=self.model.sessions.per_user)
+        return Offer(
+            systems=systems,
+            default_system=default,
+            sessions_per_user=self.model.sessions.per_user,
+            withheld=news,
+        )
 
     def check_sessions(self, system: str, active: Iterable[str]) -> None:
         """Raise :class:`LaunchError` if one more session on ``system`` is too many.
@@ -577,11 +755,32 @@ class Catalog:
                 f"({config.sessions_per_user}). Stop one there, or launch on another system."
             )
 
-    def validate(self, user: UserInfo, options: Mapping[str, Any] | None) -> LaunchRequest:
+    def _slurm_projects(
+        self, system: System, known: Charges | None, granted: set[str] | None
+    ) -> list[tuple[str, str]]:
+        """The user's Slurm accounts on ``system`` that the catalog lets them charge,
+        described by the catalog's ``projects`` (catalog order, then unlisted ones)."""
+        if known is None or known.accounts is None:
+            return []
+        accounts = [a for a in known.accounts if granted is None or a in granted]
+        listed = [(p, self.model.projects[p].description) for p in self.model.projects if p in accounts]
+        if system.projects.unlisted:
+            listed += [(a, "") for a in sorted(accounts) if a not in self.model.projects]
+        return listed
+
+    def validate(
+        self,
+        user: UserInfo,
+        options: Mapping[str, Any] | None,
+        context: LoginContext | None = None,
+        charges: Mapping[str, Charges] | None = None,
+    ) -> LaunchRequest:
         """Turn raw options into a :class:`LaunchRequest` or raise :class:`LaunchError`.
 
         ``options`` may come from the form (strings, or lists of one string) or from the
-        REST API (JSON values). Missing keys take the offer's defaults.
+        REST API (JSON values). Missing keys take the offer's defaults. ``context`` and
+        ``charges`` as for :meth:`offer`: a partition withheld by a grant's condition is
+        refused with the condition's sentence.
         """
         options = dict(options or {})
         unknown = sorted(k for k in options if k not in OPTION_KEYS)
@@ -590,8 +789,10 @@ class Catalog:
             raise LaunchError(
                 f"Unknown option {shown}. Allowed options are: {', '.join(OPTION_KEYS)}."
             )
-        offer = self.offer(user)
+        offer = self.offer(user, context, charges)
         if not offer.systems:
+            if offer.withheld:
+                raise LaunchError(" ".join(w.sentence for w in offer.withheld))
             raise LaunchError(
                 "Your account may not launch on any system. "
                 "Ask your centre's support to add you to a project group."
@@ -599,18 +800,28 @@ class Catalog:
         sname = _text(options, "system") or offer.default_system
         system = offer.system(sname)
         if system is None:
+            why = offer.withheld_reason(sname or "")
+            if why:
+                raise LaunchError(why)
             names = ", ".join(s.name for s in offer.systems)
             raise LaunchError(f"You may not launch on system {_show(sname)}. Choose one of: {names}.")
         pname = _text(options, "partition") or system.partitions[0].name
         partition = system.partition(pname)
         if partition is None:
+            why = offer.withheld_reason(system.name, pname)
+            if why:
+                raise LaunchError(why)
             names = ", ".join(p.name for p in system.partitions)
             raise LaunchError(
                 f"You may not use partition {_show(pname)} on {system.name}. Choose one of: {names}."
             )
         project = _text(options, "project")
         project_names = [n for n, _ in system.projects]
+        if self.systems[system.name].projects.source == "slurm" and not project_names:
+            raise LaunchError(" ".join(system.notices) or f"You may not charge any project on {system.name}.")
         if project_names:
+            if project is None and system.default_project:
+                project = system.default_project
             if project is None and len(project_names) == 1:
                 project = project_names[0]
             if project not in project_names:
@@ -667,7 +878,16 @@ class Catalog:
                 lines.append("  nothing")
             for s in offer.systems:
                 projects = ", ".join(n for n, _ in s.projects) or "no project needed"
+                if self.systems[s.name].projects.source == "slurm":
+                    projects = "the user's Slurm accounts there (sacctmgr)"
                 lines.append(f"  {s.name} ({s.kind}) -- projects: {projects}")
+                for grant in group.grants:
+                    if grant.system == s.name and (grant.mfa or grant.networks is not None):
+                        conditions = (["with a second factor"] if grant.mfa else []) + (
+                            [f"from {', '.join(str(n) for n in grant.networks)}"] if grant.networks is not None else []
+                        )
+                        which = ", ".join(grant.partitions) if grant.partitions is not None else "all partitions"
+                        lines.append(f"    {which}: only {' and '.join(conditions)}")
                 apps = ", ".join(self.apps_for(s.name))
                 if apps:
                     lines.append(f"    apps beside the lab: {apps}")
@@ -685,7 +905,7 @@ def _only_group(catalog: Catalog, gname: str) -> Offer:
     solo = catalog.model.model_copy(
         update={"groups": {gname: group.model_copy(update={"all_users": True})}}
     )
-    return Catalog(solo).offer(UserInfo(name="-"))
+    return Catalog(solo).offer(UserInfo(name="-"), LoginContext(unconditional=True))
 
 
 def _show(value: object) -> str:

@@ -107,8 +107,10 @@ def test_offer_json_shape(catalog):
     json.dumps(data)
     system = data["systems"][0]
     assert set(system) == {
-        "name", "kind", "description", "partitions", "projects", "sessions_per_user", "state", "reservations"
+        "name", "kind", "description", "partitions", "projects", "sessions_per_user", "state", "reservations",
+        "default_project", "notices",
     }
+    assert set(data) == {"systems", "default_system", "sessions_per_user", "withheld", "notices"}
     assert set(system["partitions"][0]) == {"name", "description", "limits", "has_gpus"}
     assert system["partitions"][0]["limits"]["cpus"] == {"min": 1, "default": 4, "max": 128}
 
