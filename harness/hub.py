@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import requests
+import requests.adapters
 
 from hpcgate.files import write_atomic
 from hpcgate.net import free_port
@@ -52,6 +53,25 @@ def chromium():
             yield browser
         finally:
             browser.close()
+
+
+class SourceAddressAdapter(requests.adapters.HTTPAdapter):
+    """Connections from a chosen local address (e.g. 127.0.0.5: another loopback client)."""
+
+    def __init__(self, source: str, **kw):
+        self.source = source
+        super().__init__(**kw)
+
+    def init_poolmanager(self, *args, **kw):
+        kw["source_address"] = (self.source, 0)
+        super().init_poolmanager(*args, **kw)
+
+
+def session_from(source: str) -> requests.Session:
+    """A requests session whose connections come from ``source``."""
+    session = requests.Session()
+    session.mount("http://", SourceAddressAdapter(source))
+    return session
 
 
 def process_environ(pid: int) -> dict[str, str]:
@@ -265,20 +285,31 @@ class Hub:
     # --- a logged-in browser-like session ---------------------------------------------
 
     def login(
-        self, user: str, password: str | None = None, base_url: str | None = None, verify: bool | str = True
+        self,
+        user: str,
+        password: str | None = None,
+        base_url: str | None = None,
+        verify: bool | str = True,
+        source: str | None = None,
     ) -> requests.Session:
         """A session logged in as ``user`` (with the demo password unless ``password``);
-        ``base_url``/``verify``: through a TLS proxy in front (its CA file)."""
-        session, r = self.try_login(user, password, base_url, verify)
+        ``base_url``/``verify``: through a TLS proxy in front (its CA file); ``source``:
+        the local address the session connects from."""
+        session, r = self.try_login(user, password, base_url, verify, source)
         assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
         return session
 
     def try_login(
-        self, user: str, password: str | None = None, base_url: str | None = None, verify: bool | str = True
+        self,
+        user: str,
+        password: str | None = None,
+        base_url: str | None = None,
+        verify: bool | str = True,
+        source: str | None = None,
     ) -> tuple[requests.Session, requests.Response]:
         """Submit the login form as a browser does; the session and the form's answer."""
         base = base_url or self.url
-        session = requests.Session()
+        session = session_from(source) if source else requests.Session()
         session.verify = verify
         if verify is not True:
             # else requests lets REQUESTS_CA_BUNDLE/CURL_CA_BUNDLE override the session's CA file

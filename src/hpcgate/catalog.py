@@ -224,6 +224,8 @@ class ProjectSource(_Model):
     ttl: float = Field(300, gt=0)
     #: Also offer Slurm accounts that the catalog's ``projects`` do not list.
     unlisted: bool = False
+    #: Slurm cluster name whose associations count (a slurmdbd serving several).
+    cluster: Name | None = None
 
 
 class System(_Model):

@@ -3,6 +3,8 @@ as the catalog answers them (the hub's side is in tests/integration/test_grant_c
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from hpcgate.catalog import CatalogError, Charges, LaunchError, LoginContext, UserInfo, parse_catalog
@@ -111,3 +113,23 @@ def test_describe_names_conditions(catalog):
     assert "booster: only with a second factor" in text
     assert "secure: only from 10.0.0.0/8, 2001:db8::/32" in text
     assert "Slurm accounts" in text
+
+
+def test_oidc_records_second_factor_claims():
+    """The amr/acr reading itself (the live TOTP login is in tests/identity)."""
+    import base64
+
+    from hpcgate.hub.identity.factors import SECOND_FACTOR_AMR, id_token_claims, login_record, used_second_factor
+    from hpcgate.hub.identity.stamp import stamp
+
+    payload = base64.urlsafe_b64encode(json.dumps({"amr": ["password", "otp"]}).encode()).decode().rstrip("=")
+    claims = id_token_claims(f"e30.{payload}.sig")
+    record = login_record((claims, {}), SECOND_FACTOR_AMR, [])
+    assert record == {"amr": ["password", "otp"], "acr": "", "mfa": True}
+    assert not login_record(({"amr": ["pwd"]},), SECOND_FACTOR_AMR, [])["mfa"]
+    assert login_record(({"acr": "https://refeds.org/profile/mfa"},), (), ["https://refeds.org/profile/mfa"])["mfa"]
+    assert id_token_claims("not-a-jwt") == {} and id_token_claims("a.!!!.c") == {}
+    state = {"hpcgate_login": record, "hpcgate": stamp("oidc", 60)}
+    assert used_second_factor(state)
+    assert not used_second_factor({**state, "hpcgate": stamp("oidc", -1)})  # expired login
+    assert not used_second_factor({"hpcgate_login": record})  # not written by hpcgate

@@ -62,6 +62,7 @@ _SCRIPT = r"""
     if (s.partitions.some(p => p.name === keep)) partSel.value = keep;
     projSel.replaceChildren(...s.projects.map(p => option(p.name, label(p))));
     if (last && last.project && s.projects.some(p => p.name === last.project)) projSel.value = last.project;
+    else if (s.default_project) projSel.value = s.default_project;
     projRow.hidden = s.projects.length === 0; projSel.disabled = s.projects.length === 0;
     root.querySelector(".hpcgate-system-description").textContent = s.description || "";
     const state = root.querySelector(".hpcgate-system-state");
@@ -167,6 +168,14 @@ def _choice(previous: dict[str, Any], key: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _notices(offer: Offer) -> str:
+    """The offer's sentences (withheld partitions, accounting outages) as one message line."""
+    if not offer.notices:
+        return ""
+    items = "".join(f"<li>{html.escape(n)}</li>" for n in offer.notices)
+    return f'<div class="alert alert-info hpcgate-notices"><ul class="mb-0">{items}</ul></div>'
+
+
 def cost_sentence(nodes: int, cpus: int, gpus: int, runtime: int, project: str | None) -> str:
     """The form's cost line (the script writes the same words as fields change)."""
     text = (
@@ -222,7 +231,7 @@ def render_form(
     if not offer.systems:
         return (
             '<div class="alert alert-warning" id="hpcgate-form">Your account may not launch on any '
-            "system yet. Ask your centre's support to add you to a project group.</div>"
+            "system yet. Ask your centre's support to add you to a project group.</div>" + _notices(offer)
         )
     remembered = remembered or {}
     active = active or []
@@ -230,7 +239,7 @@ def render_form(
         offer.default_system or ""
     ) or offer.systems[0]
     partition: PartitionOffer = system.partition(_choice(previous, "partition") or "") or system.partitions[0]
-    project = _choice(previous, "project")
+    project = _choice(previous, "project") or system.default_project
     is_remembered = bool(previous) and remembered.get(system.name) == {
         k: v for k, v in previous.items() if k in remembered.get(system.name, {})
     }
@@ -238,6 +247,7 @@ def render_form(
     rows = [
         f'<p class="hpcgate-lead">{named} where your JupyterLab runs and what it may use. '
         "The limits under each field are those of your projects on the chosen partition.</p>",
+        _notices(offer),
         _sessions_note(offer, system, active),
         '<div class="form-group"><label for="hpcgate-system">System</label>'
         '<select class="form-select form-control" id="hpcgate-system" name="system" aria-describedby="hpcgate-system-help">'

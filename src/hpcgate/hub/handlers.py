@@ -47,7 +47,10 @@ class OfferHandler(APIHandler):
         if user is None:
             raise web.HTTPError(403, "Log in, or send a token, to see what you may launch.")
         spawner = user.spawner
-        offer = spawner.hpcgate.catalog().offer(spawner.user_info())
+        # the same conditions as the form: this request's client address, the login's factors
+        offer = spawner.hpcgate.catalog().offer(
+            spawner.user_info(), await spawner.login_context(self), await spawner.charges()
+        )
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(offer.as_json()))
 

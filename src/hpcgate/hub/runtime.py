@@ -17,17 +17,20 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
+from typing import Any
 
-from traitlets import Float, Integer, Unicode, default
+from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
-from ..catalog import Catalog, CatalogStore, System
+from ..catalog import Catalog, CatalogStore, Charges, System, UserInfo
 from ..files import private_dir
 from ..remote.pool import SSHPool
 from ..remote.tunnels import TunnelManager
+from .accounting import AccountingCache
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
-from .identity.accounts import AccountResolver
+from .client import Network, parse_networks
+from .identity.accounts import AccountError, AccountResolver
 from .status import StatusCache
 
 
@@ -72,11 +75,34 @@ class HPCGate(SingletonConfigurable):
         Tunnel connections are not affected: they stay up while they carry forwards.""",
     ).tag(config=True)
 
+    trusted_proxies = List(
+        Unicode(),
+        ["127.0.0.1", "::1"],
+        help="""Addresses or networks (CIDR) of the proxies in front of the hub whose
+        X-Forwarded-For header is believed when hpcgate decides a client's address (catalog
+        grants with ``networks``). Default: loopback, where configurable-http-proxy runs. Add
+        the address of a load balancer or nginx in front only if it sets the header itself;
+        a request from any other peer is judged by its own address, whatever it sends.""",
+    ).tag(config=True)
+
+    @validate("trusted_proxies")
+    def _check_proxies(self, proposal):
+        try:
+            parse_networks(proposal.value)
+        except ValueError as exc:
+            raise TraitError(f"HPCGate.trusted_proxies: {exc}") from None
+        return proposal.value
+
+    @property
+    def trusted_proxy_networks(self) -> list[Network]:
+        return parse_networks(self.trusted_proxies)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._store: CatalogStore | None = None
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
+        self._accounting: dict[str, tuple[System, AccountingCache]] = {}
         #: SSH connections of every system's backend, one per (host, login).
         self.ssh_pool = SSHPool(self.ssh_max_sessions, idle_timeout=self.ssh_idle_timeout)
         #: The tunnels of every system, one SSH connection per jump host.
@@ -171,3 +197,33 @@ class HPCGate(SingletonConfigurable):
     def system(self, system_name: str) -> System:
         """The system's definition (the last known one if it left the catalog)."""
         return self._entry(system_name)[0]
+
+    def accounting(self, system_name: str) -> AccountingCache:
+        """The association cache of a system (re-built, empty, when the system changes)."""
+        system, backend, _ = self._entry(system_name)
+        entry = self._accounting.get(system_name)
+        if entry is None or entry[0] != system:
+            cache = AccountingCache(system_name, backend.associations, system.projects.ttl)
+            entry = self._accounting[system_name] = (system, cache)
+        return entry[1]
+
+    async def charges_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, Charges]:
+        """The user's charges on every system granted to them that takes projects from
+        Slurm. ``get_auth_state``: coroutine function giving the user's auth_state (only
+        awaited when a system's account comes from it)."""
+        catalog = self.catalog()
+        granted = {g.system for _, group in catalog.groups_of(user) for g in group.grants}
+        out: dict[str, Charges] = {}
+        for name in granted:
+            system = catalog.systems[name]
+            if system.projects.source != "slurm":
+                continue
+            resolver = self.accounts(name)
+            auth_state = await get_auth_state() if resolver.needs_auth_state else None
+            try:
+                account = resolver.account(user.name, auth_state)
+            except AccountError as exc:
+                out[name] = Charges(None, None, f"Your account on {name} is not known: {exc}")
+                continue
+            out[name] = await self.accounting(name).charges(account)
+        return out

@@ -21,13 +21,15 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from .. import protocol
-from ..catalog import LaunchError, LaunchRequest, UserInfo
+from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInfo
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
 from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, SubmitError
+from .client import request_client_address
 from .form import render_form
 from .identity.accounts import AccountError
+from .identity.factors import used_second_factor
 from .runtime import HPCGate
 from .sessions import active_systems, last_choices
 from .sessions import end_time as session_end_time
@@ -146,12 +148,28 @@ class HPCSpawner(Spawner):
         groups = frozenset(g.name for g in getattr(self.user, "groups", []) or [])
         return UserInfo(name=self.user.name, groups=groups)
 
+    async def login_context(self, handler: Any = None) -> LoginContext:
+        """What grant conditions see: the second factor from the user's auth_state, the
+        client address of ``handler``'s request (default: the handler JupyterHub gave the
+        spawner for the form page or the spawn; none: address unknown)."""
+        handler = handler if handler is not None else getattr(self, "handler", None)
+        address = None
+        if handler is not None and getattr(handler, "request", None) is not None:
+            address = request_client_address(handler.request, self.hpcgate.trusted_proxy_networks)
+        auth_state = await self.user.get_auth_state()
+        return LoginContext(mfa=used_second_factor(auth_state), address=address)
+
+    async def charges(self) -> dict[str, Charges]:
+        """The user's Slurm accounts on the systems that take projects from Slurm (cached
+        for all users: :class:`~.accounting.AccountingCache`; never a query per call)."""
+        return await self.hpcgate.charges_for(self.user_info(), self.user.get_auth_state)
+
     # --- form -----------------------------------------------------------------------
 
-    def _render_options_form(self, spawner: Spawner) -> str:
+    async def _render_options_form(self, spawner: Spawner) -> str:
         """The form, pre-filled with this session's options, else the user's last
         launch (its system), and per system with the last choice made there."""
-        offer = self.hpcgate.catalog().offer(self.user_info())
+        offer = self.hpcgate.catalog().offer(self.user_info(), await self.login_context(), await self.charges())
         remembered = last_choices(self.user)
         previous = dict(self.user_options or {})
         if not previous and remembered:
@@ -165,13 +183,20 @@ class HPCSpawner(Spawner):
             session=self.name,
         )
 
-    def _options_from_form_checked(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
-        """Form fields to ``user_options``; invalid choices come back on the form page."""
+    async def _options_from_form_checked(self, formdata: dict[str, list[str]]) -> dict[str, Any]:
+        """Form fields to ``user_options``; invalid choices come back on the form page.
+
+        JupyterHub gives the spawner no handler here, so the client address (a grant's
+        ``networks``) is judged in :meth:`start`, which refuses a withheld partition with
+        the condition's sentence; the form never offers one.
+        """
         options = {k: v[0] if isinstance(v, list) and len(v) == 1 else v for k, v in formdata.items()}
         # _xsrf is JupyterHub's own form field, not a launch option
         options = {k: v for k, v in options.items() if v not in ("", None) and k != "_xsrf"}
         try:
-            request = self.hpcgate.catalog().validate(self.user_info(), options)
+            request = self.hpcgate.catalog().validate(
+                self.user_info(), options, LoginContext(unconditional=True), await self.charges()
+            )
             self.check_sessions(request)
         except LaunchError as exc:
             raise web.HTTPError(400, str(exc), reason="Invalid launch options") from exc
@@ -192,9 +217,22 @@ class HPCSpawner(Spawner):
             if db is not None:
                 db.commit()
 
-    def validated_request(self) -> LaunchRequest:
+    async def validated_request(self, resumed: bool = False) -> LaunchRequest:
+        """``user_options`` checked against the catalog for this login and request.
+
+        ``resumed`` (a start taken up again after a hub restart): the job already runs,
+        so grant conditions count as met and its project as chargeable; the system and
+        limits are checked again.
+        """
+        options = self.user_options or {}
+        if resumed:
+            context = LoginContext(unconditional=True)
+            project = options.get("project") if isinstance(options.get("project"), str) else None
+            charges = {str(options.get("system")): Charges((project,) if project else (), project)}
+        else:
+            context, charges = await self.login_context(), await self.charges()
         try:
-            return self.hpcgate.catalog().validate(self.user_info(), self.user_options)
+            return self.hpcgate.catalog().validate(self.user_info(), options, context, charges)
         except LaunchError as exc:
             raise _bad_request(str(exc)) from exc
 
@@ -319,7 +357,7 @@ class HPCSpawner(Spawner):
         watch_start(self, self._start_task)  # one log line with the user's reason if this start fails
         self.last_log = ""
         self.stop_reason = ""
-        request = self.validated_request()
+        request = await self.validated_request()
         try:
             # the same limits and sentence as the form (a REST start, a relaunch)
             self.check_sessions(request)
@@ -635,7 +673,7 @@ class HPCSpawner(Spawner):
         self._address = asyncio.get_running_loop().create_future()
         self.log.info("Resuming the start of %s (job %s) after a hub restart", self._log_name, self.job.job_id)
         try:
-            request = self.validated_request()
+            request = await self.validated_request(resumed=True)
             if request.system != self.system:
                 raise SpawnFailed(f"The server's system {self.system} is no longer offered to you.")
             if request.system_config.hub_api_forward:

@@ -80,6 +80,19 @@ class CancelError(BackendError):
     """
 
 
+class AccountingUnavailable(BackendError):
+    """The scheduler's accounting could not be asked (slurmdbd down, host unreachable)."""
+
+
+@dataclass(frozen=True)
+class Association:
+    """One (user, account) pair the scheduler's accounting allows, and the user's default."""
+
+    user: str
+    account: str
+    default: str = ""
+
+
 @dataclass
 class JobSpec:
     """What the spawner asks a backend to run.
@@ -153,6 +166,14 @@ class Backend(ABC):
         leaves out those that really ended. The default asks :meth:`status` again.
         """
         return await self.status(handles)
+
+    async def associations(self, asking: str) -> list[Association]:
+        """Every user's chargeable accounts on this system; raises :class:`AccountingUnavailable`.
+
+        Asked as the system's service or tunnel account where it has one, else as
+        ``asking`` (the account of the user who needs the answer). Only schedulers with
+        accounting have them."""
+        raise AccountingUnavailable(f"system {self.name} ({self.system.kind}) keeps no accounting")
 
     async def log_tail(self, handle: JobHandle, nbytes: int = 4096) -> str:
         return ""

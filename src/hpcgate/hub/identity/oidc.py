@@ -32,9 +32,11 @@ from urllib.request import urlopen
 
 from oauthenticator.generic import GenericOAuthenticator
 from oauthenticator.oauth2 import OAuthLoginHandler
-from traitlets import Int, Unicode, default, validate
+from traitlets import Int, List, Unicode, default, validate
 
 from .base import GatewayLogin
+from .factors import KEY as LOGIN_KEY
+from .factors import SECOND_FACTOR_AMR, id_token_claims, login_record
 from .names import canonical_login
 from .stamp import KEY, stamp
 
@@ -83,6 +85,21 @@ class IdPAuthenticator(GatewayLogin, GenericOAuthenticator):
         config=True,
         help="""Userinfo claim holding the user's account on the systems; stored in auth_state
         as hpcgate_account. Use a claim the user cannot edit at the provider.""",
+    )
+    mfa_amr_values = List(
+        Unicode(),
+        list(SECOND_FACTOR_AMR),
+        config=True,
+        help="""``amr`` values (ID token or userinfo) that mean the login used a second factor,
+        as catalog grants with ``mfa: true`` require. Default: RFC 8176's methods beyond a
+        password (otp, mfa, hwk, swk, sms, ...).""",
+    )
+    mfa_acr_values = List(
+        Unicode(),
+        [],
+        config=True,
+        help="""``acr`` values that mean the login used a second factor (for providers that
+        express it as an authentication context class, e.g. a REFEDS MFA profile URI).""",
     )
     login_lifetime = Int(
         0,
@@ -180,6 +197,9 @@ class IdPAuthenticator(GatewayLogin, GenericOAuthenticator):
                 lifetime = 300
         state[KEY] = stamp("oidc", lifetime)
         state["hpcgate_vos"] = self.vos(user_info)
+        # amr/acr: the ID token from the token endpoint, else the userinfo answer
+        claims = id_token_claims(token_info.get("id_token"))
+        state[LOGIN_KEY] = login_record((claims, user_info), self.mfa_amr_values, self.mfa_acr_values)
         return state
 
     async def get_user_groups(self, auth_state: dict[str, Any]) -> set[str]:

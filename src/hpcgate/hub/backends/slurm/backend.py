@@ -37,6 +37,18 @@ Status
     ``squeue`` (controller down, "Socket timed out") raises
     :class:`~hpcgate.hub.backends.base.StatusUnavailable`: UNKNOWN, never stopped.
 
+Accounting (projects from Slurm)
+    ``sacctmgr -n -P show user withassoc format=User,DefaultAccount,Account`` -- the
+    associations (``show assoc``) with each user's default account, in one call -- once
+    per ``projects.ttl`` for all users (:class:`~hpcgate.hub.accounting.AccountingCache`).
+    Who may read all associations: any user, unless slurmdbd has ``PrivateData=users`` or
+    ``accounts``; then only operators, admins and coordinators. So it runs as the
+    system's service account (``identity.mode: service_account``), else as its
+    ``tunnel_account`` (a non-personal login the hub holds anyway: make it a Slurm
+    operator where PrivateData hides associations), else as the account of the user
+    whose form needs it (enough without PrivateData). ``projects.cluster`` limits the
+    answer to one cluster of a slurmdbd that serves several.
+
 Pending reasons
     A pending job whose reason can never clear by waiting (:data:`STUCK_REASONS`, e.g.
     ``PartitionConfig`` for more CPUs than any node of the partition has) is reported
@@ -57,6 +69,8 @@ from .... import protocol
 from ....catalog import LaunchRequest, System
 from ....remote import CommandFailed, RemoteError, SSHPool
 from ..base import (
+    AccountingUnavailable,
+    Association,
     Backend,
     BackendContext,
     CancelError,
@@ -75,6 +89,7 @@ from .parse import (
     UNKNOWN_JOB,
     ControllerError,
     controller_error,
+    parse_associations,
     parse_sacct,
     parse_squeue,
 )
@@ -258,6 +273,32 @@ class SlurmBackend(Backend):
                 return {}  # one id asked, and Slurm has forgotten it
             raise ControllerError(f"squeue on {login_host}: {controller_error(result.stderr, result.returncode)}")
         raise StatusUnavailable("; ".join(errors) or "no login host")
+
+    # --- accounting -----------------------------------------------------------------
+
+    async def associations(self, asking: str) -> list[Association]:
+        """All users' associations from one ``sacctmgr`` (see the module doc, Accounting)."""
+        assert self.system.ssh is not None
+        argv = ["sacctmgr", "-n", "-P", "show", "user", "withassoc", "format=User,DefaultAccount,Account"]
+        if self.system.projects.cluster:
+            argv.append(f"cluster={self.system.projects.cluster}")
+        identity = self.system.ssh.identity
+        service = identity.service_account if identity.mode == "service_account" else None
+        login = self.system.projects.query_as or service or asking
+        errors = []
+        for host in self.login.in_order():
+            self._count("sacctmgr")
+            try:
+                result = await self.remote.run(host, login, argv)
+            except RemoteError as exc:
+                self.login.failed(host)
+                errors.append(str(exc))
+                continue
+            self.login.worked(host)
+            if result.returncode != 0:
+                raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
+            return parse_associations(result.stdout)
+        raise AccountingUnavailable("; ".join(errors) or "no login host")
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import NamedTuple
 
-from ..base import JobState, JobStatus, StatusUnavailable
+from ..base import Association, JobState, JobStatus, StatusUnavailable
 
 
 class SlurmState(NamedTuple):
@@ -187,6 +187,20 @@ def parse_sacct(stdout: str) -> dict[str, JobStatus]:
 
 class ControllerError(StatusUnavailable):
     """Slurm's controller answered a query with an error (down, timed out, refused)."""
+
+
+def parse_associations(stdout: str) -> list[Association]:
+    """``sacctmgr -n -P show user withassoc format=User,DefaultAccount,Account`` -> associations.
+
+    Lines without a user or an account (a user with no association) are skipped.
+    """
+    out = []
+    for line in stdout.splitlines():
+        parts = [p.strip() for p in line.split("|")]
+        if len(parts) < 3 or not parts[0] or not parts[2]:
+            continue
+        out.append(Association(user=parts[0], account=parts[2], default=parts[1]))
+    return out
 
 
 def controller_error(stderr: str, code: int) -> str:
