@@ -6,6 +6,7 @@ pkgs=(
   chromium                       # browser tests (playwright drives /usr/bin/chromium)
   openssh-server openssh-client  # sandbox login host, tunnels
   munge slurm-wlm                # sandbox scheduler
+  slurmdbd mariadb-server        # Slurm accounting: projects from associations (sandbox)
   bubblewrap                     # app isolation in the lab
   iproute2 procps psmisc         # namespaces, process checks
   python3-venv                   # the sandbox's job environment (/usr/bin/python3 -m venv)

@@ -111,7 +111,7 @@ def exclusive(sandbox):
 def test_up_reports_a_running_cluster(sandbox):
     info = sandbox.info
     assert sandbox.is_up()
-    assert set(info.pids) == {"munged", "slurmctld", "slurmd", "sshd"}
+    assert set(info.pids) == {"munged", "mariadbd", "slurmdbd", "slurmctld", "slurmd", "sshd"}
     assert all(pid_alive(pid) for pid in info.pids.values())
     again = sandbox.up()  # idempotent: reports the same daemons
     assert again.pids == info.pids

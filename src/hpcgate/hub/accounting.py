@@ -48,7 +48,9 @@ class AccountingCache:
         retry_after: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        logger: logging.Logger | None = None,
     ):
+        self.log = logger or log
         self.system = system
         self.query = query
         self.ttl = ttl
@@ -102,12 +104,16 @@ class AccountingCache:
         self._error = None
         self._failed_wall = None
         self._next_try = 0.0
+        self.log.info(
+            "Accounting of %s asked (query %d): %d associations of %d users",
+            self.system, self.queries, len(answer), len(self._table),
+        )  # fmt: skip
 
     def _failed(self, reason: str) -> None:
         self._error = reason
         self._failed_wall = self._wall()
         self._next_try = self._clock() + self.retry_after
-        log.warning(
+        self.log.warning(
             "Accounting of %s did not answer (%s); %s; next try in %.0f s",
             self.system, reason,
             "keeping the last known associations" if self._table is not None else "no associations known yet",

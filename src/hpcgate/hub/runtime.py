@@ -203,7 +203,14 @@ class HPCGate(SingletonConfigurable):
         system, backend, _ = self._entry(system_name)
         entry = self._accounting.get(system_name)
         if entry is None or entry[0] != system:
-            cache = AccountingCache(system_name, backend.associations, system.projects.ttl)
+            cache = AccountingCache(
+                system_name,
+                backend.associations,
+                system.projects.ttl,
+                # a form render waits for it: shorter than a command's usual timeout
+                query_timeout=min(system.ssh.command_timeout if system.ssh else 10.0, 10.0),
+                logger=self.log,
+            )
             entry = self._accounting[system_name] = (system, cache)
         return entry[1]
 

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import jobenv, network, slurm, ssh, users
+from . import accounting, jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
@@ -54,7 +54,7 @@ def require_root(what: str = "the hpcgate sandbox") -> None:
         user = pwd.getpwuid(os.geteuid()).pw_name
         raise SandboxError(
             f"{what} needs root: it creates network namespaces, Unix accounts and daemons "
-            f"(sshd, munged, slurmctld, slurmd). You are {user!r}; run it as root."
+            f"(sshd, munged, MariaDB, slurmdbd, slurmctld, slurmd). You are {user!r}; run it as root."
         )
 
 
@@ -84,7 +84,7 @@ class SandboxInfo:
     partitions: tuple[str, ...]
     state_dir: Path
     log_dir: Path
-    #: daemon -> PID (munged, slurmctld, slurmd, sshd)
+    #: daemon -> PID (munged, mariadbd, slurmdbd, slurmctld, slurmd, sshd)
     pids: dict[str, int]
     #: phase -> seconds of the ``up`` that built this sandbox
     timings: dict[str, float] = field(default_factory=dict)
@@ -189,7 +189,7 @@ class Sandbox:
 
     def _start_daemons(self, lay: L.Layout, say: Any, timings: dict[str, float]) -> dict[str, int]:
         t = time.monotonic()
-        say("munged, slurmctld (login1), slurmd (compute1); waiting until compute1 is idle")
+        say("munged, MariaDB + slurmdbd (login1), slurmctld (login1), slurmd (compute1); waiting until compute1 is idle")
         pids = slurm.start_all(lay)
         timings["slurm"] = round(time.monotonic() - t, 2)
         t = time.monotonic()
@@ -395,6 +395,16 @@ class Sandbox:
         if wait_idle:
             slurm.wait_idle(self.layout)
         return pid
+
+    def stop_slurmdbd(self) -> None:
+        """Stop Slurm's accounting daemon (an accounting outage; slurmctld keeps running)."""
+        require_root()
+        stop_daemon(self.layout, "slurmdbd")
+
+    def start_slurmdbd(self) -> int:
+        """Start slurmdbd again; return its PID once sacctmgr gets answers."""
+        require_root()
+        return accounting.start_slurmdbd(self.layout)
 
     # --- sharing between test sessions ---------------------------------------------
 

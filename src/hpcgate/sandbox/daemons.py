@@ -17,9 +17,11 @@ EXECUTABLES = {
     "slurmctld": "/usr/sbin/slurmctld",
     "slurmd": "/usr/sbin/slurmd",
     "sshd": "/usr/sbin/sshd",
+    "slurmdbd": "/usr/sbin/slurmdbd",
+    "mariadbd": "/usr/sbin/mariadbd",
 }
 #: Order in which ``down`` stops them.
-STOP_ORDER = ("slurmd", "slurmctld", "sshd", "munged")
+STOP_ORDER = ("slurmd", "slurmctld", "slurmdbd", "mariadbd", "sshd", "munged")
 
 
 def executable_of(pid: int) -> str:

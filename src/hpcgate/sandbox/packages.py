@@ -27,6 +27,8 @@ PACKAGES = {
     "slapd": "the directory (LDAP logins)",
     "ldap-utils": "ldapmodify, ldapwhoami (changes to the directory)",
     "glewlwyd": "the OpenID Connect provider with TOTP (OIDC logins)",
+    "slurmdbd": "Slurm's accounting daemon (projects from Slurm associations)",
+    "mariadb-server": "slurmdbd's database",
 }
 
 #: Seconds apt-get may take (a download on a slow mirror).

@@ -9,6 +9,9 @@ directory over ``/etc/slurm``, so every Slurm command inside the sandbox -- daem
 users' ssh sessions, jobs -- finds it without ``SLURM_CONF``, and the root namespace's
 ``/etc/slurm`` stays untouched.
 
+Accounting: MariaDB and slurmdbd on login1 (:mod:`.accounting`), started before
+slurmctld, with the associations the projects-from-Slurm tests use.
+
 Addresses: ``SlurmctldHost=login1(10.250.2.1)`` (the controller's compute-facing
 address, reachable from slurmd and from commands run on login), ``NodeName=compute1
 NodeAddr=10.250.2.2``. Controller state is wiped by a cold ``up`` (a fresh cluster) and
@@ -22,6 +25,7 @@ import pwd
 import shutil
 from pathlib import Path
 
+from . import accounting
 from . import layout as L
 from .daemons import daemon_pid
 from .network import ns_argv
@@ -49,7 +53,7 @@ def slurm_conf_text(lay: L.Layout) -> str:
             "ProctrackType=proctrack/linuxproc",
             "TaskPlugin=task/none",
             "JobAcctGatherType=jobacct_gather/none",
-            "AccountingStorageType=accounting_storage/none",
+            *accounting.slurm_conf_lines(lay),
             "SchedulerType=sched/backfill",
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_Core",
@@ -100,6 +104,7 @@ def setup_slurm(lay: L.Layout, fresh: bool) -> None:
     for ns in L.NAMESPACES:
         etc = make_dir(lay.ns_etc(ns) / "slurm", 0o755)
         write_file(etc / "slurm.conf", text, 0o644)
+    accounting.setup_accounting(lay)
 
 
 def munge_works(lay: L.Layout) -> bool:
@@ -197,8 +202,11 @@ def wait_idle(lay: L.Layout, timeout: float = 60) -> None:
 
 
 def start_all(lay: L.Layout) -> dict[str, int]:
-    """munged, slurmctld, slurmd; returns daemon -> PID once compute1 is idle."""
-    pids = {"munged": start_munged(lay), "slurmctld": start_slurmctld(lay), "slurmd": start_slurmd(lay)}
+    """munged, MariaDB + slurmdbd (with the associations), slurmctld, slurmd; returns
+    daemon -> PID once compute1 is idle."""
+    pids = {"munged": start_munged(lay)}
+    pids.update(accounting.start_accounting(lay))
+    pids.update({"slurmctld": start_slurmctld(lay), "slurmd": start_slurmd(lay)})
     wait_idle(lay)
     return pids
 
