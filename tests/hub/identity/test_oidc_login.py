@@ -27,7 +27,15 @@ pytestmark = pytest.mark.browser
 #: short-lived access tokens, so that the refresh path runs within the test
 TOKEN_LIFETIME = 12
 
-CATALOG = vo_catalog("{source: auth_state, key: hpcgate_account}")
+# gpu's booster partition needs a second factor (the login's amr): the TOTP login has one
+CATALOG = (
+    vo_catalog("{source: auth_state, key: hpcgate_account}")
+    .replace("accounts: {source: auth_state, key: hpcgate_account}\n    partitions: {interactive: {}}",
+             "accounts: {source: auth_state, key: hpcgate_account}\n    partitions: {interactive: {}, booster: {}}")
+    .replace("ml-team: {grants: [{system: gpu}]}",
+             "ml-team: {grants: [{system: gpu, partitions: [interactive]}, {system: gpu, partitions: [booster], mfa: true}]}")
+)  # fmt: skip
+assert "booster" in CATALOG and "mfa: true" in CATALOG
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +137,16 @@ def test_browser_login_with_totp_gives_vos_and_account(idp_hub, alice_page):
     hub.wait_ready("alice")
     assert (hub.state_dir / "users" / "hpcg-alice").is_dir()
     hub.stop_server("alice")
+
+
+def test_totp_login_counts_as_a_second_factor_for_mfa_grants(idp_hub, alice_page):
+    hub, idp = idp_hub
+    record = auth_state(hub, "alice")["hpcgate_login"]
+    assert record["mfa"] is True, record
+    offer = alice_page.request.get(hub.url + "/hub/api/hpcgate/offer").json()
+    gpu = next(s for s in offer["systems"] if s["name"] == "gpu")
+    assert [p["name"] for p in gpu["partitions"]] == ["interactive", "booster"]
+    assert offer["withheld"] == [] and "second factor" not in alice_page.content()
 
 
 def test_expired_access_token_is_refreshed_with_the_vos_of_now(idp_hub, alice_page, directory):
