@@ -171,10 +171,8 @@ def lab_environment() -> dict[str, Any]:
 
 def _requested_system(spawner: Any) -> str:
     """The system of the launch under way (called by JupyterHub's ``get_env``)."""
-    try:
-        return spawner.validated_request().system
-    except Exception:
-        return ""
+    # set by HPCSpawner.validated_request, which start() awaits before get_env
+    return getattr(spawner, "validated_system", "") or ""
 
 
 # --- failed spawns ------------------------------------------------------------------------

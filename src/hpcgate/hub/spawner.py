@@ -131,6 +131,8 @@ class HPCSpawner(Spawner):
         self._start_task: asyncio.Task | None = None
         #: SHA-256 of the server's API token, from the state (after a hub restart)
         self._api_token_sha256 = ""
+        #: the system of the last request validated (the JSON logs' context)
+        self.validated_system = ""
         #: why the last server ended without the user stopping it (home page); kept
         #: across stops, cleared by the next start
         self.stop_reason = ""
@@ -232,9 +234,11 @@ class HPCSpawner(Spawner):
         else:
             context, charges = await self.login_context(), await self.charges()
         try:
-            return self.hpcgate.catalog().validate(self.user_info(), options, context, charges)
+            request = self.hpcgate.catalog().validate(self.user_info(), options, context, charges)
         except LaunchError as exc:
             raise _bad_request(str(exc)) from exc
+        self.validated_system = request.system
+        return request
 
     # --- state ----------------------------------------------------------------------
 
