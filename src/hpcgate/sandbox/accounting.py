@@ -231,6 +231,7 @@ def add_associations(lay: L.Layout) -> None:
 
 def start_accounting(lay: L.Layout) -> dict[str, int]:
     """MariaDB, slurmdbd and the associations (before slurmctld starts)."""
+    setup_accounting(lay)  # idempotent; a sandbox found up may have been built without it
     pids = {"mariadbd": start_mariadbd(lay), "slurmdbd": start_slurmdbd(lay)}
     add_associations(lay)
     return pids
