@@ -226,6 +226,9 @@ class ProjectSource(_Model):
     unlisted: bool = False
     #: Slurm cluster name whose associations count (a slurmdbd serving several).
     cluster: Name | None = None
+    #: Account that runs ``sacctmgr`` (one that may read every association, e.g. a Slurm
+    #: operator); default: the service account, else the user who needs the answer.
+    query_as: Name | None = None
 
 
 class System(_Model):

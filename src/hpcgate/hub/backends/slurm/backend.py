@@ -42,11 +42,14 @@ Accounting (projects from Slurm)
     associations (``show assoc``) with each user's default account, in one call -- once
     per ``projects.ttl`` for all users (:class:`~hpcgate.hub.accounting.AccountingCache`).
     Who may read all associations: any user, unless slurmdbd has ``PrivateData=users`` or
-    ``accounts``; then only operators, admins and coordinators. So it runs as the
-    system's service account (``identity.mode: service_account``), else as its
-    ``tunnel_account`` (a non-personal login the hub holds anyway: make it a Slurm
-    operator where PrivateData hides associations), else as the account of the user
-    whose form needs it (enough without PrivateData). ``projects.cluster`` limits the
+    ``accounts``; then only operators, admins and coordinators. So it runs as
+    ``projects.query_as`` if the catalog names one (a non-personal reader account, a
+    Slurm operator where PrivateData hides associations, reached like any account of the
+    system's identity: its key through ``key_path``, or ``switch_user`` from the service
+    account), else as the system's service account (``identity.mode:
+    service_account``), else as the account of the user whose form needs it (enough
+    without PrivateData). Never as the ``tunnel_account``: that login only forwards
+    ports (``restrict``/``nologin`` in a sound set-up). ``projects.cluster`` limits the
     answer to one cluster of a slurmdbd that serves several.
 
 Pending reasons
