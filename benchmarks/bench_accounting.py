@@ -87,7 +87,8 @@ async def phase(catalog, backend: SlurmBackend, cached: bool) -> tuple[int, int,
 async def measure(sandbox: Sandbox, tmp: Path) -> None:
     data = copy.deepcopy(catalog_data(sandbox.layout))
     cluster = data["systems"]["cluster"]
-    cluster["projects"] = {"source": "slurm", "ttl": TTL}
+    # every sacctmgr runs as alice (the simulated users have no Unix accounts)
+    cluster["projects"] = {"source": "slurm", "ttl": TTL, "query_as": "hpcg-alice"}
     cluster["accounts"] = {"source": "hub_name"}
     data["projects"] = {"ml": {"description": "Machine learning"}, "physics": {"description": "Physics"}}
     path = tmp / "catalog.yaml"
