@@ -24,11 +24,12 @@ class Source:
 
     def __init__(self):
         self.down = False
+        self.slow = False
         self.asked_as: list[str] = []
 
     async def __call__(self, asking: str) -> list[Association]:
         self.asked_as.append(asking)
-        await asyncio.sleep(0.01)
+        await asyncio.sleep(0.3 if self.slow else 0.01)
         if self.down:
             raise AccountingUnavailable("sacctmgr: Connection refused")
         return list(TABLE)
@@ -56,6 +57,11 @@ def test_concurrent_renders_share_one_query_per_ttl():
         await cache.charges("carol")
         assert len(source.asked_as) == 2
         assert (await cache.charges("carol")).accounts == ()  # known table, no association
+        # a refresh in flight: the others answer from memory at once, still one query
+        now[0] += 61
+        source.slow = True
+        answers = await asyncio.gather(*(cache.charges("hpcg-bob") for _ in range(20)))
+        assert len(source.asked_as) == 3 and all(a.accounts == ("physics",) for a in answers)
 
     asyncio.run(main())
 

@@ -8,8 +8,9 @@ answer comes from memory.
 
 Rules:
 
-- Whoever asks when the table is older than the TTL triggers one refresh; concurrent
-  askers wait for that same query (one lock), nobody sends a second one.
+- Whoever asks when the table is older than the TTL triggers one refresh; nobody sends
+  a second one meanwhile (one lock). Concurrent askers get the table in memory; only
+  before the first answer do they wait for that same query.
 - A failed or timed-out query keeps the last known table and says so:
   :meth:`AccountingCache.charges` then carries a notice naming the time of the last
   good answer. A failing accounting is asked again only after ``retry_after`` seconds
@@ -78,6 +79,10 @@ class AccountingCache:
     async def refresh_if_due(self, asking: str) -> None:
         """Query once if the table is older than the TTL (and no failure backoff runs)."""
         if not self._due():
+            return
+        if self._lock.locked() and self._table is not None:
+            # a refresh is under way: answer from the table in memory rather than make a
+            # render wait for it (it may be a slow or failing slurmdbd)
             return
         async with self._lock:
             if self._due():
