@@ -22,25 +22,22 @@ from __future__ import annotations
 import asyncio
 import copy
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from hpcgate.catalog import Charges, UserInfo, load_catalog
+from hpcgate.hub.accounting import AccountingCache
+from hpcgate.hub.backends.base import BackendContext
+from hpcgate.hub.backends.slurm import SlurmBackend
+from hpcgate.hub.form import render_form
+from hpcgate.remote.pool import SSHPool
+from hpcgate.sandbox import Sandbox
+from hpcgate.sandbox.catalog import catalog_data
 
-from hpcgate.catalog import Charges, UserInfo, load_catalog  # noqa: E402
-from hpcgate.hub.accounting import AccountingCache  # noqa: E402
-from hpcgate.hub.backends.base import BackendContext  # noqa: E402
-from hpcgate.hub.backends.slurm import SlurmBackend  # noqa: E402
-from hpcgate.hub.form import render_form  # noqa: E402
-from hpcgate.hub.remote import SSHPool  # noqa: E402
-from hpcgate.sandbox import Sandbox  # noqa: E402
-from hpcgate.sandbox.catalog import catalog_data  # noqa: E402
-
-from .report import percentile, ratio, table  # noqa: E402
+from .report import percentile, ratio, table
 
 USERS = int(os.environ.get("HPCGATE_BENCH_ACCOUNTING_USERS", "50"))
 DURATION = float(os.environ.get("HPCGATE_BENCH_ACCOUNTING_SECONDS", "30"))
