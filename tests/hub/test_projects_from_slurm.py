@@ -15,6 +15,7 @@ import time
 
 import pytest
 import yaml
+
 from harness.hub import Hub, wait_for
 from harness.sandbox import squeue, stop_hub_and_jobs
 from tests.hub.slurmtools import slurm_catalog_data

@@ -169,7 +169,7 @@ def start_mariadbd(lay: L.Layout, timeout: float = 60) -> int:
         log_file = lay.log_dir / "mariadb.log"
         log_file.touch()
         shutil.chown(log_file, "mysql", "mysql")
-        subprocess.Popen(  # noqa: S603 - constant argv; mariadbd stays in the foreground
+        subprocess.Popen(  # constant argv; mariadbd stays in the foreground
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
         )
         pid = wait_until(lambda: daemon_pid(lay, "mariadbd"), f"mariadbd to start (see {log_file})", timeout, 0.2)
