@@ -123,9 +123,33 @@ def _check_apps(apps: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, A
     return apps
 
 
+class Power(_Model):
+    """Power drawn per allocated device, for the energy estimate (:mod:`hpcgate.energy`).
+
+    Generic defaults; an admin sets the figures of the real hardware (a node's power
+    under load divided by its cores, a GPU's board power)."""
+
+    watts_per_cpu: float = Field(10.0, ge=0, le=10000, description="Watts per allocated CPU core.")
+    watts_per_gpu: float = Field(300.0, ge=0, le=10000, description="Watts per allocated GPU.")
+    pue: float = Field(1.0, ge=1, le=10, description="Power usage effectiveness: facility overhead factor (>= 1).")
+
+
+class Carbon(_Model):
+    """Carbon intensity of the electricity (gCO2e/kWh): a fixed figure and/or a source
+    (a file or an http(s) URL whose body is one number), re-read every ``max_age`` s."""
+
+    intensity: float | None = Field(None, ge=0, le=5000, description="Fixed gCO2e/kWh; the fallback when a source is set.")
+    source: str | None = Field(
+        None, pattern=r"^(https?://|/)\S{1,500}$", description="Absolute file path or http(s) URL returning one number (gCO2e/kWh)."
+    )
+    max_age: float = Field(900, gt=0, description="Seconds a value read from source is used before it is read again.")
+
+
 class Partition(_Model):
     description: str = ""
     limits: Limits = Limits()
+    #: Power per device for the energy estimate; default: the system's.
+    power: Power | None = None
     #: Shell lines run before the lab starts (module loads), after the system's.
     setup: list[str] = []
     #: Job script template overriding the system's (slurm), a path.
@@ -266,6 +290,10 @@ class System(_Model):
     #: Web apps offered beside the lab on this system, added to (or, by name,
     #: replacing) the catalog's top-level ``apps``; ``null`` withdraws a top-level app.
     apps: dict[Name, AppEntry | None] = {}
+    #: Power per device for the energy estimate (partitions may override).
+    power: Power = Power()
+    #: Carbon intensity of this system's electricity; default: the catalog's ``carbon``.
+    carbon: Carbon | None = None
     partitions: dict[Name, Partition]
 
     _apps_valid = field_validator("apps")(_check_apps)
@@ -370,6 +398,8 @@ class CatalogModel(_Model):
     sessions: Sessions = Sessions()
     #: Web apps offered beside the lab on every system (see ``System.apps``).
     apps: dict[Name, AppEntry] = {}
+    #: Carbon intensity of the electricity, for every system without its own.
+    carbon: Carbon = Carbon()
 
     _apps_valid = field_validator("apps")(_check_apps)
 
@@ -861,6 +891,16 @@ class Catalog:
             else:
                 apps[name] = dict(raw)
         return apps
+
+    def power_for(self, system: str, partition: str) -> Power:
+        """Power per device of ``partition`` on ``system`` (the system's if not set)."""
+        sys_conf = self.systems[system]
+        part = sys_conf.partitions.get(partition)
+        return (part.power if part is not None and part.power is not None else None) or sys_conf.power
+
+    def carbon_for(self, system: str) -> Carbon:
+        """Carbon settings of ``system``: its own, else the catalog's."""
+        return self.systems[system].carbon or self.model.carbon
 
     def describe(self) -> str:
         """Human-readable summary: what each group may launch (``hpcgate check``)."""

@@ -25,6 +25,7 @@ CATALOG = textwrap.dedent(
         kind: local
         description: This machine
         workdir: "{{state_dir}}/users/{{account}}"
+        power: {{watts_per_cpu: 3600, watts_per_gpu: 0}}
         partitions:
           interactive:
             limits:
@@ -45,6 +46,7 @@ CATALOG = textwrap.dedent(
           - system: broken
     defaults:
       system: local
+    carbon: {{intensity: 100}}
     apps:
       workdir-files:
         title: Files of the working directory
@@ -189,6 +191,27 @@ def test_rest_spawn_progress_status_and_stop(hub):
     assert pid_alive(pid)
     hub.stop_server("alice")
     wait_for(lambda: not pid_alive(pid), 10, "the server process to end")
+
+
+def test_energy_of_a_running_and_a_stopped_session(hub):
+    session = hub.login("erin")
+    url = hub.url + "/hub/api/hpcgate/energy"
+    assert requests.get(url, timeout=10).status_code == 403
+    assert session.get(url, timeout=10).json() == {"sessions": {"": None}}, "no session ran yet"
+    assert hub.spawn("erin", {"system": "local", "cpus": 2}).status_code in (201, 202)
+    hub.wait_ready("erin")
+    running = session.get(url, timeout=10).json()["sessions"][""]
+    assert running["running"] is True and running["method"] == "estimate" and running["estimate"] is True
+    assert running["intensity_g_per_kwh"] == 100 and running["intensity_source"] == "catalog"
+    hub.stop_server("erin")
+    ended = session.get(url, timeout=10).json()["sessions"][""]
+    assert ended["running"] is False
+    # 2 cores at 3600 W each: 2 Wh per second of the session, 0.2 g CO2e per Wh at 100 g/kWh
+    assert ended["energy_wh"] == pytest.approx(2 * ended["elapsed_s"], abs=0.2)
+    assert ended["elapsed_s"] > 0
+    assert ended["co2_g"] == pytest.approx(ended["energy_wh"] / 10, rel=0.01)
+    later = session.get(url, timeout=10).json()["sessions"][""]
+    assert later["energy_wh"] == ended["energy_wh"], "a stopped session's energy does not grow"
 
 
 #: What a local server may take from the hub's environment (the session's variables).

@@ -1,6 +1,9 @@
 """Hub API routes of hpcgate (``c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()``).
 
 - ``GET  /hub/api/hpcgate/offer``: what the calling user may launch (catalog offer).
+- ``GET  /hub/api/hpcgate/energy``: energy and CO2 of the calling user's sessions,
+  ``{"sessions": {server name: {energy_wh, method, estimate, co2_g, ...} | null}}``
+  (``""`` is the default server; see :mod:`hpcgate.energy`).
 - ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}``.
   Only that server's own API token is accepted; the spawner never guesses the port.
   The whole body is checked before any spawner is looked up or told anything.
@@ -53,6 +56,22 @@ class OfferHandler(APIHandler):
         )
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(offer.as_json()))
+
+
+class EnergyHandler(APIHandler):
+    """Energy and CO2 of each of the calling user's sessions (running or last)."""
+
+    async def get(self) -> None:
+        user = self.current_user
+        if user is None or getattr(user, "kind", "user") != "user":
+            raise web.HTTPError(403, "Log in, or send a user's token, to see your sessions' energy.")
+        sessions = {}
+        for name in user.orm_spawners:
+            spawner = user.spawners[name]
+            energy = getattr(spawner, "energy", None)
+            sessions[name] = energy() if callable(energy) else None
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"sessions": sessions}))
 
 
 class ReadyHandler(APIHandler):
@@ -176,4 +195,5 @@ def extra_handlers() -> list[tuple]:
         (r"/api/" + protocol.SESSION_PATH, SessionSelfHandler),
         (r"/api/hpcgate/users/([^/]+)/sessions", SessionsHandler),
         (r"/api/hpcgate/users/([^/]+)/sessions/([^/]*)", SessionsHandler),
+        (r"/api/hpcgate/energy", EnergyHandler),
     ]

@@ -23,6 +23,7 @@ from traitlets import Float, Integer, List, TraitError, Unicode, default, valida
 from traitlets.config import SingletonConfigurable
 
 from ..catalog import Catalog, CatalogStore, Charges, System, UserInfo
+from ..energy import IntensityCache
 from ..files import private_dir
 from ..remote.pool import SSHPool
 from ..remote.tunnels import TunnelManager
@@ -107,6 +108,8 @@ class HPCGate(SingletonConfigurable):
         self.ssh_pool = SSHPool(self.ssh_max_sessions, idle_timeout=self.ssh_idle_timeout)
         #: The tunnels of every system, one SSH connection per jump host.
         self.tunnels = TunnelManager(parent=self, state_dir=self.state_dir)
+        #: carbon intensity sources, one cache per (source, max_age)
+        self._intensity: dict[tuple, IntensityCache] = {}
         self._closer: asyncio.Task | None = None
         self._close_at_shutdown()
 
@@ -234,3 +237,25 @@ class HPCGate(SingletonConfigurable):
                 continue
             out[name] = await self.accounting(name).charges(account)
         return out
+
+    def carbon_intensity(self, system_name: str) -> tuple[float | None, str | None]:
+        """gCO2e/kWh of ``system_name``'s electricity and where it came from ("catalog",
+        or the source's path/URL); (None, None) when the catalog sets neither. A source
+        that fails keeps its last good value, else the catalog's fixed figure."""
+        catalog = self.catalog()
+        if system_name not in catalog.systems:
+            return None, None
+        carbon = catalog.carbon_for(system_name)
+        if carbon.source:
+            key = (carbon.source, carbon.max_age)
+            cache = self._intensity.get(key)
+            if cache is None:
+                cache = self._intensity[key] = IntensityCache(carbon.source, carbon.max_age)
+            value = cache.get()
+            if cache.last_error:
+                self.log.warning("%s", cache.last_error)
+            if value is not None:
+                return value, carbon.source
+        if carbon.intensity is not None:
+            return carbon.intensity, "catalog"
+        return None, None

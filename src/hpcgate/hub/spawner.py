@@ -33,6 +33,7 @@ from .identity.factors import used_second_factor
 from .runtime import HPCGate
 from .sessions import active_systems, last_choices
 from .sessions import end_time as session_end_time
+from .usage import SessionUsage, usage_energy
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
 STATE_VERSION = 1
@@ -139,6 +140,8 @@ class HPCSpawner(Spawner):
         #: this hub process opened (start) or re-opened (first poll after a restart) the
         #: system's hub API forward for this server; later polls do not wait for it
         self._hub_api_restored = False
+        #: the running (or last) session's allocation and times, for its energy
+        self.usage: SessionUsage | None = None
 
     # --- shared objects -------------------------------------------------------------
 
@@ -255,6 +258,8 @@ class HPCSpawner(Spawner):
             state["last_log"] = self.last_log
         if self.stop_reason:
             state["stop_reason"] = self.stop_reason
+        if self.usage:
+            state["usage"] = self.usage.to_state()
         token_hash = _token_hash(self.api_token) if self.api_token else self._api_token_sha256
         if token_hash and self.job:
             # JupyterHub does not keep the server's token across a restart; its hash lets
@@ -270,6 +275,7 @@ class HPCSpawner(Spawner):
         self.tunnel = state.get("tunnel") or None
         self.last_log = state.get("last_log", "")
         self.stop_reason = state.get("stop_reason", "")
+        self.usage = SessionUsage.from_state(state.get("usage"))
         self._api_token_sha256 = state.get("api_token_sha256", "")
         if self.job and self.system:
             try:
@@ -318,6 +324,15 @@ class HPCSpawner(Spawner):
                 await asyncio.wait_for(self._event_added.wait(), 1.0)
             except TimeoutError:
                 pass
+
+    def energy(self) -> dict[str, Any] | None:
+        """Energy and CO2 of the running or last session (:mod:`hpcgate.energy`), as
+        JSON; None before the first session ran."""
+        if self.usage is None:
+            return None
+        data = usage_energy(self.hpcgate, self.usage).as_json()
+        data["running"] = self.usage.ended is None
+        return data
 
     def _spawn_done(self) -> bool:
         future = getattr(self, "_spawn_future", None)
@@ -410,6 +425,8 @@ class HPCSpawner(Spawner):
         self._adopt(request.system, handle)
         self._emit(20, f"Submitted: job {handle.job_id}")
         host, port = await self._wait_for_address(handle)
+        self.usage = SessionUsage.begin(request)
+        self._save_state()
         self._emit(80, f"Server started on {host}, port {port}")
         if backend.needs_tunnel:
             host, port = await self._open_tunnel(request, host, port)
@@ -539,6 +556,8 @@ class HPCSpawner(Spawner):
         if status.state is JobState.DONE:
             if not self.stop_reason:
                 self.stop_reason = self._ended_sentence(status)
+            if self.usage:
+                self.usage.end()
             await self._close_tunnel()
             return status.exit_code if status.exit_code is not None else 1
         if await self._runtime_ended(status):
@@ -711,6 +730,8 @@ class HPCSpawner(Spawner):
         submitted in the meantime is cancelled too.
         """
         await self._end_start()
+        if self.usage:
+            self.usage.end()
         if not self.job or not self.system:
             return
         try:
