@@ -17,6 +17,7 @@ pkgs=(
   systemd                        # systemd-analyze verify for the shipped units (no systemd as PID 1 needed)
   slapd ldap-utils               # the directory (LDAP logins, sandbox)
   glewlwyd                       # the OIDC provider with TOTP (OIDC logins, sandbox)
+  lmod                           # environment modules: kernels from module sets (sandbox)
 )
 missing=()
 for p in "${pkgs[@]}"; do

@@ -123,6 +123,35 @@ def _check_apps(apps: dict[str, dict[str, Any] | None]) -> dict[str, dict[str, A
     return apps
 
 
+#: Environment module names as Lmod knows them: ``gcc``, ``python/3.11``, ``cuda/12.2+x``.
+MODULE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+/-]{0,127}$"
+
+
+class Kernel(_Model):
+    """A Jupyter kernel started with a set of environment modules loaded.
+
+    The lab writes a kernelspec whose argv is ``argv`` (``{connection_file}`` is
+    Jupyter's own placeholder) and whose provisioner loads ``modules`` with Lmod before
+    the kernel starts (:mod:`hpcgate.lab.kernels`); no shell runs."""
+
+    display_name: str = Field(min_length=1, max_length=100, description="Name shown in the launcher.")
+    modules: list[Annotated[str, Field(pattern=MODULE_PATTERN)]] = Field(
+        min_length=1, max_length=50, description="Modules loaded, in order, before the kernel starts."
+    )
+    argv: list[Annotated[str, Field(min_length=1, max_length=4096)]] = Field(
+        ["python3", "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        min_length=1,
+        description="The kernel command, found on the PATH the modules set; must contain {connection_file}.",
+    )
+    language: str = Field("python", pattern=r"^[A-Za-z0-9_+#-]{1,40}$", description="The kernel's language.")
+
+    @model_validator(mode="after")
+    def _connection_file(self) -> Kernel:
+        if not any("{connection_file}" in arg for arg in self.argv):
+            raise ValueError("argv must pass {connection_file} to the kernel")
+        return self
+
+
 class Power(_Model):
     """Power drawn per allocated device, for the energy estimate (:mod:`hpcgate.energy`).
 
@@ -290,6 +319,8 @@ class System(_Model):
     #: Web apps offered beside the lab on this system, added to (or, by name,
     #: replacing) the catalog's top-level ``apps``; ``null`` withdraws a top-level app.
     apps: dict[Name, AppEntry | None] = {}
+    #: Jupyter kernels from environment modules offered in this system's labs.
+    kernels: dict[Name, Kernel] = {}
     #: Power per device for the energy estimate (partitions may override).
     power: Power = Power()
     #: Carbon intensity of this system's electricity; default: the catalog's ``carbon``.
@@ -623,6 +654,11 @@ class LaunchRequest:
     partition_config: Partition = field(repr=False, compare=False)
     #: The catalog's apps for this system, by name, in the catalog's short form.
     apps: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def kernels(self) -> dict[str, dict[str, Any]]:
+        """The system's kernels from module sets, JSON-able (``$HPCGATE_KERNELS``)."""
+        return {name: k.model_dump() for name, k in self.system_config.kernels.items()}
 
     def as_options(self) -> dict[str, Any]:
         """The request as JSON-able ``user_options``."""

@@ -8,6 +8,7 @@ Hub -> job (environment of the server):
 
 ==========================  ==================================================================
 :data:`APPS`                the catalog's apps of the server's system, JSON (read by the lab)
+:data:`KERNELS`             the system's kernels from module sets, JSON (hpcgate.lab.kernels)
 :data:`BIND_IP`             address the server binds (the local backend and a login node
                             that is also the jump host: ``127.0.0.1``); unset: the node's
 :data:`REPORT_HOST`         host reported to the hub when it differs from the bind address
@@ -33,6 +34,7 @@ from __future__ import annotations
 from typing import Any
 
 APPS = "HPCGATE_APPS"
+KERNELS = "HPCGATE_KERNELS"
 BIND_IP = "HPCGATE_BIND_IP"
 REPORT_HOST = "HPCGATE_REPORT_HOST"
 CONNECTION_FILE = "HPCGATE_CONNECTION_FILE"

@@ -122,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         if not reported and not connection_file:
             log("could not report the address; the hub will not find this server")
             sys.exit(3)
+    from .lab.allocation import allocation_env
+
+    # the lab's resource display counts against the job's allocation, not the node
+    os.environ.update(allocation_env(os.environ))
     if os.environ.get(protocol.LOG_FORMAT) == "json":
         from .logs import json_config_dir
 

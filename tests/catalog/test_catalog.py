@@ -321,3 +321,25 @@ def test_store_logs_reloads_through_the_logger_it_is_given(tmp_path: Path):
 def test_shipped_json_schema_is_current():
     shipped = Path(__file__).resolve().parents[2] / "src/hpcgate/data/catalog.schema.json"
     assert shipped.read_text() == json_schema_text(), "run `hpcgate schema > src/hpcgate/data/catalog.schema.json`"
+
+
+def test_kernels_from_modules_in_the_catalog():
+    from hpcgate.catalog import parse_catalog as parse
+
+    base = """
+systems:
+  s:
+    kind: local
+    kernels:
+      ml: {display_name: "ML stack", modules: [python/3.11, torch/2.3]}
+    partitions: {p: {}}
+groups: {all: {all_users: true, grants: [{system: s}]}}
+"""
+    catalog = parse(base)
+    request = catalog.validate(UserInfo("ada"), {})
+    assert request.kernels["ml"]["modules"] == ["python/3.11", "torch/2.3"]
+    assert request.kernels["ml"]["argv"][-1] == "{connection_file}"
+    with pytest.raises(CatalogError, match="kernels.ml.modules.0"):
+        parse(base.replace("python/3.11", "python 3.11"))
+    with pytest.raises(CatalogError, match="connection_file"):
+        parse(base.replace('modules: [python/3.11, torch/2.3]', 'modules: [a], argv: [python3]'))

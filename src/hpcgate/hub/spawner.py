@@ -391,9 +391,15 @@ class HPCSpawner(Spawner):
         account = self.account_for(request, auth_state)
         self._address = asyncio.get_running_loop().create_future()
         env = self.get_env()
+        # the allocation, for the lab's resource display (hpcgate.lab.allocation)
+        env["MEM_LIMIT"] = str(request.memory * 1024**3)
+        env["CPU_LIMIT"] = str(request.cpus)
         if request.apps:
             # the catalog's apps for this system, read by hpcgate.lab (HPCGateLab.catalog_apps)
             env[protocol.APPS] = json.dumps(request.apps, separators=(",", ":"))
+        if request.kernels:
+            # the system's kernels from module sets, read by hpcgate.lab.kernels
+            env[protocol.KERNELS] = json.dumps(request.kernels, separators=(",", ":"))
         if backend.needs_tunnel and request.system_config.hub_api_forward:
             await self._route_hub_api(request, env)
         command = backend.server_command(request.system_config.singleuser_command)

@@ -23,6 +23,7 @@ from .api import api_handlers
 from .apps.manager import AppManager
 from .apps.recipes.generic import command_app, load_apps_file
 from .context import LabContext
+from .kernels import kernels_from_env, write_kernelspecs
 from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 from .serverproxy.api import serverproxy_api_handlers
@@ -185,6 +186,30 @@ class HPCGateLab(ExtensionApp):
             return {}
         return apps
 
+    catalog_kernels = Dict(
+        help="""Kernels from environment modules that the hub's catalog offers on this
+        system: name -> ``{display_name, modules, argv, language}``. Default: the JSON
+        object in ``$HPCGATE_KERNELS``, which the hub's HPCSpawner sets. Written as
+        kernelspecs into this server's private directory, first on the kernel search
+        path (:mod:`hpcgate.lab.kernels`).""",
+    ).tag(config=True)
+
+    @default("catalog_kernels")
+    def _default_catalog_kernels(self) -> dict[str, Any]:
+        try:
+            return kernels_from_env(os.environ.get("HPCGATE_KERNELS", ""))
+        except ValueError as exc:
+            self.log.error("hpcgate.lab: the catalog's kernels are left out: %s", exc)
+            return {}
+
+    resource_display_cpu = Bool(
+        True,
+        help="""Have jupyter-resource-usage show the lab's CPU use as well as its memory
+        (``c.ResourceUseDisplay.track_cpu_percent``, unless that is configured), both
+        against the job's allocation (``MEM_LIMIT``/``CPU_LIMIT``, see
+        :mod:`hpcgate.lab.allocation`).""",
+    ).tag(config=True)
+
     load_entry_points = Bool(
         True,
         help="Load app specs from the ``hpcgate_apps`` entry point group.",
@@ -262,6 +287,12 @@ class HPCGateLab(ExtensionApp):
 
     _own_socket_dir = False
 
+    def initialize_settings(self) -> None:
+        # link time: before jupyter-resource-usage builds its ResourceUseDisplay at load
+        display = self.serverapp.config.ResourceUseDisplay
+        if self.resource_display_cpu and "track_cpu_percent" not in display:
+            display.track_cpu_percent = True
+
     def initialize_handlers(self) -> None:
         serverapp = self.serverapp
         assert serverapp is not None
@@ -314,6 +345,22 @@ class HPCGateLab(ExtensionApp):
         self.handlers.extend(session_handlers())
         self.handlers.extend(proxy_handlers(self.lab))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
+        self._install_kernels()
+
+    def _install_kernels(self) -> None:
+        """The catalog's module kernels as kernelspecs, first on the search path."""
+        if not self.catalog_kernels:
+            return
+        data_dir = os.path.join(str(private_socket_dir(self.socket_dir)), "jupyter-data")
+        directory = os.path.join(data_dir, "kernels")
+        names = write_kernelspecs(self.catalog_kernels, directory)
+        # on JUPYTER_PATH as well: jupyterlmod rebuilds kernel_dirs from it after a
+        # module changes JUPYTER_PATH, which would drop a directory only added below
+        os.environ["JUPYTER_PATH"] = os.pathsep.join(p for p in (data_dir, os.environ.get("JUPYTER_PATH")) if p)
+        ksm = self.serverapp.kernel_spec_manager
+        if directory not in ksm.kernel_dirs:
+            ksm.kernel_dirs.insert(0, directory)
+        self.log.info("hpcgate.lab: kernels from modules: %s", ", ".join(names))
 
     def _catalog_app_specs(self) -> dict[str, dict[str, Any]]:
         """Full specs of ``catalog_apps``; one the lab cannot use is logged and left out."""

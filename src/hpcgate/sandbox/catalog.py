@@ -16,6 +16,7 @@ import yaml
 
 from ..catalog import Catalog, load_catalog
 from . import layout as L
+from .modules import LMOD_CMD, kernels, module_dir
 from .proc import write_file
 
 
@@ -53,7 +54,12 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
         "accounts": {"source": "map_file", "map_file": str(lay.account_map)},
         "hub_api_forward": True,
         "singleuser_command": [str(lay.venv_dir / "bin" / "hpcgate-singleuser")],
-        "setup": [f"export PATH={lay.venv_dir / 'bin'}:$PATH"],
+        "setup": [
+            f"export PATH={lay.venv_dir / 'bin'}:$PATH",
+            # the sandbox's module tree (sandbox/modules.py) for module kernels and jupyterlmod
+            f"export MODULEPATH={module_dir(lay)} LMOD_CMD={LMOD_CMD}",
+        ],
+        "kernels": kernels(),
     }
     slurm_partitions = {
         name: {

@@ -34,6 +34,7 @@ from typing import Any
 from . import accounting, jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
+from .modules import write_modules
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
 from .identity import identity_down, identity_status, identity_up
 from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run
@@ -181,6 +182,7 @@ class Sandbox:
         ssh.setup_sshd(lay)
         slurm.setup_slurm(lay, fresh=True)
         network.enter_overlays(lay)
+        write_modules(lay)
         write_catalog(lay)
         t = phase("config", t)
         pids = self._start_daemons(lay, say, timings)

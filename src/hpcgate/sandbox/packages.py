@@ -29,6 +29,7 @@ PACKAGES = {
     "glewlwyd": "the OpenID Connect provider with TOTP (OIDC logins)",
     "slurmdbd": "Slurm's accounting daemon (projects from Slurm associations)",
     "mariadb-server": "slurmdbd's database",
+    "lmod": "environment modules (kernels from module sets, jupyterlmod)",
 }
 
 #: Seconds apt-get may take (a download on a slow mirror).
