@@ -51,13 +51,14 @@ def slurm_catalog(sandbox, tmp_path_factory) -> Path:
     return path
 
 
-def run_code(hub, user: str, code: str, timeout: float = 60) -> str:
-    """Start a kernel in ``user``'s lab through the hub and run ``code``; its stdout."""
-    return asyncio.run(_run_code(hub, user, code, timeout))
+def run_code(hub, user: str, code: str, timeout: float = 60, kernel: str = "python3") -> str:
+    """Start a ``kernel`` (kernelspec name) in ``user``'s lab through the hub and run
+    ``code``; its stdout."""
+    return asyncio.run(_run_code(hub, user, code, timeout, kernel))
 
 
-async def _run_code(hub, user: str, code: str, timeout: float) -> str:
-    r = hub.request("POST", f"/user/{user}/api/kernels", json={"name": "python3"}, timeout=60)
+async def _run_code(hub, user: str, code: str, timeout: float, kernel_name: str = "python3") -> str:
+    r = hub.request("POST", f"/user/{user}/api/kernels", json={"name": kernel_name}, timeout=60)
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
     try:

@@ -25,7 +25,7 @@ from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInf
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
-from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, SubmitError
+from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, StatusUnavailable, SubmitError
 from .client import request_client_address
 from .form import render_form
 from .identity.accounts import AccountError
@@ -325,6 +325,25 @@ class HPCSpawner(Spawner):
             except TimeoutError:
                 pass
 
+    def _end_usage(self) -> bool:
+        """End the session's usage now; True if it was running until now."""
+        if self.usage is None or self.usage.ended is not None:
+            return False
+        self.usage.end()
+        return True
+
+    async def _record_energy(self) -> None:
+        """The energy the scheduler's accounting recorded for the ended job, where it
+        records one (:meth:`Backend.consumed_energy`), into the usage."""
+        if self.usage is not None and self.job and self.system:
+            try:
+                measured = await asyncio.wait_for(self.hpcgate.backend(self.system).consumed_energy(self.job), 30)
+            except (StatusUnavailable, KeyError, asyncio.TimeoutError) as exc:
+                self.log.info("No recorded energy for %s: %s", self._log_name, exc or "timed out")
+            else:
+                self.usage.measured_wh = measured
+        self._save_state()
+
     def energy(self) -> dict[str, Any] | None:
         """Energy and CO2 of the running or last session (:mod:`hpcgate.energy`), as
         JSON; None before the first session ran."""
@@ -562,8 +581,8 @@ class HPCSpawner(Spawner):
         if status.state is JobState.DONE:
             if not self.stop_reason:
                 self.stop_reason = self._ended_sentence(status)
-            if self.usage:
-                self.usage.end()
+            if self._end_usage():
+                await self._record_energy()
             await self._close_tunnel()
             return status.exit_code if status.exit_code is not None else 1
         if await self._runtime_ended(status):
@@ -736,8 +755,7 @@ class HPCSpawner(Spawner):
         submitted in the meantime is cancelled too.
         """
         await self._end_start()
-        if self.usage:
-            self.usage.end()
+        ending = self._end_usage()
         if not self.job or not self.system:
             return
         try:
@@ -756,6 +774,8 @@ class HPCSpawner(Spawner):
             # keep the job: a later stop (or the culler) tries again
             self.log.error("Cannot stop %s: %s", self._log_name, exc)
             raise
+        if ending:
+            await self._record_energy()
         tail = await backend.log_tail(self.job, self.log_tail_bytes)
         if tail:
             self.last_log = tail

@@ -186,6 +186,11 @@ class Backend(ABC):
         """
         return list(command)
 
+    async def consumed_energy(self, handle: JobHandle) -> float | None:
+        """Energy (Wh) the system's accounting recorded for the job (an energy plugin);
+        None where it records none. May raise :class:`StatusUnavailable`."""
+        return None
+
     async def read_connection_file(self, handle: JobHandle) -> tuple[str, int] | None:
         """The address a server wrote to its connection file, or None if not there yet.
 

@@ -70,6 +70,7 @@ from collections.abc import Sequence
 
 from .... import protocol
 from ....catalog import LaunchRequest, System
+from ....energy import parse_consumed_energy
 from ....remote import CommandFailed, RemoteError, SSHPool
 from ..base import (
     AccountingUnavailable,
@@ -353,6 +354,24 @@ class SlurmBackend(Backend):
             raise StatusUnavailable(f"sacct on {host}: {controller_error(result.stderr, result.returncode)}")
         self._sacct_works = True
         return parse_sacct(result.stdout)
+
+    async def consumed_energy(self, handle: JobHandle) -> float | None:
+        """``sacct ConsumedEnergyRaw`` of the job in Wh, as its owner; None where
+        accounting does not run or no energy plugin recorded anything (``0``)."""
+        if self._sacct_works is False:
+            return None
+        argv = ["sacct", "-n", "-P", "-X", "-j", handle.job_id, "-o", "ConsumedEnergyRaw"]
+        self._count("sacct")
+        host = handle.host or self.login.in_order()[0]
+        try:
+            result = await self.remote.run(host, handle.extra["account"], argv)
+        except RemoteError as exc:
+            raise StatusUnavailable(str(exc)) from exc
+        if result.returncode != 0:
+            if "accounting storage is disabled" in result.stderr or "not running a supported accounting" in result.stderr:
+                self._sacct_works = False
+            return None
+        return parse_consumed_energy(result.stdout)
 
     # --- stop -----------------------------------------------------------------------
 
