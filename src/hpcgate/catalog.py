@@ -972,6 +972,10 @@ class Catalog:
                 apps = ", ".join(self.apps_for(s.name))
                 if apps:
                     lines.append(f"    apps beside the lab: {apps}")
+                kernels = self.systems[s.name].kernels
+                if kernels:
+                    shown = "; ".join(f"{n} ({' '.join(k.modules)})" for n, k in kernels.items())
+                    lines.append(f"    kernels from modules: {shown}")
                 for p in s.partitions:
                     limits = ", ".join(
                         f"{res} {r.min}-{r.max}{UNITS[res]} (default {r.default})"

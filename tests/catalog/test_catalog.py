@@ -339,6 +339,7 @@ groups: {all: {all_users: true, grants: [{system: s}]}}
     request = catalog.validate(UserInfo("ada"), {})
     assert request.kernels["ml"]["modules"] == ["python/3.11", "torch/2.3"]
     assert request.kernels["ml"]["argv"][-1] == "{connection_file}"
+    assert "kernels from modules: ml (python/3.11 torch/2.3)" in catalog.describe()
     with pytest.raises(CatalogError, match="kernels.ml.modules.0"):
         parse(base.replace("python/3.11", "python 3.11"))
     with pytest.raises(CatalogError, match="connection_file"):
