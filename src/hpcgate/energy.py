@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -134,25 +135,29 @@ def read_intensity(source: str, timeout: float = 5.0) -> float:
 class IntensityCache:
     """The carbon intensity of a configured source, re-read at most every ``max_age``
     seconds; on a failed read the last good value stays (and ``last_error`` says why);
-    None until one read succeeded."""
+    None until one read succeeded. Thread-safe: callers on an event loop run
+    :meth:`get` in a thread (a URL read blocks up to ``timeout`` seconds)."""
 
-    def __init__(self, source: str, max_age: float = 900.0):
+    def __init__(self, source: str, max_age: float = 900.0, timeout: float = 5.0):
         self.source = source
         self.max_age = max_age
+        self.timeout = timeout
+        self._lock = threading.Lock()
         self.last_error = ""
         self._value: float | None = None
         self._read_at = -math.inf
 
     def get(self) -> float | None:
-        now = time.monotonic()
-        if now - self._read_at >= self.max_age:
-            self._read_at = now
-            try:
-                self._value = read_intensity(self.source)
-                self.last_error = ""
-            except EnergyError as exc:
-                self.last_error = str(exc)
-        return self._value
+        with self._lock:
+            now = time.monotonic()
+            if now - self._read_at >= self.max_age:
+                self._read_at = now
+                try:
+                    self._value = read_intensity(self.source, self.timeout)
+                    self.last_error = ""
+                except EnergyError as exc:
+                    self.last_error = str(exc)
+            return self._value
 
 
 def session_energy(

@@ -3,6 +3,7 @@ hpcgate.hub.usage: a session's usage through the hub-wide HPCGate (a real catalo
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import threading
 
@@ -136,14 +137,14 @@ def test_catalog_power_and_carbon_through_the_hub(tmp_path):
     request = catalog.validate(_user(), {"system": "hpc", "partition": "gpu", "cpus": "1"})
     usage = SessionUsage.begin(request, now=1000.0)
     usage.end(now=1000.0 + 3600)
-    energy = usage_energy(gate, usage)
+    energy = asyncio.run(usage_energy(gate, usage))
     # (1 core * 20 W + 1 GPU * 400 W) * 1 h * PUE 1.5 = 630 Wh; at 50 g/kWh: 31.5 g
     assert energy.energy_wh == pytest.approx(630)
     assert energy.co2_g == pytest.approx(31.5) and energy.intensity_source == "catalog"
     assert SessionUsage.from_state(usage.to_state()) == usage
     green = SessionUsage.begin(catalog.validate(_user(), {"system": "green"}), now=0.0)
     green.end(now=3600.0)
-    result = usage_energy(gate, green)
+    result = asyncio.run(usage_energy(gate, green))
     assert result.energy_wh == pytest.approx(10) and result.intensity == 30
     assert result.intensity_source == str(source)
 

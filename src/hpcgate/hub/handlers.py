@@ -69,7 +69,7 @@ class EnergyHandler(APIHandler):
         for name in user.orm_spawners:
             spawner = user.spawners[name]
             energy = getattr(spawner, "energy", None)
-            sessions[name] = energy() if callable(energy) else None
+            sessions[name] = await energy() if callable(energy) else None
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps({"sessions": sessions}))
 

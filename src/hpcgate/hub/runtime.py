@@ -238,7 +238,7 @@ class HPCGate(SingletonConfigurable):
             out[name] = await self.accounting(name).charges(account)
         return out
 
-    def carbon_intensity(self, system_name: str) -> tuple[float | None, str | None]:
+    async def carbon_intensity(self, system_name: str) -> tuple[float | None, str | None]:
         """gCO2e/kWh of ``system_name``'s electricity and where it came from ("catalog",
         or the source's path/URL); (None, None) when the catalog sets neither. A source
         that fails keeps its last good value, else the catalog's fixed figure."""
@@ -251,7 +251,7 @@ class HPCGate(SingletonConfigurable):
             cache = self._intensity.get(key)
             if cache is None:
                 cache = self._intensity[key] = IntensityCache(carbon.source, carbon.max_age)
-            value = cache.get()
+            value = await asyncio.to_thread(cache.get)  # a URL read must not block the hub
             if cache.last_error:
                 self.log.warning("%s", cache.last_error)
             if value is not None:

@@ -344,12 +344,12 @@ class HPCSpawner(Spawner):
                 self.usage.measured_wh = measured
         self._save_state()
 
-    def energy(self) -> dict[str, Any] | None:
+    async def energy(self) -> dict[str, Any] | None:
         """Energy and CO2 of the running or last session (:mod:`hpcgate.energy`), as
         JSON; None before the first session ran."""
         if self.usage is None:
             return None
-        data = usage_energy(self.hpcgate, self.usage).as_json()
+        data = (await usage_energy(self.hpcgate, self.usage)).as_json()
         data["running"] = self.usage.ended is None
         return data
 

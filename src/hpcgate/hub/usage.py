@@ -59,12 +59,12 @@ class SessionUsage:
             return None
 
 
-def usage_energy(gate: Any, usage: SessionUsage, now: float | None = None) -> SessionEnergy:
+async def usage_energy(gate: Any, usage: SessionUsage, now: float | None = None) -> SessionEnergy:
     """Energy and CO2 of ``usage`` with the power and carbon figures ``gate``'s catalog
     gives for its system and partition (:meth:`HPCGate.carbon_intensity`)."""
     catalog = gate.catalog()
     power = catalog.power_for(usage.system, usage.partition) if usage.system in catalog.systems else None
-    intensity, source = gate.carbon_intensity(usage.system)
+    intensity, source = await gate.carbon_intensity(usage.system)
     return session_energy(
         cpus=usage.cpus, gpus=usage.gpus, nodes=usage.nodes, elapsed_s=usage.elapsed(now),
         watts_per_cpu=power.watts_per_cpu if power else 0.0,
