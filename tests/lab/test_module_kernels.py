@@ -168,3 +168,22 @@ def test_kernels_are_checked_again_in_the_lab():
     ]:
         with pytest.raises(ValueError, match=words):
             kernels_from_env(json.dumps(bad))
+
+
+def test_jupyterlab_shows_the_kernels_and_lmods_error(server, artifacts_dir):
+    """In the browser: the launcher's cards for the module kernels, and Lmod's message
+    in JupyterLab's dialog when one cannot start."""
+    from hubtools import chromium
+
+    with chromium() as browser:
+        page = browser.new_page(viewport={"width": 1400, "height": 900})
+        page.goto(f"{server.url}/lab?token={server.token}")
+        card = page.locator(".jp-LauncherCard", has_text="Python (python-stack + hpcgate-demo)").first
+        card.wait_for(timeout=60000)
+        assert page.locator(".jp-LauncherCard", has_text="Python (broken module)").count() >= 1
+        page.screenshot(path=str(artifacts_dir / "module-kernels-launcher.png"))
+        page.locator(".jp-LauncherCard", has_text="Python (broken module)").first.click()
+        dialog = page.locator(".jp-Dialog", has_text=BROKEN_MESSAGE)
+        dialog.wait_for(timeout=60000)
+        page.screenshot(path=str(artifacts_dir / "module-kernels-lmod-error.png"))
+        assert "Lmod has detected the following error" in dialog.inner_text()
