@@ -53,10 +53,12 @@ class SessionEnergy:
 
     @property
     def label(self) -> str:
-        """One line for a card: ``0.12 kWh (estimate), 24 g CO2e``."""
-        text = f"{self.energy_wh / 1000:.3g} kWh ({self.method})"
+        """One line for a card: ``42.5 Wh (estimate), 2.13 g CO2e``; kWh from 1 kWh
+        and kg from 1 kg on, three significant digits."""
+        wh = self.energy_wh
+        text = (f"{wh / 1000:.3g} kWh" if wh >= 1000 else f"{wh:.3g} Wh") + f" ({self.method})"
         if self.co2_g is not None:
-            text += f", {self.co2_g:.3g} g CO2e"
+            text += f", {self.co2_g / 1000:.3g} kg CO2e" if self.co2_g >= 1000 else f", {self.co2_g:.3g} g CO2e"
         return text
 
     def as_json(self) -> dict[str, Any]:

@@ -212,6 +212,10 @@ def test_energy_of_a_running_and_a_stopped_session(hub):
     assert ended["co2_g"] == pytest.approx(ended["energy_wh"] / 10, rel=0.01)
     later = session.get(url, timeout=10).json()["sessions"][""]
     assert later["energy_wh"] == ended["energy_wh"], "a stopped session's energy does not grow"
+    # the home page's session card carries the same figure
+    card = hub.get("/hub/api/hpcgate/users/erin/sessions").json()["sessions"][0]
+    assert card["state"] == "stopped" and card["energy"]["energy_wh"] == ended["energy_wh"]
+    assert "(estimate)" in card["energy"]["label"]
 
 
 #: What a local server may take from the hub's environment (the session's variables).

@@ -74,7 +74,10 @@ def test_measured_wins_and_estimate_is_labelled():
     data = estimate.as_json()
     assert data["method"] == ESTIMATE and data["estimate"] is True
     assert data["energy_wh"] == 20.0 and data["co2_g"] is None
-    assert "(estimate)" in data["label"]
+    assert data["label"] == "20 Wh (estimate)"
+    assert measured.label == "5 Wh (measured), 0.5 g CO2e"
+    big = session_energy(cpus=100, gpus=0, nodes=1, elapsed_s=3600, watts_per_cpu=20, watts_per_gpu=0, intensity=500)
+    assert big.label == "2 kWh (estimate), 1 kg CO2e"
     assert co2_grams(1000, 400) == 400
 
 

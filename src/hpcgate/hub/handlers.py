@@ -178,7 +178,7 @@ class SessionSelfHandler(APIHandler):
         self.set_header("Content-Type", "application/json")
         self.set_header("Cache-Control", "no-store")
         keys = ("name", "system", "system_description", "partition", "project", "resources", "job_id",
-                "node", "state", "started", "end_time", "now")
+                "node", "state", "started", "end_time", "now", "energy")
         self.write(json.dumps({k: card[k] for k in keys}))
 
 

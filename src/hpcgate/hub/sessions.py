@@ -152,6 +152,9 @@ async def session_card(spawner: Any, status: JobStatus | None) -> dict[str, Any]
         card["end_time"] = end_time(spawner, status)
     if card["node"] is None and card["state"] in ("running", "starting") and job is not None:
         card["node"] = job.host or "this machine"
+    # energy and CO2 of the running or last session (hpcgate.energy; None before one ran)
+    energy = getattr(spawner, "energy", None)
+    card["energy"] = await energy() if callable(energy) else None
     return card
 
 

@@ -162,6 +162,10 @@
       const dd = row(dl, "Time left", duration(s.end_time - now()), "hpcgate-time-left");
       dd.dataset.end = s.end_time;
     }
+    if (s.energy) {
+      const dd = row(dl, s.energy.running ? "Energy so far" : "Energy", s.energy.label, "hpcgate-energy");
+      if (dd && s.energy.estimate) dd.title = "An estimate from the allocated CPUs and GPUs, the time and the catalog's power per device (docs/energy.md)";
+    }
     body.appendChild(dl);
     const state = el("p", "hpcgate-state-line mb-0", stateLine(s));
     body.appendChild(state);
