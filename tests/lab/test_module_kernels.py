@@ -23,7 +23,8 @@ from tornado.websocket import websocket_connect
 from hpcgate.lab.kernels import parse_lmod_python
 from hpcgate.sandbox.layout import Layout
 from hpcgate.sandbox.modules import BROKEN_MESSAGE, DEMO_VALUE, LMOD_CMD, kernels, write_modules
-from hubtools import execute_in_kernel, free_port, wait_for
+from harness.hub import execute_in_kernel, wait_for
+from hpcgate.net import free_port
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(LMOD_CMD), reason=f"Lmod is not installed ({LMOD_CMD}); scripts/install-system-deps.sh installs it"
@@ -173,7 +174,7 @@ def test_kernels_are_checked_again_in_the_lab():
 def test_jupyterlab_shows_the_kernels_and_lmods_error(server, artifacts_dir):
     """In the browser: the launcher's cards for the module kernels, and Lmod's message
     in JupyterLab's dialog when one cannot start."""
-    from hubtools import chromium
+    from harness.hub import chromium
 
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})

@@ -18,6 +18,7 @@ from typing import Any
 from jupyter_server.extension.application import ExtensionApp
 from traitlets import Bool, Callable, Dict, Float, Int, List, Unicode, Union, default
 
+from .. import protocol
 from ..appspec import SpecError, collect_specs
 from .api import api_handlers
 from .apps.manager import AppManager
@@ -197,7 +198,7 @@ class HPCGateLab(ExtensionApp):
     @default("catalog_kernels")
     def _default_catalog_kernels(self) -> dict[str, Any]:
         try:
-            return kernels_from_env(os.environ.get("HPCGATE_KERNELS", ""))
+            return kernels_from_env(os.environ.get(protocol.KERNELS, ""))
         except ValueError as exc:
             self.log.error("hpcgate.lab: the catalog's kernels are left out: %s", exc)
             return {}
