@@ -3,7 +3,7 @@ Jupyter server with hpcgate.lab, jupyterlmod and jupyter-resource-usage loaded.
 
 The module tree is the sandbox's (hpcgate.sandbox.modules), written into a temporary
 directory; its Python stack is this test environment's Python. The sandbox test
-(tests/remote/test_sandbox_modules.py) runs the same through the hub and Slurm.
+(tests/hub/test_modules_energy_slurm.py) runs the same through the hub and Slurm.
 """
 
 from __future__ import annotations
