@@ -7,8 +7,8 @@ import re
 import pytest
 
 from hpcgate.catalog import CatalogError, LaunchError, UserInfo, default_catalog, parse_catalog
-from hpcgate.hub.backends.slurm import parse as slurm
 from hpcgate.hub.backends.base import JobState
+from hpcgate.hub.backends.slurm import parse as slurm
 from hpcgate.hub.form import cost_sentence, render_form
 
 SITE = """
@@ -164,7 +164,7 @@ async def test_a_lab_whose_hub_does_not_answer_says_so(monkeypatch):
     from tornado import web
 
     from hpcgate.lab.session import _HubSession
-    from hubtools import free_port
+    from hpcgate.net import free_port
 
     monkeypatch.setenv("JUPYTERHUB_API_URL", f"http://127.0.0.1:{free_port()}/hub/api")
     monkeypatch.setenv("JUPYTERHUB_API_TOKEN", "not-a-real-token")
