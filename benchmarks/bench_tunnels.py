@@ -142,7 +142,12 @@ class TunnelProcess:
     CODE = r"""
 import asyncio, json, sys
 from hpcgate.catalog import System
+from hpcgate.remote import pool
 from hpcgate.remote.tunnels import TunnelManager
+extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
+if extra:  # a variant of asyncssh's connection options (cipher, window, packet size)
+    plain = pool.SSHTarget.connect_options
+    pool.SSHTarget.connect_options = lambda self: {**plain(self), **extra}
 async def main():
     system = System.model_validate(json.loads(sys.argv[1]))
     manager = TunnelManager(state_dir=sys.argv[2])
@@ -159,11 +164,12 @@ async def main():
 asyncio.run(main())
 """
 
-    def __init__(self, system_data: dict, state_dir: str, dest_port: int, count: int):
+    def __init__(self, system_data: dict, state_dir: str, dest_port: int, count: int, options: dict | None = None):
         import json
 
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.CODE, json.dumps(system_data), state_dir, str(dest_port), str(count)],
+            [sys.executable, "-c", self.CODE, json.dumps(system_data), state_dir, str(dest_port), str(count),
+             json.dumps(options or {})],
             stdout=subprocess.PIPE, text=True,
         )
         self.info = json.loads(self.proc.stdout.readline())
@@ -171,6 +177,127 @@ asyncio.run(main())
     def close(self) -> None:
         self.proc.kill()
         self.proc.wait()
+
+
+class MuxProcess:
+    """The design measured against asyncssh: OpenSSH's ControlMaster carries the data; a
+    process of its own (as the hub's loop would) owns the listening port and hands each
+    accepted client to the master (hpcgate.remote.sshmux.stdio_forward)."""
+
+    CODE = r"""
+import asyncio, json, socket, sys
+from hpcgate.remote import sshmux
+from hpcgate.remote.pool import SSHTarget
+async def main():
+    target = SSHTarget(**json.loads(sys.argv[1]))
+    master = sshmux.ControlMaster(target, sys.argv[2], "bench", cipher=sys.argv[4])
+    await master.start()
+    dest = int(sys.argv[3])
+    lsock = socket.socket()
+    lsock.bind(("127.0.0.1", 0)); lsock.listen(128); lsock.setblocking(False)
+    print(json.dumps({"port": lsock.getsockname()[1], "master": master.proc.pid}), flush=True)
+    loop = asyncio.get_running_loop()
+    async def handle(client):
+        try:
+            ctl = await sshmux.stdio_forward(master.control_path, client, "127.0.0.1", dest)
+        finally:
+            client.close()
+        await sshmux.hold(ctl)
+    while True:
+        client, _ = await loop.sock_accept(lsock)
+        asyncio.ensure_future(handle(client))
+asyncio.run(main())
+"""
+
+    def __init__(self, sshd: LoopbackSSHD, state_dir: str, dest_port: int, cipher: str):
+        import json
+
+        target = {
+            "host": "127.0.0.1", "port": sshd.port, "username": TUNNEL_USER,
+            "key_path": str(sshd.keys[TUNNEL_USER]), "known_hosts": str(sshd.known_hosts),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, json.dumps(target), state_dir, str(dest_port), cipher],
+            stdout=subprocess.PIPE, text=True,
+        )
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.terminate()  # its asyncio.run ends the master (SIGTERM -> KeyboardInterrupt not raised)
+        self.proc.wait()
+        try:
+            os.kill(self.info["master"], 15)
+        except ProcessLookupError:
+            pass
+
+
+CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
+FRESH = int(os.environ.get("HPCGATE_BENCH_TUNNEL_FRESH", "200"))
+
+
+def fresh_connections_per_s(port: int, count: int = FRESH) -> float:
+    """Small GETs, each on a new TCP connection (a new channel each): setup cost of a path."""
+    import http.client
+
+    started = time.perf_counter()
+    for _ in range(count):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/")
+        conn.getresponse().read()
+        conn.close()
+    return count / (time.perf_counter() - started)
+ASYNCSSH_TUNED = {"window": 8 << 20, "max_pktsize": 256 << 10}
+
+
+def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
+    """Each tunnel design against ``ssh -L`` with the same cipher, interleaved rounds."""
+    server = BlobServer()
+    dest = server.port
+    rounds = int(os.environ.get("HPCGATE_BENCH_TUNNEL_ROUNDS", "3"))
+    try:
+        for cipher in CIPHERS:
+            data = sshd.system_data()
+            designs = {
+                "asyncssh (as shipped)": TunnelProcess(data, tmp, dest, 1, {"encryption_algs": [cipher]}),
+                "asyncssh, 8 MiB window, 256 KiB packets": TunnelProcess(
+                    data, tmp, dest, 1, {"encryption_algs": [cipher], **ASYNCSSH_TUNED}
+                ),
+            }
+            mux = MuxProcess(sshd, tmp, dest, cipher)
+            theirs_port = free_port()
+            ssh = subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{theirs_port}:127.0.0.1:{dest}"))
+            try:
+                wait_port(theirs_port)
+                ports = {k: v.info["ports"][0] for k, v in designs.items()}
+                ports["OpenSSH master, hub-owned port (mux stdio forward)"] = mux.info["port"]
+                ports["ssh -L (OpenSSH)"] = theirs_port
+                times: dict[str, list[float]] = {k: [] for k in ports}
+                fresh: dict[str, float] = {}
+                for port in ports.values():
+                    curl_seconds(port, 16)
+                for _ in range(rounds):
+                    for name, port in ports.items():
+                        times[name].append(curl_seconds(port, MIB))
+                for name, port in ports.items():
+                    fresh[name] = fresh_connections_per_s(port)
+            finally:
+                ssh.kill()
+                ssh.wait()
+                mux.close()
+                for d in designs.values():
+                    d.close()
+            # best of the rounds: the machine is shared, the minimum is the least disturbed
+            t = min(times["ssh -L (OpenSSH)"])
+            table(
+                f"{MIB} MiB download over SSH to 127.0.0.1, cipher {cipher}, best of {rounds} interleaved rounds",
+                ["design", "seconds", "MiB/s", "speed vs ssh -L", f"new connections/s ({FRESH} GETs)", "vs ssh -L"],
+                [
+                    [name, min(v), MIB / min(v), ratio(t, min(v)), fresh[name], ratio(fresh[name], fresh["ssh -L (OpenSSH)"])]
+                    for name, v in times.items()
+                ],
+            )
+    finally:
+        server.stop()
 
 
 def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
@@ -300,6 +427,7 @@ def run() -> None:
     sshd = LoopbackSSHD(Path(directory)).setup()
     sshd.start()
     try:
+        throughput_by_design(sshd, directory)
         throughput_and_memory(sshd, directory)
     finally:
         sshd.kill()

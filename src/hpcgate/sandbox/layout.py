@@ -68,6 +68,11 @@ class Layout:
     run_dir: Path = Path("/run/hpcgate-sandbox")
     venv_dir: Path = Path("/opt/hpcgate-sandbox/venv")
     netns_etc: Path = Path("/etc/netns")
+    #: CPUs and memory compute1 declares to Slurm (``SlurmdParameters=config_overrides``
+    #: lets it declare more than the machine has: capacity for load benchmarks, e.g. 200
+    #: one-CPU jobs). Read by a cold ``up`` only; the defaults are what tests expect.
+    node_cpus: int = NODE_CPUS
+    node_memory_mb: int = NODE_MEMORY_MB
 
     @property
     def lock_file(self) -> Path:

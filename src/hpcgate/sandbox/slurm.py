@@ -68,8 +68,8 @@ def slurm_conf_text(lay: L.Layout) -> str:
             f"SlurmdSpoolDir={slurm / 'd'}",
             f"SlurmctldLogFile={lay.log_dir / 'slurmctld.log'}",
             f"SlurmdLogFile={lay.log_dir / 'slurmd.log'}",
-            f"NodeName={L.COMPUTE_HOST} NodeAddr={L.COMPUTE_ADDR} CPUs={L.NODE_CPUS} "
-            f"RealMemory={L.NODE_MEMORY_MB} State=UNKNOWN",
+            f"NodeName={L.COMPUTE_HOST} NodeAddr={L.COMPUTE_ADDR} CPUs={lay.node_cpus} "
+            f"RealMemory={lay.node_memory_mb} State=UNKNOWN",
             *partitions,
             "",
         ]

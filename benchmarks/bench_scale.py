@@ -1,0 +1,370 @@
+"""Scale: one hub with ``SERVERS`` running labs across the sandbox's SSH and Slurm systems.
+
+Runs in the sandbox (root), brought up cold with enough Slurm capacity for one-CPU jobs
+(compute1 declares ``SERVERS`` + 4 CPUs, ``SlurmdParameters=config_overrides``); a
+sandbox that is already up is not rebuilt and the benchmark says so. Wrap the run in
+``flock /tmp/hpcgate-sandbox.lock``; it is bounded by ``HPCGATE_BENCH_SCALE_BUDGET``
+seconds of spawning.
+
+What runs: a real hub (``hpcgate up``), ``SERVERS`` hub users u000... (mapped to the
+sandbox accounts hpcg-alice/hpcg-bob by a map file), each one real lab: hpcgate-singleuser
++ Jupyter Server with hpcgate.lab only (``jpserver_extensions`` switches the JupyterLab
+frontend, LSP, terminals, lmod, resource-usage off: the lightest lab that is still
+hpcgate's); even users on ``login`` (kind ssh), odd users on ``cluster`` (kind slurm).
+
+Reported side by side:
+1. spawn POST -> ready: ``SINGLES`` single spawns vs the ``STORM`` spawns of one storm
+   of concurrent spawns (p50/p99), the rest spawned ``BATCH`` at a time;
+2. steady state with all running: hub CPU (% of one core, /proc over ``STEADY`` s) and
+   RSS; the tunnels' SSH connections from the hub and their forwards;
+3. slurmctld RPCs per minute (sdiag) of hpcgate vs batchspawner's pattern (one
+   ``squeue -j`` per Slurm server per interval, run for real) at the same count;
+4. configurable-http-proxy route-add latency with every route present;
+5. a py-spy profile of the hub during the storm and at steady state (top functions).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+from harness.hub import Hub
+from hpcgate.sandbox import Sandbox
+from hpcgate.sandbox import layout as L
+from hpcgate.sandbox.catalog import catalog_data
+
+from .bench_slurm import sdiag
+from .report import median, percentile, ratio, table
+
+SERVERS = int(os.environ.get("HPCGATE_BENCH_SCALE_SERVERS", "200"))
+STORM = int(os.environ.get("HPCGATE_BENCH_SCALE_STORM", "50"))
+SINGLES = int(os.environ.get("HPCGATE_BENCH_SCALE_SINGLES", "4"))
+BATCH = int(os.environ.get("HPCGATE_BENCH_SCALE_BATCH", "10"))
+STEADY = float(os.environ.get("HPCGATE_BENCH_SCALE_STEADY", "60"))
+BUDGET = float(os.environ.get("HPCGATE_BENCH_SCALE_BUDGET", "600"))
+LIGHT = {
+    "jupyterlab": False, "jupyter_lsp": False, "jupyter_server_terminals": False,
+    "jupyterlmod": False, "jupyter_resource_usage": False, "notebook_shim": False, "hpcgate.lab": True,
+}
+EXTRA = """
+c.HPCSpawner.args = [{light!r}]
+c.HPCSpawner.default_url = "/api/status"
+c.JupyterHub.concurrent_spawn_limit = 0
+c.JupyterHub.active_server_limit = 0
+"""
+
+
+def light_arg() -> str:
+    """The lab's argument that switches every server extension but hpcgate.lab off."""
+    return "--ServerApp.jpserver_extensions=" + repr(LIGHT)
+
+
+def user(i: int) -> str:
+    return f"u{i:03d}"
+
+
+def system_of(i: int) -> str:
+    return "login" if i % 2 == 0 else "cluster"
+
+
+def write_catalog(lay: L.Layout, tmp: Path) -> Path:
+    """The sandbox catalog with an account map for u000... (alternating accounts)."""
+    data = catalog_data(lay)
+    accounts = list(L.HUB_USERS.values())
+    mapping = {user(i): accounts[i % 2] for i in range(SERVERS)}
+    mapping.update(L.HUB_USERS)
+    account_map = tmp / "accounts.yaml"
+    account_map.write_text(yaml.safe_dump(mapping))
+    for system in data["systems"].values():
+        if system.get("accounts", {}).get("source") == "map_file":
+            system["accounts"]["map_file"] = str(account_map)
+    path = tmp / "catalog.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def options(i: int) -> dict:
+    return {"system": system_of(i)}
+
+
+class ReadyWatch:
+    """One poller for every spawn: ``GET /hub/api/users`` every ``interval`` s, noting
+    when each server turned ready (or vanished). Polling per spawn would load the hub
+    with the benchmark's own requests (token hashing, a database commit each) and
+    measure that instead of the spawns."""
+
+    def __init__(self, hub: Hub, interval: float = 0.25):
+        self.hub = hub
+        self.interval = interval
+        self.ready: dict[str, float] = {}
+        self.gone: set[str] = set()
+        self.waiting: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            if not self.waiting:
+                continue
+            try:
+                users = self.hub.get("/hub/api/users", params={"state": "active", "limit": 1000}).json()
+            except (OSError, ValueError):
+                continue
+            now = time.perf_counter()
+            seen = {}
+            for model in users if isinstance(users, list) else users.get("items", []):
+                seen[model["name"]] = model.get("servers", {}).get("", {})
+            for name in list(self.waiting):
+                server = seen.get(name)
+                if server and server.get("ready"):
+                    self.ready[name] = now
+                    self.waiting.discard(name)
+
+    def wait(self, name: str, timeout: float) -> float | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if name in self.ready:
+                return self.ready[name]
+            time.sleep(0.05)
+        self.waiting.discard(name)
+        return None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def timed_spawn(hub: Hub, i: int, watch: ReadyWatch) -> tuple[float, str]:
+    """POST -> ready in seconds, or (nan, why)."""
+    name = user(i)
+    hub.create_user(name)
+    watch.waiting.add(name)
+    started = time.perf_counter()
+    r = hub.request("POST", f"/hub/api/users/{name}/server", json={"user_options": options(i)}, timeout=120)
+    if r.status_code not in (201, 202):
+        watch.waiting.discard(name)
+        return float("nan"), f"{name}: {r.status_code} {r.text[:200]}"
+    ready = watch.wait(name, 300)
+    if ready is None:
+        return float("nan"), f"{name}: not ready after 300 s"
+    return ready - started, ""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def hub_ssh_connections(pid: int) -> int:
+    out = subprocess.run(check=False, args=["ss", "-tnpH", "state", "established", f"dst {L.LOGIN_ADDR}"], capture_output=True, text=True).stdout
+    return sum(1 for line in out.splitlines() if f"pid={pid}," in line and f":{L.SSH_PORT} " in line + " ")
+
+
+def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
+    """py-spy record (raw collapsed stacks) of ``pid`` for ``seconds``: top own-time frames."""
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        return [("py-spy not installed (pip install py-spy)", 0.0)]
+    subprocess.run(  # noqa: PLW1510 (py-spy's exit status says nothing we use)
+        [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
+         "--rate", "50", "--nonblocking", "--output", str(out)],
+        capture_output=True, text=True, timeout=seconds + 60,
+    )
+    own: dict[str, int] = {}
+    total = 0
+    try:
+        lines = out.read_text().splitlines()
+    except OSError:
+        return [("py-spy wrote no profile", 0.0)]
+    incl: dict[str, int] = {}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = stack.split(";")
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            if "hpcgate" in frame or "jupyterhub" in frame:
+                incl[frame] = incl.get(frame, 0) + n
+    top = sorted(own.items(), key=lambda kv: -kv[1])[:8]
+    top_incl = sorted(incl.items(), key=lambda kv: -kv[1])[:8]
+    return [(f"self  {k}", 100 * v / max(total, 1)) for k, v in top] + [
+        (f"incl  {k}", 100 * v / max(total, 1)) for k, v in top_incl
+    ]
+
+
+def route_add_ms(hub: Hub, chp_pid: int, rounds: int = 20) -> float:
+    """Median ms of one POST /api/routes to configurable-http-proxy with every route in it.
+
+    The proxy's API token is read from its own environment (our child process)."""
+    import requests
+
+    env = dict(
+        item.split("=", 1) for item in Path(f"/proc/{chp_pid}/environ").read_text().split("\0") if "=" in item
+    )
+    argv = Path(f"/proc/{chp_pid}/cmdline").read_text().split("\0")
+    api_port = argv[argv.index("--api-port") + 1] if "--api-port" in argv else "8001"
+    base = f"http://127.0.0.1:{api_port}/api/routes"
+    headers = {"Authorization": f"token {env.get('CONFIGPROXY_AUTH_TOKEN', '')}"}
+    routes = len(requests.get(base, headers=headers, timeout=30).json())
+    times = []
+    for k in range(rounds):
+        started = time.perf_counter()
+        r = requests.post(f"{base}/bench-route-{k}", json={"target": "http://127.0.0.1:9"}, headers=headers, timeout=30)
+        times.append((time.perf_counter() - started) * 1000)
+        assert r.status_code == 201, r.text
+        requests.delete(f"{base}/bench-route-{k}", headers=headers, timeout=30)
+    print(f"(route adds measured with {routes} routes in the proxy)")
+    return median(times)
+
+
+def batchspawner_rpcs_per_min(sandbox: Sandbox, jobs: list[tuple[str, str]], interval: float) -> float:
+    """batchspawner's pattern for real: each Slurm server's user runs ``squeue -j`` once
+    per interval; one interval's RPCs, per minute."""
+    sdiag(sandbox, reset=True)
+    started = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(
+            lambda job: sandbox.run_in("login", ["squeue", "-h", "-j", job[0], "-o", "%T %B"], user=job[1], check=False),
+            jobs,
+        ))
+    rest = interval - (time.monotonic() - started)
+    if rest > 0:
+        time.sleep(rest)
+    _, by_user = sdiag(sandbox)
+    # hpcgate's own queries run meanwhile as the same accounts: the caller subtracts them
+    return sum(by_user.get(a, 0) for a in L.HUB_USERS.values()) * 60 / max(interval, time.monotonic() - started)
+
+
+def run() -> None:
+    from hpcgate.sandbox import packages
+
+    why = "it needs root (namespaces, accounts, daemons)" if os.geteuid() != 0 else ""
+    if not why and packages.missing():
+        why = f"missing Debian packages {', '.join(packages.missing())} (scripts/install-system-deps.sh installs them)"
+    if why:
+        print(f"scale not measured: {why}")
+        return
+    lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024)
+    cluster = Sandbox(lay)
+    if cluster.is_up():
+        print(f"scale: the sandbox is already up (not rebuilt); compute1 keeps its CPUs. Take it down first for {SERVERS} Slurm-capable CPUs.")
+    info = cluster.hold()
+    tmp = Path(tempfile.mkdtemp(prefix="hpcgate-bench-scale-"))
+    catalog = write_catalog(lay, tmp)
+    hub = Hub(tmp / "hub", catalog=str(catalog), extra=EXTRA.format(light=light_arg()), keep_servers=False)
+    single: list[float] = []
+    storm: list[float] = []
+    fill: list[float] = []
+    lost: list[str] = []
+    try:
+        hub.start()
+        watch = ReadyWatch(hub)
+        hub_pid = int((tmp / "hub" / "jupyterhub.pid").read_text())
+        deadline = time.monotonic() + BUDGET
+        i = 0
+        for _ in range(SINGLES):
+            t, err = timed_spawn(hub, i, watch)
+            (lost.append(err) if err else single.append(t))
+            i += 1
+        target = max(SERVERS - STORM, i)
+        with concurrent.futures.ThreadPoolExecutor(BATCH) as pool:
+            while i < target and time.monotonic() < deadline:
+                n = min(BATCH, target - i)
+                for t, err in pool.map(lambda k: timed_spawn(hub, k, watch), range(i, i + n)):
+                    (lost.append(err) if err else fill.append(t))
+                i += n
+        print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s; storm of {STORM} next)", flush=True)
+        storm_profile: list = []
+        spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, 20, tmp / "storm.raw")))
+        spy.start()
+        with concurrent.futures.ThreadPoolExecutor(STORM) as pool:
+            for t, err in pool.map(lambda k: timed_spawn(hub, k, watch), range(i, i + STORM)):
+                (lost.append(err) if err else storm.append(t))
+        i += STORM
+        spy.join()
+        running = sum(1 for k in range(i) if hub.user_model(user(k))["servers"].get("", {}).get("ready"))
+
+        # steady state: nothing spawns; the hub polls, routes, keeps tunnels
+        time.sleep(10)
+        sdiag(cluster, reset=True)
+        c0, t0 = cpu_seconds(hub_pid), time.monotonic()
+        steady_profile = profile(hub_pid, STEADY, tmp / "steady.raw")
+        c1, t1 = cpu_seconds(hub_pid), time.monotonic()
+        by_type, by_user = sdiag(cluster)
+        ours_rpm = sum(by_user.get(a, 0) for a in L.HUB_USERS.values()) * 60 / (t1 - t0)
+        ours_job_info_rpm = (by_type.get("REQUEST_JOB_INFO", 0) + by_type.get("REQUEST_JOB_INFO_SINGLE", 0)) * 60 / (t1 - t0)
+        cpu_pct = 100 * (c1 - c0) / (t1 - t0)
+        rss = rss_mib(hub_pid)
+        conns = hub_ssh_connections(hub_pid)
+        slurm_jobs = [
+            tuple(line.split())
+            for line in cluster.run_in("login", ["squeue", "-h", "-t", "R", "-o", "%i %u"]).stdout.splitlines()
+            if line.strip()
+        ]
+        from hpcgate.catalog import load_catalog
+
+        interval = load_catalog(catalog).systems["cluster"].status_interval
+        theirs_rpm = batchspawner_rpcs_per_min(cluster, slurm_jobs, interval) - ours_rpm  # type: ignore[arg-type]
+        chp = subprocess.run(check=False, args=["pgrep", "-P", str(hub_pid), "-f", "configurable-http-proxy"], capture_output=True, text=True).stdout.split()
+        route_ms = route_add_ms(hub, int(chp[0])) if chp else float("nan")
+    finally:
+        if "watch" in locals():
+            watch.stop()
+        hub.stop(timeout=300)
+        # jobs the hub did not cancel (none expected) are cancelled here
+        for account in L.HUB_USERS.values():
+            cluster.run_in("login", ["scancel", "-u", account], check=False)
+        cluster.release()
+    nan = float("nan")
+    table(
+        f"Spawn POST -> ready (s): {len(single)} single vs a storm of {STORM} concurrent, {running} of {SERVERS} running in the end",
+        ["spawns", "n", "p50", "p99", "p99 / single p50"],
+        [
+            ["single (one at a time)", len(single), median(single) if single else nan, percentile(single, 99) if single else nan, "1.00x"],
+            [f"fill ({BATCH} at a time)", len(fill), median(fill) if fill else nan, percentile(fill, 99) if fill else nan,
+             ratio(percentile(fill, 99), median(single)) if fill and single else "n/a"],
+            [f"storm ({STORM} at once)", len(storm), median(storm) if storm else nan, percentile(storm, 99) if storm else nan,
+             ratio(percentile(storm, 99), median(single)) if storm and single else "n/a"],
+        ],
+    )
+    if lost:
+        print(f"LOST {len(lost)}: " + "; ".join(lost[:5]))
+    table(
+        f"Hub at steady state with {running} running ({STEADY:.0f} s)",
+        ["measure", "value", "target"],
+        [
+            ["hub CPU, % of one core", cpu_pct, "< 5"],
+            ["hub RSS MiB", rss, ""],
+            ["SSH connections from the hub (tunnels + command pool)", conns, "2 tunnels + 1 per account"],
+            ["CHP route add, ms (median of 20)", route_ms, ""],
+        ],
+    )
+    table(
+        f"slurmctld RPCs with {len(slurm_jobs)} Slurm servers running (status interval {interval:g} s)",
+        ["pattern", "user RPCs / min", "user RPCs / interval", "job-info RPCs / min", "vs hpcgate"],
+        [
+            ["hpcgate StatusCache", ours_rpm, ours_rpm * interval / 60, ours_job_info_rpm, "1.00x"],
+            ["batchspawner (squeue -j per server per interval)", theirs_rpm, theirs_rpm * interval / 60, "", ratio(theirs_rpm, ours_rpm)],
+        ],
+    )
+    for name, rows in (("storm", storm_profile), ("steady state", steady_profile)):
+        table(f"Hub profile ({name}, py-spy, % of samples)", ["frame", "%"], [[k, v] for k, v in rows])
+    print(f"(profiles in {tmp})")
