@@ -180,7 +180,7 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
     spy = Path(sys.executable).parent / "py-spy"
     if not spy.exists():
         return [("py-spy not installed (pip install py-spy)", 0.0)]
-    subprocess.run(  # noqa: PLW1510 (py-spy's exit status says nothing we use)
+    subprocess.run(
         [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
          "--rate", "50", "--nonblocking", "--output", str(out)],
         capture_output=True, text=True, timeout=seconds + 60,

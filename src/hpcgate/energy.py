@@ -125,7 +125,7 @@ def read_intensity(source: str, timeout: float = 5.0) -> float:
     seconds) or a file path. EnergyError with the reason if it cannot."""
     try:
         if source.startswith(("http://", "https://")):
-            with urllib.request.urlopen(source, timeout=timeout) as resp:  # noqa: S310 (scheme checked)
+            with urllib.request.urlopen(source, timeout=timeout) as resp:
                 body = resp.read(200).decode("utf-8", "replace")
         else:
             body = Path(source).read_text(encoding="utf-8")[:200]

@@ -97,7 +97,7 @@ def test_intensity_from_a_file_and_its_errors(tmp_path):
 
 def test_intensity_from_a_local_http_server():
     class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):  # noqa: N802 (http.server API)
+        def do_GET(self):
             body = b"42\n"
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))

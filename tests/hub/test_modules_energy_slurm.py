@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import pytest
 
-from hpcgate.sandbox.modules import BROKEN_MESSAGE, DEMO_VALUE
 from harness.hub import Hub
 from harness.sandbox import stop_hub_and_jobs
+from hpcgate.sandbox.modules import BROKEN_MESSAGE, DEMO_VALUE
 from tests.hub.slurmtools import run_code
 
 pytestmark = pytest.mark.sandbox

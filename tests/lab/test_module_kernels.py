@@ -20,11 +20,11 @@ import pytest
 import requests
 from tornado.websocket import websocket_connect
 
+from harness.hub import execute_in_kernel, wait_for
 from hpcgate.lab.kernels import parse_lmod_python
+from hpcgate.net import free_port
 from hpcgate.sandbox.layout import Layout
 from hpcgate.sandbox.modules import BROKEN_MESSAGE, DEMO_VALUE, LMOD_CMD, kernels, write_modules
-from harness.hub import execute_in_kernel, wait_for
-from hpcgate.net import free_port
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists(LMOD_CMD), reason=f"Lmod is not installed ({LMOD_CMD}); scripts/install-system-deps.sh installs it"

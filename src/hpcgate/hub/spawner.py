@@ -25,7 +25,16 @@ from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInf
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
-from .backends.base import BackendError, CancelError, JobHandle, JobSpec, JobState, JobStatus, StatusUnavailable, SubmitError
+from .backends.base import (
+    BackendError,
+    CancelError,
+    JobHandle,
+    JobSpec,
+    JobState,
+    JobStatus,
+    StatusUnavailable,
+    SubmitError,
+)
 from .client import request_client_address
 from .form import render_form
 from .identity.accounts import AccountError
@@ -338,7 +347,7 @@ class HPCSpawner(Spawner):
         if self.usage is not None and self.job and self.system:
             try:
                 measured = await asyncio.wait_for(self.hpcgate.backend(self.system).consumed_energy(self.job), 30)
-            except (StatusUnavailable, KeyError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, StatusUnavailable, KeyError) as exc:
                 self.log.info("No recorded energy for %s: %s", self._log_name, exc or "timed out")
             else:
                 self.usage.measured_wh = measured

@@ -149,7 +149,7 @@ async def load_modules(modules: list[str], env: dict[str, str], lmod: str, timeo
     )
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         proc.kill()
         await proc.wait()
         raise ModuleLoadError(f"Loading the modules {' '.join(modules)} took more than {timeout:g} s.") from None

@@ -34,9 +34,9 @@ from typing import Any
 from . import accounting, jobenv, network, slurm, ssh, users
 from . import layout as L
 from .catalog import write_catalog
-from .modules import write_modules
 from .daemons import EXECUTABLES, STOP_ORDER, daemon_pid, stop_daemon
 from .identity import identity_down, identity_status, identity_up
+from .modules import write_modules
 from .proc import SandboxError, kill_pids, pid_alive, pids_of_users, run
 
 RUNUSER = "/usr/sbin/runuser"
