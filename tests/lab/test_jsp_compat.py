@@ -105,7 +105,11 @@ def run_suite(root: Path, tmp_path: Path, name: str, lab_config: dict[str, objec
     return outcomes(report), proc.stdout
 
 
-def check(got: dict[str, str], expected_failures: set[str], output: str, label: str) -> None:
+def check(got: dict[str, str], expected_failures: set[str], output: str, label: str, timing: set[str]) -> None:
+    """Exactly ``expected_failures`` fail; ``timing`` tests are reported, not judged."""
+    for test_id in sorted(timing & set(got)):
+        print(f"\n{label}: {test_id} (a wall-clock window, not judged): {got[test_id]}")
+    got = {t: o for t, o in got.items() if t not in timing}
     passed = [t for t, o in got.items() if o == "passed"]
     failed = {t for t, o in got.items() if o in ("failed", "error")}
     skipped = [t for t, o in got.items() if o == "skipped"]
@@ -125,8 +129,9 @@ def test_jupyter_server_proxy_suite_passes_on_hpcgate_lab(tmp_path: Path) -> Non
     listed = yaml.safe_load(EXPECTED.read_text())
     deliberate: dict[str, str] = listed["deliberate"]
     assert set(deliberate.values()) <= set(listed["reasons"]), "every entry names one of the reasons"
+    timing = set(listed["timing"])
     got, output = run_suite(root, tmp_path, "defaults", {})
-    check(got, set(deliberate), output, "defaults")
+    check(got, set(deliberate), output, "defaults", timing)
     # The token tests must fail for the token alone: with it forwarded they pass.
     got, output = run_suite(root, tmp_path, "token-forwarded", {"forward_token_query": True})
-    check(got, {t for t, why in deliberate.items() if why != "token"}, output, "forward_token_query=True")
+    check(got, {t for t, why in deliberate.items() if why != "token"}, output, "forward_token_query=True", timing)
