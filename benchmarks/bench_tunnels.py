@@ -4,7 +4,9 @@
    TunnelManager: an OpenSSH master carrying connections from the hub's port), through
    asyncssh's own forward (the previous data path) and through ``ssh -N -L``, same
    sshd, same account, same cipher (chacha20-poly1305 and aes256-gcm), interleaved
-   rounds; new connections per second beside it.
+   rounds; the CPU time the client-side processes spent per download (hub process +
+   master; asyncssh's process; ssh -L), less disturbed by a busy machine than the
+   wall time; new connections per second beside it.
 2. Memory (PSS, shared pages split fairly): growth of the hub-side process per forward
    with 200 forwards on one connection (and its one master), vs one ``ssh -L`` process
    per forward (as a tunnel service built on OpenSSH runs).
@@ -88,6 +90,15 @@ def curl_seconds(port: int, mib: int) -> float:
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
     return float(out)
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def ssh_argv(sshd: LoopbackSSHD, cipher: str, *extra: str) -> list[str]:
@@ -238,7 +249,7 @@ def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
     """Each tunnel design against ``ssh -L`` with the same cipher, interleaved rounds."""
     server = BlobServer()
     dest = server.port
-    rounds = int(os.environ.get("HPCGATE_BENCH_TUNNEL_ROUNDS", "3"))
+    rounds = int(os.environ.get("HPCGATE_BENCH_TUNNEL_ROUNDS", "5"))
     try:
         for cipher in CIPHERS:
             ours = TunnelProcess(sshd.system_data(), tmp, dest, 1, cipher)
@@ -248,13 +259,18 @@ def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
             try:
                 wait_port(ssh_port)
                 ports = {OURS: ours.info["ports"][0], ASYNCSSH: theirs.info["port"], SSH_L: ssh_port}
+                # the client-side processes of each design (sshd's side is the same for all)
+                pids = {OURS: (ours.proc.pid, ours.info["master"]), ASYNCSSH: (theirs.proc.pid,), SSH_L: (ssh.pid,)}
                 times: dict[str, list[float]] = {k: [] for k in ports}
+                cpu: dict[str, list[float]] = {k: [] for k in ports}
                 fresh: dict[str, float] = {}
                 for port in ports.values():
                     curl_seconds(port, 16)
                 for _ in range(rounds):
                     for name, port in ports.items():
+                        before = cpu_seconds(*pids[name])
                         times[name].append(curl_seconds(port, MIB))
+                        cpu[name].append(cpu_seconds(*pids[name]) - before)
                 for name, port in ports.items():
                     fresh[name] = fresh_connections_per_s(port)
                 direct = curl_seconds(dest, MIB)
@@ -268,14 +284,17 @@ def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
             per_round = [ratio(tl, to) for to, tl in zip(times[OURS], times[SSH_L], strict=True)]
             table(
                 f"{MIB} MiB download over SSH to 127.0.0.1, cipher {cipher}, best of {rounds} interleaved rounds",
-                ["design", "seconds", "MiB/s", "speed vs ssh -L", f"new connections/s ({FRESH} GETs)", "vs ssh -L"],
+                ["design", "seconds", "MiB/s", "speed vs ssh -L", "client CPU s (median)", "CPU ssh -L / this",
+                 f"new connections/s ({FRESH} GETs)", "vs ssh -L"],
                 [
-                    [name, min(v), MIB / min(v), ratio(t, min(v)), fresh[name], ratio(fresh[name], fresh[SSH_L])]
+                    [name, min(v), MIB / min(v), ratio(t, min(v)), median(cpu[name]),
+                     ratio(median(cpu[SSH_L]), median(cpu[name])), fresh[name], ratio(fresh[name], fresh[SSH_L])]
                     for name, v in times.items()
                 ]
-                + [["direct, no tunnel (ceiling)", direct, MIB / direct, ratio(t, direct), "", ""]],
+                + [["direct, no tunnel (ceiling)", direct, MIB / direct, ratio(t, direct), "", "", "", ""]],
             )
-            print(f"hpcgate vs ssh -L, round by round ({cipher}): {', '.join(per_round)}")
+            middle = ratio(median(times[SSH_L]), median(times[OURS]))
+            print(f"hpcgate vs ssh -L, round by round ({cipher}): {', '.join(per_round)}; medians: {middle}")
     finally:
         server.stop()
 
@@ -328,7 +347,7 @@ def memory_per_forward(sshd: LoopbackSSHD, tmp: str) -> None:
 def spawn_phases() -> None:
     from harness.sandbox import sandbox_missing
 
-    why = sandbox_missing()
+    why = sandbox_missing() or ("HPCGATE_BENCH_SPAWNS is 0" if SPAWNS <= 0 else "")
     if why:
         print(f"spawn phases not measured: {why}")
         return

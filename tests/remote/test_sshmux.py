@@ -55,8 +55,20 @@ async def test_a_refused_destination_is_a_sentence_naming_the_host(sshd, tmp_pat
 
 async def test_a_host_that_is_down_is_named_with_the_cause(sshd, tmp_path):
     down = free_port()
-    with pytest.raises(sshmux.MuxError, match=rf"cannot reach 127\.0\.0\.1:{down}: .*[Cc]onnection refused"):
+    with pytest.raises(sshmux.MuxError, match=rf"^cannot reach 127\.0\.0\.1:{down}: connection refused$") as info:
         await sshmux.ControlMaster(target(sshd, down), tmp_path, "d").start()
+    assert info.value.unreachable  # the tunnel watches such a host for its return
+
+
+async def test_a_refused_login_is_a_sentence_and_not_an_unreachable_host(sshd, tmp_path):
+    wrong = SSHTarget("127.0.0.1", sshd.port, TUNNEL_USER, str(sshd.keys["root"]), known_hosts=str(sshd.known_hosts))
+    master = sshmux.ControlMaster(wrong, tmp_path, "w")
+    with pytest.raises(sshmux.MuxError, match=rf"^127\.0\.0\.1:{sshd.port} refused the login of {TUNNEL_USER}: permission denied"):
+        await master.start()
+    assert not master.running
+    missing = SSHTarget("127.0.0.1", sshd.port, TUNNEL_USER, str(tmp_path / "nokey"))
+    with pytest.raises(sshmux.MuxError, match=r"cannot use the SSH key .*nokey for .*: no such file or directory"):
+        await sshmux.ControlMaster(missing, tmp_path, "m").start()
 
 
 async def test_a_remote_forward_reaches_this_side_and_a_taken_port_is_refused(sshd, tmp_path):
@@ -82,6 +94,11 @@ async def test_a_remote_forward_reaches_this_side_and_a_taken_port_is_refused(ss
         with pytest.raises(sshmux.MuxError, match="refused the remote forward"):
             await sshmux.remote_forward(master.control_path, "127.0.0.1", port, "127.0.0.1", here_port, where="jump")
         assert master.running  # a refused forward does not end the connection
+        # cancelled, the port is free on the server: the same request gets it again
+        await sshmux.cancel_remote_forward(master.control_path, "127.0.0.1", 0, "127.0.0.1", here_port)
+        with pytest.raises(OSError):
+            await asyncio.open_connection("127.0.0.1", port)
+        assert await sshmux.remote_forward(master.control_path, "127.0.0.1", port, "127.0.0.1", here_port) == port
     finally:
         await master.stop()
         here.close()

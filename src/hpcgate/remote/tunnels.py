@@ -142,6 +142,8 @@ class _Forward:
                     loop.remove_reader(self.sock.fileno())
                     loop.call_later(1.0, self._resume)
                 return
+            # as ssh -L does with the connections it accepts: small answers go out at once
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(conn)
             self.clients.add(client)
             client.task = asyncio.ensure_future(self._carry(client))
