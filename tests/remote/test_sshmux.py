@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -12,7 +15,7 @@ from harness.sshd import TUNNEL_USER
 from hpcgate.net import free_port
 from hpcgate.remote import sshmux
 from hpcgate.remote.pool import SSHTarget
-from tests.remote.test_tunnels import lab  # noqa: F401  (fixture)
+from tests.remote.test_tunnels import lab, process_ended  # noqa: F401  (lab: a fixture)
 
 
 def target(sshd, port: int | None = None) -> SSHTarget:
@@ -102,3 +105,31 @@ async def test_a_remote_forward_reaches_this_side_and_a_taken_port_is_refused(ss
     finally:
         await master.stop()
         here.close()
+
+
+PARENT = r"""
+import shutil, subprocess, sys, time
+from hpcgate.remote import sshmux
+if sys.argv[1] == "preexec":
+    shutil.which = lambda name: None  # as on a host without util-linux's setpriv
+argv, preexec = sshmux.with_parent_death(["sleep", "60"])
+child = subprocess.Popen(argv, preexec_fn=preexec)
+print(child.pid, flush=True)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("way", ["setpriv", "preexec"])
+def test_a_master_started_so_ends_when_its_parent_is_killed(way):
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, way], stdout=subprocess.PIPE, text=True)
+    try:
+        child = int(parent.stdout.readline())
+        assert not process_ended(child)
+    finally:
+        parent.kill()
+        parent.wait()
+        parent.stdout.close()
+    deadline = time.monotonic() + 10
+    while not process_ended(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert process_ended(child)

@@ -27,6 +27,7 @@ import collections
 import ctypes
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -272,24 +273,32 @@ def login_error(target: SSHTarget, lines: list[str], timeout: float) -> MuxError
 _PR_SET_PDEATHSIG = 1
 
 
-def _end_with_parent(parent: int, libc: ctypes.CDLL) -> Callable[[], None]:
-    """For ``preexec_fn``: the master gets SIGTERM when the process that started it
-    ends, even by SIGKILL (Linux's PR_SET_PDEATHSIG): a hub that crashed leaves no
-    master holding its connection and its hub API port."""
+def with_parent_death(argv: list[str]) -> tuple[list[str], Callable[[], None] | None]:
+    """``argv`` made to get SIGTERM when the process that starts it ends, even by
+    SIGKILL (Linux's parent death signal): a hub that crashed leaves no master holding
+    its connection and its hub API port. Through util-linux's ``setpriv --pdeathsig``
+    (which then execs ``argv``, keeping the PID); where that is missing, a
+    ``preexec_fn`` that calls prctl itself (returned as the second item)."""
+    setpriv = shutil.which("setpriv")
+    if setpriv:
+        return [setpriv, "--pdeathsig", "TERM", "--", *argv], None
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
 
     def preexec() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         if os.getppid() != parent:  # the parent ended before prctl took effect
             os._exit(1)
 
-    return preexec
+    return argv, preexec
 
 
 class ControlMaster:
     """One ``ssh -M`` process for a target; started and stopped by PID.
 
-    The master ends with the process that started it (PR_SET_PDEATHSIG, Linux): start
-    it from the thread that runs the event loop, which lives as long as the process.
+    The master ends with the process that started it (:func:`with_parent_death`; the
+    signal follows the thread that started it: start it from the thread that runs the
+    event loop, which lives as long as the process).
     Its stderr is read all along (a full pipe would stop it); each line goes to
     ``on_line`` and the last few make the error of a failed start.
     """
@@ -339,10 +348,9 @@ class ControlMaster:
                 f"cannot use the SSH key {self.target.key_path} for {self.target.username}@{self.target.host}: "
                 f"{(exc.strerror or str(exc))[:1].lower()}{(exc.strerror or str(exc))[1:]}"
             ) from exc
+        argv, preexec = with_parent_death(master_argv(self.target, self.control_path, self.cipher))
         self.proc = await asyncio.create_subprocess_exec(
-            *master_argv(self.target, self.control_path, self.cipher),
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            preexec_fn=_end_with_parent(os.getpid(), ctypes.CDLL(None, use_errno=True)),
+            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
         )
         self._reader = asyncio.ensure_future(self._read_stderr())
         try:
