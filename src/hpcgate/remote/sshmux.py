@@ -127,6 +127,19 @@ def _forward_request(kind: int, bind: str, port: int, host: str, dest_port: int)
     )
 
 
+async def _forward_exchange(control_path: str, kind: int, args: tuple[str, int, str, int], what: str, doing: str) -> tuple[int, bytes]:
+    """Send one remote-forward request (open or close) on a fresh control connection;
+    the master's reply (type, body)."""
+    ctl = await _control(control_path, what)
+    try:
+        await asyncio.get_running_loop().sock_sendall(ctl, _packet(_forward_request(kind, *args)))
+        return await _read_packet(ctl)
+    except (OSError, EOFError) as exc:
+        raise MuxError(f"the SSH master for {what} ended while asked to {doing} a remote forward", unreachable=True) from exc
+    finally:
+        ctl.close()
+
+
 async def remote_forward(control_path: str, bind: str, port: int, host: str, dest_port: int, where: str = "") -> int:
     """Ask the master for a remote forward ``bind:port`` (on the server) -> ``host:dest_port``
     (on this side), as ``ssh -O forward -R`` does; returns the listening port (``port``
@@ -134,15 +147,7 @@ async def remote_forward(control_path: str, bind: str, port: int, host: str, des
     belongs to the master: it lasts as long as the master's connection. A refusal
     (port taken) raises :class:`MuxError`."""
     what = where or control_path
-    ctl = await _control(control_path, what)
-    try:
-        request = _forward_request(MUX_C_OPEN_FWD, bind, port, host, dest_port)
-        await asyncio.get_running_loop().sock_sendall(ctl, _packet(request))
-        kind, body = await _read_packet(ctl)
-    except (OSError, EOFError) as exc:
-        raise MuxError(f"the SSH master for {what} ended while asked for a remote forward") from exc
-    finally:
-        ctl.close()
+    kind, body = await _forward_exchange(control_path, MUX_C_OPEN_FWD, (bind, port, host, dest_port), what, "open")
     if kind == MUX_S_REMOTE_PORT:
         return struct.unpack(">I", body[4:8])[0]
     if kind == MUX_S_OK:
@@ -156,15 +161,7 @@ async def cancel_remote_forward(
     """Cancel a remote forward opened by :func:`remote_forward` with the same arguments
     (as ``ssh -O cancel -R``); :class:`MuxError` if the master refuses."""
     what = where or control_path
-    ctl = await _control(control_path, what)
-    try:
-        request = _forward_request(MUX_C_CLOSE_FWD, bind, port, host, dest_port)
-        await asyncio.get_running_loop().sock_sendall(ctl, _packet(request))
-        kind, body = await _read_packet(ctl)
-    except (OSError, EOFError) as exc:
-        raise MuxError(f"the SSH master for {what} ended while asked to cancel a remote forward") from exc
-    finally:
-        ctl.close()
+    kind, body = await _forward_exchange(control_path, MUX_C_CLOSE_FWD, (bind, port, host, dest_port), what, "cancel")
     if kind != MUX_S_OK:
         raise MuxError(f"{what} did not cancel the remote forward {bind or '*'}:{port}: {_reason(body)}")
 
