@@ -69,6 +69,11 @@ async def test_a_refused_login_is_a_sentence_and_not_an_unreachable_host(sshd, t
     with pytest.raises(sshmux.MuxError, match=rf"^127\.0\.0\.1:{sshd.port} refused the login of {TUNNEL_USER}: permission denied"):
         await master.start()
     assert not master.running
+    loose = tmp_path / "loose_key"
+    loose.write_bytes(sshd.keys[TUNNEL_USER].read_bytes())
+    loose.chmod(0o644)
+    with pytest.raises(sshmux.MuxError, match=r"cannot use the SSH key .*loose_key for .*make it mode 0600"):
+        await sshmux.ControlMaster(SSHTarget("127.0.0.1", sshd.port, TUNNEL_USER, str(loose)), tmp_path, "l").start()
     missing = SSHTarget("127.0.0.1", sshd.port, TUNNEL_USER, str(tmp_path / "nokey"))
     with pytest.raises(sshmux.MuxError, match=r"cannot use the SSH key .*nokey for .*: no such file or directory"):
         await sshmux.ControlMaster(missing, tmp_path, "m").start()
@@ -99,8 +104,16 @@ async def test_a_remote_forward_reaches_this_side_and_a_taken_port_is_refused(ss
         assert master.running  # a refused forward does not end the connection
         # cancelled, the port is free on the server: the same request gets it again
         await sshmux.cancel_remote_forward(master.control_path, "127.0.0.1", 0, "127.0.0.1", here_port)
-        with pytest.raises(OSError):
-            await asyncio.open_connection("127.0.0.1", port)
+        # the master answers before sshd has closed the port (a global request in flight)
+        for _ in range(100):
+            try:
+                _, probe = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                break
+            probe.close()
+            await asyncio.sleep(0.05)
+        else:
+            raise AssertionError(f"port {port} still listens after the forward was cancelled")
         assert await sshmux.remote_forward(master.control_path, "127.0.0.1", port, "127.0.0.1", here_port) == port
     finally:
         await master.stop()

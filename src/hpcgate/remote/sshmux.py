@@ -253,6 +253,11 @@ def login_error(target: SSHTarget, lines: list[str], timeout: float) -> MuxError
     tcp = re.search(r"connect to host \S+ port \d+: (.+?)\.?$", text)
     if tcp:
         return MuxError(f"cannot reach {target.where}: {tcp.group(1)[:1].lower()}{tcp.group(1)[1:]}", unreachable=True)
+    if any("UNPROTECTED PRIVATE KEY FILE" in line for line in lines):
+        return MuxError(
+            f"cannot use the SSH key {target.key_path} for {target.username}@{target.host}: OpenSSH refuses a key "
+            "file of its own user that others may read (make it mode 0600)"
+        )
     if "Permission denied" in text:
         return MuxError(
             f"{target.where} refused the login of {target.username}: permission denied (the key was not accepted)"
