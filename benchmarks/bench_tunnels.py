@@ -70,6 +70,7 @@ class BlobServer:
         )
         line = self.proc.stdout.readline()
         self.port = int(re.search(r":(\d+)$", line.strip()).group(1))
+        wait_port(self.port)  # it reports its port before it listens
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as r:
             self.kernel = int(json.loads(r.read())["kernel"])
 
