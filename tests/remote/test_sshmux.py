@@ -146,3 +146,9 @@ def test_a_master_started_so_ends_when_its_parent_is_killed(way):
     while not process_ended(child) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert process_ended(child)
+
+
+async def test_a_hub_host_without_openssh_is_told_so(sshd, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on it
+    with pytest.raises(sshmux.MuxError, match=r"OpenSSH's client \(ssh\) is not installed"):
+        await sshmux.ControlMaster(target(sshd), tmp_path, "n").start()

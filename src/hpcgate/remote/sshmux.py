@@ -350,10 +350,18 @@ class ControlMaster:
                 f"cannot use the SSH key {self.target.key_path} for {self.target.username}@{self.target.host}: "
                 f"{(exc.strerror or str(exc))[:1].lower()}{(exc.strerror or str(exc))[1:]}"
             ) from exc
+        if shutil.which("ssh") is None:
+            raise MuxError(f"cannot open the connection to {self.target.where}: OpenSSH's client (ssh) is not installed here")
         argv, preexec = with_parent_death(master_argv(self.target, self.control_path, self.cipher))
-        self.proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
-        )
+        try:
+            self.proc = await asyncio.create_subprocess_exec(
+                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
+            )
+        except OSError as exc:
+            raise MuxError(
+                f"cannot start OpenSSH's client for the connection to {self.target.where} "
+                f"({argv[0]}): {exc.strerror or exc}"
+            ) from exc
         self._reader = asyncio.ensure_future(self._read_stderr())
         try:
             loop = asyncio.get_running_loop()
