@@ -162,7 +162,9 @@ class _Forward:
         try:
             while True:
                 try:
-                    master = await tunnel.wait_connected(max(deadline - loop.time(), 0), fresh_try=False)
+                    master = tunnel.master
+                    if master is None or not master.running:
+                        master = await tunnel.wait_connected(max(deadline - loop.time(), 0), fresh_try=False)
                     assert client.sock is not None
                     client.ctl = await sshmux.stdio_forward(
                         master.control_path, client.sock, self.dest_host, self.dest_port, tunnel.where
