@@ -95,25 +95,43 @@ def _reason(body: bytes) -> str:
     return body[8 : 8 + length].decode("utf-8", "replace") or "no reason given"
 
 
-async def _control(control_path: str, what: str) -> socket.socket:
-    """A control connection to the master, greeted (hello exchanged)."""
+async def _ask(control_path: str, what: str, doing: str, request: bytes, fd: int | None = None) -> tuple[socket.socket, int, bytes]:
+    """One request on a fresh control connection: (the connection, the reply's type, its body).
+
+    Sent at once, without waiting for the master's greeting (as OpenSSH's own mux
+    client does; the master reads each message by its length): our hello, the request
+    and, with ``fd``, that descriptor twice (stdin and stdout of a stdio forward). Then
+    the master's hello and its reply are read.
+    """
     loop = asyncio.get_running_loop()
     ctl = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     ctl.setblocking(False)
     try:
         await loop.sock_connect(ctl, control_path)
+    except OSError as exc:
+        ctl.close()
+        raise MuxError(f"the SSH master for {what} is not running ({exc})", unreachable=True) from exc
+    try:
+        await loop.sock_sendall(ctl, _packet(struct.pack(">II", MUX_MSG_HELLO, SSHMUX_VER)) + _packet(request))
+        fds = [fd] if fd is not None else []
+        for _ in range(2 if fds else 0):
+            while True:
+                try:
+                    socket.send_fds(ctl, [b"\0"], fds)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.001)
         kind, _ = await _read_packet(ctl)
         if kind != MUX_MSG_HELLO:
+            ctl.close()
             raise MuxError(f"the SSH master for {what} did not greet as OpenSSH's does")
-        await loop.sock_sendall(ctl, _packet(struct.pack(">II", MUX_MSG_HELLO, SSHMUX_VER)))
+        kind, body = await _read_packet(ctl)
     except (OSError, EOFError) as exc:
         ctl.close()
         if isinstance(exc, MuxError):
             raise
-        raise MuxError(
-            f"the SSH master for {what} is not running ({exc or 'it closed the control socket'})", unreachable=True
-        ) from exc
-    return ctl
+        raise MuxError(f"the SSH master for {what} ended while asked to {doing}", unreachable=True) from exc
+    return ctl, kind, body
 
 
 def _forward_request(kind: int, bind: str, port: int, host: str, dest_port: int) -> bytes:
@@ -128,16 +146,10 @@ def _forward_request(kind: int, bind: str, port: int, host: str, dest_port: int)
 
 
 async def _forward_exchange(control_path: str, kind: int, args: tuple[str, int, str, int], what: str, doing: str) -> tuple[int, bytes]:
-    """Send one remote-forward request (open or close) on a fresh control connection;
-    the master's reply (type, body)."""
-    ctl = await _control(control_path, what)
-    try:
-        await asyncio.get_running_loop().sock_sendall(ctl, _packet(_forward_request(kind, *args)))
-        return await _read_packet(ctl)
-    except (OSError, EOFError) as exc:
-        raise MuxError(f"the SSH master for {what} ended while asked to {doing} a remote forward", unreachable=True) from exc
-    finally:
-        ctl.close()
+    """Send one remote-forward request (open or close); the master's reply (type, body)."""
+    ctl, reply, body = await _ask(control_path, what, f"{doing} a remote forward", _forward_request(kind, *args))
+    ctl.close()
+    return reply, body
 
 
 async def remote_forward(control_path: str, bind: str, port: int, host: str, dest_port: int, where: str = "") -> int:
@@ -174,24 +186,9 @@ async def stdio_forward(control_path: str, client: socket.socket, host: str, por
     open while the channel lives; it reaches EOF when the master closes the channel.
     ``client`` may be closed by the caller afterwards (the master holds its own copy).
     """
-    loop = asyncio.get_running_loop()
     what = where or control_path
-    ctl = await _control(control_path, what)
-    try:
-        request = struct.pack(">II", MUX_C_NEW_STDIO_FWD, 1) + _string(b"") + _string(host.encode()) + struct.pack(">I", port)
-        await loop.sock_sendall(ctl, _packet(request))
-        # the master reads stdin's and stdout's descriptors, one byte each: both are the socket
-        for _ in range(2):
-            while True:
-                try:
-                    socket.send_fds(ctl, [b"\0"], [client.fileno()])
-                    break
-                except BlockingIOError:
-                    await asyncio.sleep(0.001)
-        kind, body = await _read_packet(ctl)
-    except (OSError, EOFError) as exc:
-        ctl.close()
-        raise MuxError(f"the SSH master for {what} ended while asked for a channel", unreachable=True) from exc
+    request = struct.pack(">II", MUX_C_NEW_STDIO_FWD, 1) + _string(b"") + _string(host.encode()) + struct.pack(">I", port)
+    ctl, kind, body = await _ask(control_path, what, "open a channel", request, client.fileno())
     if kind != MUX_S_SESSION_OPENED:
         ctl.close()
         raise MuxError(f"{what} refused a channel to {host}:{port}: {_reason(body)}")
