@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -137,6 +138,10 @@ def test_a_master_started_so_ends_when_its_parent_is_killed(way):
     parent = subprocess.Popen([sys.executable, "-c", PARENT, way], stdout=subprocess.PIPE, text=True)
     try:
         child = int(parent.stdout.readline())
+        # the signal is armed before the exec (setpriv and preexec_fn alike): wait for it
+        deadline = time.monotonic() + 10
+        while not Path(f"/proc/{child}/cmdline").read_bytes().startswith(b"sleep") and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert not process_ended(child)
     finally:
         parent.kill()

@@ -277,7 +277,9 @@ def with_parent_death(argv: list[str]) -> tuple[list[str], Callable[[], None] | 
     SIGKILL (Linux's parent death signal): a hub that crashed leaves no master holding
     its connection and its hub API port. Through util-linux's ``setpriv --pdeathsig``
     (which then execs ``argv``, keeping the PID); where that is missing, a
-    ``preexec_fn`` that calls prctl itself (returned as the second item)."""
+    ``preexec_fn`` that calls prctl itself (returned as the second item). The signal is
+    armed before ``argv`` runs; only a parent killed in the few milliseconds between the
+    fork and that moment would leave it running."""
     setpriv = shutil.which("setpriv")
     if setpriv:
         return [setpriv, "--pdeathsig", "TERM", "--", *argv], None
