@@ -156,7 +156,7 @@ class TunnelProcess:
     its OpenSSH master is its child."""
 
     CODE = r"""
-import asyncio, json, sys
+import asyncio, gc, json, sys, tracemalloc
 from hpcgate.catalog import System
 from hpcgate.remote.tunnels import TunnelManager
 async def main():
@@ -165,12 +165,20 @@ async def main():
     dest_port, count = int(sys.argv[3]), int(sys.argv[4])
     before = None
     ports = []
+    heap = 0
     for i in range(count):
         ports.append(await manager.open_forward("bench", system, f"k{i}", "127.0.0.1", dest_port, timeout=30))
         if i == 0:
             before = open("/proc/self/smaps_rollup").read()
+            if count > 1:
+                gc.collect()
+                tracemalloc.start()
+    if count > 1:
+        gc.collect()
+        heap = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
     master = manager.get("bench").master_pid
-    print(json.dumps({"ports": ports, "master": master, "status_after_first": before}), flush=True)
+    print(json.dumps({"ports": ports, "master": master, "status_after_first": before, "heap": heap}), flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
@@ -314,6 +322,7 @@ def memory_per_forward(sshd: LoopbackSSHD, tmp: str) -> None:
             )
             ok = sum(1 for p in many.info["ports"][:20] if curl_seconds(p, 1) > 0)
             total = pss_kib(many.proc.pid)
+            heap = many.info["heap"] / max(FORWARDS - 1, 1)
             master = pss_kib(many.info["master"])
         finally:
             many.close()
@@ -336,6 +345,8 @@ def memory_per_forward(sshd: LoopbackSSHD, tmp: str) -> None:
             [
                 ["hpcgate: hub process, growth per forward", per_forward_ours, total / 1024,
                  ratio(per_forward_theirs, per_forward_ours)],
+                ["hpcgate: hub's Python heap per forward (tracemalloc)", heap / 1024, "",
+                 ratio(per_forward_theirs, heap / 1024)],
                 ["hpcgate: its one ssh master (whole process)", master / FORWARDS, master / 1024,
                  ratio(per_forward_theirs, master / FORWARDS)],
                 [f"ssh -L: {FORWARDS} processes", per_forward_theirs, sum(ssh_rss) / 1024, "1.00x"],
