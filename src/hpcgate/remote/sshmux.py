@@ -111,6 +111,9 @@ async def _ask(control_path: str, what: str, doing: str, request: bytes, fd: int
     except OSError as exc:
         ctl.close()
         raise MuxError(f"the SSH master for {what} is not running ({exc})", unreachable=True) from exc
+    except BaseException:
+        ctl.close()
+        raise
     try:
         await loop.sock_sendall(ctl, _packet(struct.pack(">II", MUX_MSG_HELLO, SSHMUX_VER)) + _packet(request))
         fds = [fd] if fd is not None else []
@@ -131,6 +134,9 @@ async def _ask(control_path: str, what: str, doing: str, request: bytes, fd: int
         if isinstance(exc, MuxError):
             raise
         raise MuxError(f"the SSH master for {what} ended while asked to {doing}", unreachable=True) from exc
+    except BaseException:
+        ctl.close()  # cancelled: the master drops the request with the connection
+        raise
     return ctl, kind, body
 
 
