@@ -322,3 +322,29 @@ async def test_a_hub_killed_with_sigkill_leaves_no_master_behind(sshd, lab, tmp_
             break
         await asyncio.sleep(0.05)
     assert process_ended(info["master"])
+
+
+async def test_connections_past_max_connections_are_closed_and_the_others_carried(sshd, lab, tmp_path):
+    """OpenSSH ends a master past 16384 channels: the tunnel refuses connections first."""
+    system = System.model_validate(sshd.system_data())
+    manager = TunnelManager(state_dir=str(tmp_path), max_connections=2)
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        held = [await asyncio.open_connection("127.0.0.1", local) for _ in range(2)]
+        for _ in range(100):
+            if manager.get("login").clients == 2:
+                break
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", local)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed at once
+        writer.close()
+        for _, w in held:
+            w.close()
+        for _ in range(100):
+            if manager.get("login").clients == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        assert manager.get("login").connects == 1  # the master lived through it
+    finally:
+        await manager.close()

@@ -142,6 +142,14 @@ class _Forward:
                     loop.remove_reader(self.sock.fileno())
                     loop.call_later(1.0, self._resume)
                 return
+            tunnel = self.tunnel
+            if tunnel.clients >= tunnel.manager.max_connections:
+                conn.close()
+                tunnel.manager.log.warning(
+                    "Tunnel of %s carries %d connections, its limit (TunnelManager.max_connections): "
+                    "refused a new one to %s:%s", tunnel.name, tunnel.clients, self.dest_host, self.dest_port,
+                )
+                continue
             # as ssh -L does with the connections it accepts: small answers go out at once
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client = _Client(conn)
@@ -235,6 +243,11 @@ class SystemTunnel:
     @property
     def where(self) -> str:
         return self.target.where
+
+    @property
+    def clients(self) -> int:
+        """Client connections of all forwards, waiting for the master or carried by it."""
+        return sum(len(forward.clients) for forward in self.forwards.values())
 
     @property
     def master_pid(self) -> int | None:
@@ -657,6 +670,15 @@ class TunnelManager(LoggingConfigurable):
         0.5,
         help="""Seconds between attempts to reach a new server through its tunnel while
         the server is still starting to listen.""",
+    ).tag(config=True)
+
+    max_connections = Integer(
+        7500,
+        help="""Client connections one system's tunnel carries at once; more are closed
+        at once (and logged). OpenSSH ends a client that would open more than 16384
+        channels, and each tunnelled connection takes two in the master (its channel and
+        its control connection): the default keeps the master, and every other
+        connection of the system, alive.""",
     ).tag(config=True)
 
     control_dir = Unicode(
