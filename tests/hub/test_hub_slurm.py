@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from harness.hub import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
+from harness.keyscan import cert_login_keys, files_holding
 from harness.sandbox import active_jobs, squeue, stop_hub_and_jobs
 from tests.hub.slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, run_code
 
@@ -129,6 +130,26 @@ def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:
     assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
     assert env["LANG"]
     assert hub_leaks(env, hub.proc.pid, LOGIN_SHARED) == set()
+
+
+def test_spawns_log_in_with_certificates_and_write_no_user_key(hub, sandbox):
+    """The sandbox catalog's identity is ``certificate``: the job is submitted, the tunnel
+    carried and the hub API forwarded by logins whose certificates sshd logged with the
+    hub user and the system; none of their keys is in a file afterwards. First in this
+    module: its spawn opens the hub's tunnel connection to the cluster."""
+    log = sandbox.info.log_dir / "sshd.log"
+    offset, started = log.stat().st_size, time.time() - 1
+    response, _ = hub.spawn_with_progress("alice", {"system": "cluster"})
+    assert response.status_code in (201, 202), response.text
+    hub.wait_ready("alice")
+    assert_lab_works(hub, "alice")
+    hub.stop_server("alice")
+    logins = cert_login_keys(log.read_bytes()[offset:].decode(errors="replace"))
+    seen = set(logins.values())
+    assert ("hpcg-alice", "hpcgate/alice@cluster") in seen, seen
+    # the first spawn of this module's hub opened the cluster's tunnel connection
+    assert ("hpcg-tunnel", "hpcgate/tunnel@cluster") in seen, seen
+    assert files_holding(logins, hub.state_dir, Path("/tmp"), since=started) == []
 
 
 def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):

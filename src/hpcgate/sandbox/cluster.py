@@ -2,7 +2,8 @@
 
 ``Sandbox().up()`` returns a :class:`SandboxInfo` (addresses, accounts, key paths,
 catalog, venv, daemon PIDs). It is idempotent: on a running sandbox it only restarts
-what is missing (say an sshd a test stopped) and reports. ``down()`` leaves no
+what is missing (say an sshd a test stopped), brings the sshd config (sshd re-reads a
+changed one) and the catalog up to date, and reports. ``down()`` leaves no
 sandbox process, namespace, UTS handle, ``/etc/netns`` overlay, veth or route behind;
 accounts, keys, the sshd host key and the job venv stay (cached; see layout.py).
 
@@ -78,6 +79,8 @@ class SandboxInfo:
     #: account -> private key (root-owned, 0600)
     keys: dict[str, Path]
     known_hosts: Path
+    #: the SSH CA's private key (root-owned, 0600) the catalog's certificates come from
+    ca_key: Path
     catalog: Path
     account_map: Path
     venv: Path
@@ -146,6 +149,11 @@ class Sandbox:
         with self._lock():
             if self._network_complete():
                 say("sandbox network is up; starting whatever is missing")
+                # a sandbox built by an older hpcgate: its sshd config and catalog follow this one
+                if ssh.setup_sshd(lay):
+                    say("the sshd config changed; sshd re-reads it")
+                    ssh.reload_sshd(lay)
+                write_catalog(lay)
                 timings = self._read_state().get("timings", {})
                 pids = self._start_daemons(lay, say, timings={})
                 return self._remember(pids, timings)
@@ -276,6 +284,7 @@ class Sandbox:
             tunnel_account=L.TUNNEL_ACCOUNT,
             keys={a: lay.key_path(a) for a in L.ACCOUNTS},
             known_hosts=lay.known_hosts,
+            ca_key=lay.ca_key,
             catalog=lay.catalog,
             account_map=lay.account_map,
             venv=lay.venv_dir,
@@ -322,6 +331,7 @@ class Sandbox:
             "tunnel_account": L.TUNNEL_ACCOUNT,
             "keys": {a: str(lay.key_path(a)) for a in L.ACCOUNTS},
             "known_hosts": str(lay.known_hosts),
+            "ssh_ca": str(lay.ca_dir),
             "catalog": str(lay.catalog),
             "account_map": str(lay.account_map),
             "venv": str(lay.venv_dir) + ("" if jobenv.venv_ready(lay) else " (not built)"),
