@@ -537,7 +537,8 @@ class HPCSpawner(Spawner):
             if found:
                 if last_shown is None or last_shown[0] is not JobState.RUNNING:
                     # the server reported before a status query saw it run: say where
-                    status = await cache.get(handle, max_age=0)
+                    # (the node, from a query begun after the report; else its address)
+                    status = await cache.get_fresh(handle)
                     node = status.node if status.state is JobState.RUNNING and status.node else found[0]
                     self._emit(50, f"Running on {node}")
                 return found
