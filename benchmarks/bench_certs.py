@@ -13,12 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
-import tempfile
 import time
-from pathlib import Path
 
-from harness.sshd import USERS, LoopbackSSHD
+from harness.sshd import USERS, running_sshd
 from hpcgate.catalog import System
 from hpcgate.remote.pool import connect
 from hpcgate.remote.targets import SystemRemote
@@ -43,10 +40,7 @@ async def run() -> None:
     if os.geteuid() != 0:
         print("bench_certs: skipped: the loopback sshd creates Unix accounts and needs root")
         return
-    directory = tempfile.mkdtemp(prefix="hpcgate-bench-certs-")
-    sshd = LoopbackSSHD(Path(directory)).setup()
-    sshd.start()
-    try:
+    with running_sshd("hpcgate-bench-certs-") as sshd:
         keyed = SystemRemote("bench", System.model_validate(sshd.system_data()), None)
         certified = SystemRemote(
             "bench",
@@ -68,9 +62,6 @@ async def run() -> None:
             started = time.perf_counter()
             cert_target.certificate.credentials(USERS[0])
             signing.append((time.perf_counter() - started) * 1000)
-    finally:
-        sshd.kill()
-        shutil.rmtree(directory, ignore_errors=True)
     key_ms, cert_ms = median(times["key"]), median(times["cert"])
     table(
         f"SSH connection set-up until one command ran (ms, N={N} each, same sshd and account)",

@@ -18,10 +18,14 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncssh
@@ -222,3 +226,18 @@ class LoopbackSSHD:
             else:
                 data[key] = value
         return data
+
+
+@contextmanager
+def running_sshd(prefix: str = "hpcgate-sshd-") -> Iterator[LoopbackSSHD]:
+    """A started :class:`LoopbackSSHD` in a new directory under /tmp (not pytest's 0700
+    ones: the test accounts read the authorized keys and the fake lab script); killed
+    and its directory removed at the end."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    server = LoopbackSSHD(Path(directory)).setup()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)

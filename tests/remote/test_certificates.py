@@ -20,7 +20,7 @@ import asyncssh
 import pytest
 
 from harness.keyscan import cert_login_keys, files_holding
-from harness.sshd import USERS, LoopbackSSHD
+from harness.sshd import USERS, running_sshd
 from hpcgate.catalog import Identity, System
 from hpcgate.cli import main as hpcgate_main
 from hpcgate.remote import certs
@@ -174,12 +174,8 @@ async def test_a_ca_that_cannot_be_read_is_one_sentence(sshd, tmp_path):
 @pytest.fixture(scope="module")
 def krl_sshd():
     """An sshd of its own: these tests change its CA's revocation list."""
-    directory = tempfile.mkdtemp(prefix="hpcgate-sshd-krl-")
-    server = LoopbackSSHD(Path(directory)).setup()
-    server.start()
-    yield server
-    server.kill()
-    shutil.rmtree(directory, ignore_errors=True)
+    with running_sshd("hpcgate-sshd-krl-") as server:
+        yield server
 
 
 async def test_revocation_list_refuses_a_key_a_user_on_a_system_and_the_whole_ca(krl_sshd, capsys):
