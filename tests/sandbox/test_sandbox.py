@@ -11,6 +11,7 @@ import pwd
 import socket
 import stat
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -374,6 +375,35 @@ def test_api_refuses_non_root(monkeypatch):
 
 
 # --- down leaves nothing; up again ------------------------------------------------------
+
+
+def test_a_session_that_was_killed_leaves_nothing_to_the_next(exclusive):
+    """A test session killed while it held the sandbox leaves it up with its jobs,
+    labs and logins. The next session (nobody else holding it) gets a clean sandbox: a
+    new Slurm controller without the old jobs, no process of a sandbox account."""
+    sandbox = exclusive
+    leftover = sandbox.run_in(
+        "login", ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 600"], user="hpcg-bob"
+    ).stdout.strip()
+    ctld = sandbox.info.pids["slurmctld"]
+    killed = subprocess.Popen(
+        [sys.executable, "-c", "from hpcgate.sandbox import Sandbox; Sandbox().hold(); print('held', flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None and killed.stdout.readline().strip() == "held"
+    finally:
+        killed.kill()
+        killed.wait()
+    sandbox.release(keep=True)  # this session steps back: only the killed one held it
+    sandbox.hold()
+    assert sandbox.is_up() and sandbox.info.pids["slurmctld"] != ctld and not pid_alive(ctld)
+    ids = sandbox.run_in("login", ["squeue", "-h", "-t", "all", "-o", "%i"]).stdout.split()
+    assert leftover not in ids, ids
+    assert pids_of_users(account_uids()) == []
+    assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
 
 
 def test_down_leaves_nothing_and_up_rebuilds(exclusive):
