@@ -51,3 +51,12 @@ def files_holding(fingerprints: Iterable[str], *roots: Path, since: float = 0.0)
                     if key.get_fingerprint("sha256") in wanted:
                         found.append(path)
     return found
+
+
+def private_key_lines(path: Path) -> dict[str, str]:
+    """The base64 lines of an OpenSSH ed25519 private key file that hold its private
+    half (lines 4 on; lines 1-3 hold the format header, the public key and a check
+    number), by name: for a check that the key's text is in no argv, log or readable file.
+    """
+    body = [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("-----")]
+    return {f"line {n + 1} of {path}": line for n, line in enumerate(body) if n >= 3}

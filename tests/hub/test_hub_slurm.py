@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pwd
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,8 +18,9 @@ from pathlib import Path
 import pytest
 
 from harness.hub import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
-from harness.keyscan import cert_login_keys, files_holding
+from harness.keyscan import cert_login_keys, files_holding, private_key_lines
 from harness.sandbox import active_jobs, squeue, stop_hub_and_jobs
+from tests.hub.identity.idtools import assert_secrets_hidden
 from tests.hub.slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, run_code
 
 pytestmark = pytest.mark.sandbox
@@ -38,6 +40,20 @@ def hub(sandbox, slurm_catalog, tmp_path_factory):
     hub = Hub(tmp_path_factory.mktemp("slurm-hub"), catalog=str(slurm_catalog), extra=EXTRA).start()
     yield hub
     stop_hub_and_jobs(hub, sandbox, USERS)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running(hub, sandbox):
+    """After each test, stop whatever server it left (a test that failed half-way) and
+    cancel its accounts' jobs, so that one failure does not fail the tests after it
+    ("alice is already running"). Tests check their own clean-up themselves."""
+    yield
+    for user, account in USERS.items():
+        r = hub.get(f"/hub/api/users/{user}")
+        if r.ok and r.json()["servers"]:
+            hub.stop_server(user)
+        for job in active_jobs(sandbox, account):
+            sandbox.run_in("login", ["scancel", job["id"]], check=False)
 
 
 @pytest.fixture
@@ -143,6 +159,16 @@ def test_spawns_log_in_with_certificates_and_write_no_user_key(hub, sandbox):
     assert response.status_code in (201, 202), response.text
     hub.wait_ready("alice")
     assert_lab_works(hub, "alice")
+    # the CA's private key: in no process's argv (the hub's, the lab's, ssh's), in no log,
+    # and the files holding it are private (the CA directory 0700, the key 0600)
+    logs = [hub.log_path, log, sandbox.info.log_dir / "slurmctld.log"]
+    assert_secrets_hidden(
+        private_key_lines(sandbox.info.ca_key),
+        "".join(path.read_bytes().decode(errors="replace") for path in logs),
+        [hub.state_dir, sandbox.layout.ca_dir],
+        running=[str(hub.state_dir), "jupyterhub-singleuser"],
+    )
+    assert stat.S_IMODE(sandbox.layout.ca_dir.stat().st_mode) == 0o700
     hub.stop_server("alice")
     logins = cert_login_keys(log.read_bytes()[offset:].decode(errors="replace"))
     seen = set(logins.values())
