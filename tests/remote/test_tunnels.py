@@ -348,3 +348,32 @@ async def test_connections_past_max_connections_are_closed_and_the_others_carrie
         assert manager.get("login").connects == 1  # the master lived through it
     finally:
         await manager.close()
+
+
+async def test_a_certificate_login_hands_ssh_memory_only_files_it_opens_once(sshd, lab, tmp_path):
+    """Mode certificate: the master's key and certificate exist only in memory (memfd),
+    named in argv by a /proc path of the hub; the hub closes them once ssh logged in."""
+    data = sshd.system_data(ssh={"identity": sshd.certificate_identity(), "tunnel_key": None})
+    system = System.model_validate(data)
+    manager = manager_for(tmp_path)
+
+    def memfds() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return [f for f in found if "hpcgate-tunnel" in f]
+
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        argv = Path(f"/proc/{manager.get('login').master_pid}/cmdline").read_bytes().split(b"\0")
+        key = argv[argv.index(b"-i") + 1].decode()
+        assert key.startswith(f"/proc/{os.getpid()}/fd/")
+        assert any(a.startswith(f"CertificateFile=/proc/{os.getpid()}/fd/".encode()) for a in argv)
+        assert not any(b"PRIVATE KEY" in a or b"cert-v01" in a for a in argv)
+        assert memfds() == []  # closed after the login
+    finally:
+        await manager.close()

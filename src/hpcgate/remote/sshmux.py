@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import ctypes
+import dataclasses
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
+from .certs import CAError
 from .pool import SSHTarget
 
 MUX_MSG_HELLO = 0x00000001
@@ -347,26 +349,59 @@ class ControlMaster:
             os.unlink(self.control_path)
         except FileNotFoundError:
             pass
-        try:
-            with open(self.target.key_path, "rb"):
-                pass
-        except OSError as exc:
-            raise MuxError(
-                f"cannot use the SSH key {self.target.key_path} for {self.target.username}@{self.target.host}: "
-                f"{(exc.strerror or str(exc))[:1].lower()}{(exc.strerror or str(exc))[1:]}"
-            ) from exc
         if shutil.which("ssh") is None:
             raise MuxError(f"cannot open the connection to {self.target.where}: OpenSSH's client (ssh) is not installed here")
-        argv, preexec = with_parent_death(master_argv(self.target, self.control_path, self.cipher))
+        held: list[int] = []
         try:
-            self.proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
-            )
-        except OSError as exc:
-            raise MuxError(
-                f"cannot start OpenSSH's client for the connection to {self.target.where} "
-                f"({argv[0]}): {exc.strerror or exc}"
-            ) from exc
+            argv, preexec = with_parent_death(master_argv(self._login(held), self.control_path, self.cipher))
+            try:
+                self.proc = await asyncio.create_subprocess_exec(
+                    *argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, preexec_fn=preexec
+                )
+            except OSError as exc:
+                raise MuxError(
+                    f"cannot start OpenSSH's client for the connection to {self.target.where} "
+                    f"({argv[0]}): {exc.strerror or exc}"
+                ) from exc
+            await self._started(timeout)
+        finally:
+            # ssh has read the certificate's key by now (it logs in before it listens)
+            for fd in held:
+                os.close(fd)
+
+    def _login(self, held: list[int]) -> SSHTarget:
+        """The target as ssh gets it: key files as they are; for a certificate login, a
+        fresh key and certificate in memory-only files (memfd, mode 0600) that ssh
+        opens as ``/proc/<hub pid>/fd/<n>``: nothing written to disk, nothing secret in
+        argv. Their descriptors go to ``held`` (closed once ssh has logged in)."""
+        target = self.target
+        if target.certificate is None:
+            try:
+                with open(target.key_path, "rb"):
+                    pass
+            except OSError as exc:
+                why = exc.strerror or str(exc)
+                raise MuxError(
+                    f"cannot use the SSH key {target.key_path} for {target.username}@{target.host}: "
+                    f"{why[:1].lower()}{why[1:]}"
+                ) from exc
+            return target
+        try:
+            key, cert = target.certificate.credentials(target.username)
+        except CAError as exc:
+            raise MuxError(f"cannot sign a certificate for {target.username}@{target.host}: {exc}") from exc
+        paths = []
+        for what, data in (("key", key.export_private_key()), ("certificate", cert.export_certificate())):
+            fd = os.memfd_create(f"hpcgate-tunnel-{what}", os.MFD_CLOEXEC)
+            held.append(fd)
+            os.fchmod(fd, 0o600)
+            os.write(fd, data)
+            paths.append(f"/proc/{os.getpid()}/fd/{fd}")
+        return dataclasses.replace(target, key_path=paths[0], cert_path=paths[1], certificate=None)
+
+    async def _started(self, timeout: float) -> None:
+        """Wait for the control socket (ssh's login done) or ssh's end (MuxError)."""
+        assert self.proc is not None
         self._reader = asyncio.ensure_future(self._read_stderr())
         try:
             loop = asyncio.get_running_loop()

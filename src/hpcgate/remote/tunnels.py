@@ -36,8 +36,10 @@ remote forward request), not by the backoff.
 The master ends with the hub: :meth:`TunnelManager.close` stops it (and waits for its
 PID), and a hub that dies without closing (SIGKILL) takes it along (Linux's parent
 death signal), so no master outlives the hub holding the hub API port. Its argv holds
-the key file's path, never a secret; its control socket lives in a directory only the
-hub's user can enter (``control_dir``).
+the key file's path, never a secret (a ``certificate`` login: a fresh key and
+certificate in memory-only files the hub closes once ssh has logged in, see
+:class:`~hpcgate.remote.sshmux.ControlMaster`); its control socket lives in a directory
+only the hub's user can enter (``control_dir``).
 
 After a hub restart, :meth:`TunnelManager.restore_forward` and
 :meth:`TunnelManager.restore_hub_api` re-create every forward from the spawners' state
