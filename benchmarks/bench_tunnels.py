@@ -1,10 +1,15 @@
 """Tunnels: hpcgate's TunnelManager vs OpenSSH ``ssh -L``, side by side in one run.
 
-1. Throughput: a 500 MiB HTTP download (curl) through hpcgate's forward and through
-   ``ssh -N -L``, same sshd, same account, same cipher (whatever hpcgate negotiated).
-2. Memory (PSS, shared pages split fairly): growth of the tunnel process per forward
-   with 200 forwards on one connection, vs one ``ssh -L`` process per forward (as a
-   tunnel service built on OpenSSH runs).
+1. Throughput: a 500 MiB HTTP download (curl) through hpcgate's forward (the
+   TunnelManager: an OpenSSH master carrying connections from the hub's port), through
+   asyncssh's own forward (the previous data path) and through ``ssh -N -L``, same
+   sshd, same account, same cipher (chacha20-poly1305 and aes256-gcm), interleaved
+   rounds; the CPU time the client-side processes spent per download (hub process +
+   master; asyncssh's process; ssh -L), less disturbed by a busy machine than the
+   wall time; the time to the first byte of a small GET on a new connection beside it.
+2. Memory (PSS, shared pages split fairly): growth of the hub-side process per forward
+   with 200 forwards on one connection (and its one master), vs one ``ssh -L`` process
+   per forward (as a tunnel service built on OpenSSH runs).
 3. Spawn on the sandbox login node (kind ssh, real hub), split into its phases from
    the progress events: SSH connect + hub API forward, submit over SSH, the address
    reported, JupyterLab listening + the tunnel's probe through it, routing (until
@@ -65,6 +70,7 @@ class BlobServer:
         )
         line = self.proc.stdout.readline()
         self.port = int(re.search(r":(\d+)$", line.strip()).group(1))
+        wait_port(self.port)  # it reports its port before it listens
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/", timeout=10) as r:
             self.kernel = int(json.loads(r.read())["kernel"])
 
@@ -85,6 +91,15 @@ def curl_seconds(port: int, mib: int) -> float:
         check=True, capture_output=True, text=True, timeout=300,
     ).stdout
     return float(out)
+
+
+def cpu_seconds(*pids: int) -> float:
+    """User + system CPU seconds the processes ``pids`` have used so far."""
+    total = 0
+    for pid in pids:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def ssh_argv(sshd: LoopbackSSHD, cipher: str, *extra: str) -> list[str]:
@@ -137,40 +152,78 @@ def ssh_forwards(sshd: LoopbackSSHD, cipher: str, dest: int, count: int) -> list
 
 
 class TunnelProcess:
-    """The TunnelManager in a process of its own, as in the hub (its loop serves only it)."""
+    """The TunnelManager in a process of its own, as in the hub (its loop serves only it);
+    its OpenSSH master is its child."""
 
     CODE = r"""
-import asyncio, json, sys
+import asyncio, gc, json, sys, tracemalloc
 from hpcgate.catalog import System
-from hpcgate.remote import pool
 from hpcgate.remote.tunnels import TunnelManager
-extra = json.loads(sys.argv[5]) if len(sys.argv) > 5 else {}
-if extra:  # a variant of asyncssh's connection options (cipher, window, packet size)
-    plain = pool.SSHTarget.connect_options
-    pool.SSHTarget.connect_options = lambda self: {**plain(self), **extra}
 async def main():
     system = System.model_validate(json.loads(sys.argv[1]))
-    manager = TunnelManager(state_dir=sys.argv[2])
+    manager = TunnelManager(state_dir=sys.argv[2], ciphers=sys.argv[5])
     dest_port, count = int(sys.argv[3]), int(sys.argv[4])
     before = None
     ports = []
+    heap = 0
     for i in range(count):
         ports.append(await manager.open_forward("bench", system, f"k{i}", "127.0.0.1", dest_port, timeout=30))
         if i == 0:
             before = open("/proc/self/smaps_rollup").read()
-    conn = manager.get("bench").conn
-    print(json.dumps({"ports": ports, "cipher": conn.get_extra_info("send_cipher"), "status_after_first": before}), flush=True)
+            if count > 1:
+                gc.collect()
+                tracemalloc.start()
+    if count > 1:
+        gc.collect()
+        heap = tracemalloc.get_traced_memory()[0]
+        tracemalloc.stop()
+    master = manager.get("bench").master_pid
+    print(json.dumps({"ports": ports, "master": master, "status_after_first": before, "heap": heap}), flush=True)
     await asyncio.Event().wait()
 asyncio.run(main())
 """
 
-    def __init__(self, system_data: dict, state_dir: str, dest_port: int, count: int, options: dict | None = None):
-        import json
-
+    def __init__(self, system_data: dict, state_dir: str, dest_port: int, count: int, cipher: str = ""):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.CODE, json.dumps(system_data), state_dir, str(dest_port), str(count),
-             json.dumps(options or {})],
+            [sys.executable, "-c", self.CODE, json.dumps(system_data), state_dir, str(dest_port), str(count), cipher],
             stdout=subprocess.PIPE, text=True,
+        )
+        self.info = json.loads(self.proc.stdout.readline())
+
+    def close(self) -> None:
+        self.proc.kill()  # the master ends with it (parent death signal)
+        self.proc.wait()
+        deadline = time.monotonic() + 10
+        while Path(f"/proc/{self.info['master']}").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+class AsyncsshProcess:
+    """The previous data path, for comparison: asyncssh's own local forward (the bytes
+    copied and encrypted in Python), in a process of its own."""
+
+    CODE = r"""
+import asyncio, json, sys
+import asyncssh
+async def main():
+    t = json.loads(sys.argv[1])
+    conn = await asyncssh.connect(
+        t["host"], port=t["port"], username=t["username"], client_keys=[t["key_path"]],
+        known_hosts=t["known_hosts"], encryption_algs=[sys.argv[3]], config=[], agent_path=None,
+    )
+    listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", int(sys.argv[2]))
+    print(json.dumps({"port": listener.get_port()}), flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+    def __init__(self, sshd: LoopbackSSHD, dest_port: int, cipher: str):
+        target = {
+            "host": "127.0.0.1", "port": sshd.port, "username": TUNNEL_USER,
+            "key_path": str(sshd.keys[TUNNEL_USER]), "known_hosts": str(sshd.known_hosts),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, json.dumps(target), str(dest_port), cipher], stdout=subprocess.PIPE, text=True
         )
         self.info = json.loads(self.proc.stdout.readline())
 
@@ -179,162 +232,96 @@ asyncio.run(main())
         self.proc.wait()
 
 
-class MuxProcess:
-    """The design measured against asyncssh: OpenSSH's ControlMaster carries the data; a
-    process of its own (as the hub's loop would) owns the listening port and hands each
-    accepted client to the master (hpcgate.remote.sshmux.stdio_forward)."""
-
-    CODE = r"""
-import asyncio, json, socket, sys
-from hpcgate.remote import sshmux
-from hpcgate.remote.pool import SSHTarget
-async def main():
-    target = SSHTarget(**json.loads(sys.argv[1]))
-    master = sshmux.ControlMaster(target, sys.argv[2], "bench", cipher=sys.argv[4])
-    await master.start()
-    dest = int(sys.argv[3])
-    lsock = socket.socket()
-    lsock.bind(("127.0.0.1", 0)); lsock.listen(128); lsock.setblocking(False)
-    print(json.dumps({"port": lsock.getsockname()[1], "master": master.proc.pid}), flush=True)
-    loop = asyncio.get_running_loop()
-    async def handle(client):
-        try:
-            ctl = await sshmux.stdio_forward(master.control_path, client, "127.0.0.1", dest)
-        finally:
-            client.close()
-        await sshmux.hold(ctl)
-    while True:
-        client, _ = await loop.sock_accept(lsock)
-        asyncio.ensure_future(handle(client))
-asyncio.run(main())
-"""
-
-    def __init__(self, sshd: LoopbackSSHD, state_dir: str, dest_port: int, cipher: str):
-        import json
-
-        target = {
-            "host": "127.0.0.1", "port": sshd.port, "username": TUNNEL_USER,
-            "key_path": str(sshd.keys[TUNNEL_USER]), "known_hosts": str(sshd.known_hosts),
-        }
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", self.CODE, json.dumps(target), state_dir, str(dest_port), cipher],
-            stdout=subprocess.PIPE, text=True,
-        )
-        self.info = json.loads(self.proc.stdout.readline())
-
-    def close(self) -> None:
-        self.proc.terminate()  # its asyncio.run ends the master (SIGTERM -> KeyboardInterrupt not raised)
-        self.proc.wait()
-        try:
-            os.kill(self.info["master"], 15)
-        except ProcessLookupError:
-            pass
-
-
 CIPHERS = ("chacha20-poly1305@openssh.com", "aes256-gcm@openssh.com")
 FRESH = int(os.environ.get("HPCGATE_BENCH_TUNNEL_FRESH", "200"))
 
 
-def fresh_connections_per_s(port: int, count: int = FRESH) -> float:
-    """Small GETs, each on a new TCP connection (a new channel each): setup cost of a path."""
-    import http.client
+def first_byte_ms(port: int, count: int = FRESH) -> float:
+    """Median ms from connect to the first byte of the answer of a small GET, each on a
+    new TCP connection (a new channel each): the setup cost of a path. (The whole GET
+    is not timed: the stand-in lab writes headers and body apart without TCP_NODELAY,
+    and delayed ACKs then add up to 40 ms to either path at random.)"""
+    import socket
 
-    started = time.perf_counter()
+    times = []
     for _ in range(count):
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        conn.request("GET", "/")
-        conn.getresponse().read()
-        conn.close()
-    return count / (time.perf_counter() - started)
-ASYNCSSH_TUNED = {"window": 8 << 20, "max_pktsize": 256 << 10}
+        started = time.perf_counter()
+        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+            sock.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+            if not sock.recv(65536):
+                raise RuntimeError(f"no answer through 127.0.0.1:{port}")
+            times.append((time.perf_counter() - started) * 1000)
+            while sock.recv(65536):
+                pass
+    return median(times)
+
+
+OURS = "hpcgate TunnelManager (OpenSSH master, hub-owned port)"
+ASYNCSSH = "asyncssh forward_local_port (the previous data path)"
+SSH_L = "ssh -L (OpenSSH)"
 
 
 def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
     """Each tunnel design against ``ssh -L`` with the same cipher, interleaved rounds."""
     server = BlobServer()
     dest = server.port
-    rounds = int(os.environ.get("HPCGATE_BENCH_TUNNEL_ROUNDS", "3"))
+    rounds = int(os.environ.get("HPCGATE_BENCH_TUNNEL_ROUNDS", "5"))
     try:
         for cipher in CIPHERS:
-            data = sshd.system_data()
-            designs = {
-                "asyncssh (as shipped)": TunnelProcess(data, tmp, dest, 1, {"encryption_algs": [cipher]}),
-                "asyncssh, 8 MiB window, 256 KiB packets": TunnelProcess(
-                    data, tmp, dest, 1, {"encryption_algs": [cipher], **ASYNCSSH_TUNED}
-                ),
-            }
-            mux = MuxProcess(sshd, tmp, dest, cipher)
-            theirs_port = free_port()
-            ssh = subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{theirs_port}:127.0.0.1:{dest}"))
+            ours = TunnelProcess(sshd.system_data(), tmp, dest, 1, cipher)
+            theirs = AsyncsshProcess(sshd, dest, cipher)
+            ssh_port = free_port()
+            ssh = subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{ssh_port}:127.0.0.1:{dest}"))
             try:
-                wait_port(theirs_port)
-                ports = {k: v.info["ports"][0] for k, v in designs.items()}
-                ports["OpenSSH master, hub-owned port (mux stdio forward)"] = mux.info["port"]
-                ports["ssh -L (OpenSSH)"] = theirs_port
+                wait_port(ssh_port)
+                ports = {OURS: ours.info["ports"][0], ASYNCSSH: theirs.info["port"], SSH_L: ssh_port}
+                # the client-side processes of each design (sshd's side is the same for all)
+                pids = {OURS: (ours.proc.pid, ours.info["master"]), ASYNCSSH: (theirs.proc.pid,), SSH_L: (ssh.pid,)}
                 times: dict[str, list[float]] = {k: [] for k in ports}
-                fresh: dict[str, float] = {}
+                cpu: dict[str, list[float]] = {k: [] for k in ports}
+                first: dict[str, float] = {}
                 for port in ports.values():
                     curl_seconds(port, 16)
                 for _ in range(rounds):
                     for name, port in ports.items():
+                        before = cpu_seconds(*pids[name])
                         times[name].append(curl_seconds(port, MIB))
+                        cpu[name].append(cpu_seconds(*pids[name]) - before)
                 for name, port in ports.items():
-                    fresh[name] = fresh_connections_per_s(port)
+                    first[name] = first_byte_ms(port)
+                direct = curl_seconds(dest, MIB)
             finally:
                 ssh.kill()
                 ssh.wait()
-                mux.close()
-                for d in designs.values():
-                    d.close()
+                ours.close()
+                theirs.close()
             # best of the rounds: the machine is shared, the minimum is the least disturbed
-            t = min(times["ssh -L (OpenSSH)"])
+            t = min(times[SSH_L])
+            per_round = [ratio(tl, to) for to, tl in zip(times[OURS], times[SSH_L], strict=True)]
             table(
                 f"{MIB} MiB download over SSH to 127.0.0.1, cipher {cipher}, best of {rounds} interleaved rounds",
-                ["design", "seconds", "MiB/s", "speed vs ssh -L", f"new connections/s ({FRESH} GETs)", "vs ssh -L"],
+                ["design", "seconds", "MiB/s", "speed vs ssh -L", "client CPU s (median)", "CPU ssh -L / this",
+                 f"new connection, first byte ms (median of {FRESH})", "ssh -L / this"],
                 [
-                    [name, min(v), MIB / min(v), ratio(t, min(v)), fresh[name], ratio(fresh[name], fresh["ssh -L (OpenSSH)"])]
+                    [name, min(v), MIB / min(v), ratio(t, min(v)), median(cpu[name]),
+                     ratio(median(cpu[SSH_L]), median(cpu[name])), first[name], ratio(first[SSH_L], first[name])]
                     for name, v in times.items()
-                ],
+                ]
+                + [["direct, no tunnel (ceiling)", direct, MIB / direct, ratio(t, direct), "", "", "", ""]],
             )
+            middle = ratio(median(times[SSH_L]), median(times[OURS]))
+            print(f"hpcgate vs ssh -L, round by round ({cipher}): {', '.join(per_round)}; medians: {middle}")
     finally:
         server.stop()
 
 
-def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
+def memory_per_forward(sshd: LoopbackSSHD, tmp: str) -> None:
+    """The hub's memory per forward with FORWARDS forwards on one master, vs one
+    ``ssh -L`` process per forward (as a tunnel service built on OpenSSH runs)."""
     server = BlobServer()
     dest = server.port
     try:
         data = sshd.system_data()
-        one = TunnelProcess(data, tmp, dest, 1)
-        cipher = one.info["cipher"]
-        ours_port = one.info["ports"][0]
-        theirs_port = free_port()
-        ssh = subprocess.Popen(ssh_argv(sshd, cipher, "-L", f"127.0.0.1:{theirs_port}:127.0.0.1:{dest}"))
-        try:
-            wait_port(theirs_port)
-            curl_seconds(ours_port, 16)
-            curl_seconds(theirs_port, 16)
-            ours, theirs, direct = [], [], []
-            for _ in range(2):
-                ours.append(curl_seconds(ours_port, MIB))
-                theirs.append(curl_seconds(theirs_port, MIB))
-            direct.append(curl_seconds(dest, MIB))
-        finally:
-            ssh.kill()
-            ssh.wait()
-            one.close()
-        o, t = median(ours), median(theirs)
-        table(
-            f"{MIB} MiB download over SSH to 127.0.0.1 (cipher {cipher}), median of 2",
-            ["path", "seconds", "MiB/s", "vs ssh -L"],
-            [
-                ["hpcgate forward", o, MIB / o, ratio(o, t)],
-                ["ssh -L (OpenSSH)", t, MIB / t, "1.00x"],
-                ["direct, no tunnel", direct[0], MIB / direct[0], ratio(direct[0], t)],
-            ],
-        )
-
-        # memory: one connection with FORWARDS forwards vs FORWARDS ssh -L processes
         many = TunnelProcess(data, tmp, dest, FORWARDS)
         try:
             after_first = next(
@@ -342,10 +329,13 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
             )
             ok = sum(1 for p in many.info["ports"][:20] if curl_seconds(p, 1) > 0)
             total = pss_kib(many.proc.pid)
+            heap = many.info["heap"] / max(FORWARDS - 1, 1)
+            master = pss_kib(many.info["master"])
         finally:
             many.close()
         per_forward_ours = (total - after_first) / max(FORWARDS - 1, 1)
         procs: list[subprocess.Popen] = []
+        cipher = CIPHERS[0]
         try:
             for _ in range(FORWARDS // 20):
                 procs += ssh_forwards(sshd, cipher, dest, 20)
@@ -360,7 +350,12 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
             f"Hub-side memory per forward, {FORWARDS} forwards ({ok}/20 checked by a download)",
             ["tunnels", "PSS KiB per forward", "total PSS MiB", "ssh -L / this"],
             [
-                ["hpcgate: 1 connection", per_forward_ours, total / 1024, ratio(per_forward_theirs, per_forward_ours)],
+                ["hpcgate: hub process, growth per forward", per_forward_ours, total / 1024,
+                 ratio(per_forward_theirs, per_forward_ours)],
+                ["hpcgate: hub's Python heap per forward (tracemalloc)", heap / 1024, "",
+                 ratio(per_forward_theirs, heap / 1024)],
+                ["hpcgate: its one ssh master (whole process)", master / FORWARDS, master / 1024,
+                 ratio(per_forward_theirs, master / FORWARDS)],
                 [f"ssh -L: {FORWARDS} processes", per_forward_theirs, sum(ssh_rss) / 1024, "1.00x"],
             ],
         )
@@ -371,7 +366,7 @@ def throughput_and_memory(sshd: LoopbackSSHD, tmp: str) -> None:
 def spawn_phases() -> None:
     from harness.sandbox import sandbox_missing
 
-    why = sandbox_missing()
+    why = sandbox_missing() or ("HPCGATE_BENCH_SPAWNS is 0" if SPAWNS <= 0 else "")
     if why:
         print(f"spawn phases not measured: {why}")
         return
@@ -425,5 +420,5 @@ def run() -> None:
         return
     with running_sshd() as sshd:
         throughput_by_design(sshd, str(sshd.dir))
-        throughput_and_memory(sshd, str(sshd.dir))
+        memory_per_forward(sshd, str(sshd.dir))
     spawn_phases()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -252,4 +255,125 @@ async def test_a_refused_hub_api_forward_is_asked_for_again_on_its_known_port(ss
         )
     finally:
         holder.close()
+        await manager.close()
+
+
+def process_ended(pid: int) -> bool:
+    """Whether ``pid`` has exited (a zombie nobody reaped yet counts as ended)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+async def test_the_master_is_one_child_process_with_no_secret_in_argv_and_close_ends_it(sshd, lab, tmp_path):
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    try:
+        ports = [await manager.open_forward("login", system, f"u{i}/", *lab, timeout=10) for i in range(3)]
+        for port in ports:
+            assert json.loads(await http_get(port))["user"] == USERS[0]
+        pid = manager.get("login").master_pid
+        assert pid is not None and Path(f"/proc/{pid}/stat").read_text().split()[3] == str(os.getpid())
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[0] == b"ssh" and b"-M" in argv
+        key = sshd.keys[TUNNEL_USER]
+        assert str(key).encode() in argv  # the key file's path, never its contents
+        secret = [line for line in key.read_text().splitlines() if line and "PRIVATE KEY" not in line]
+        assert secret and not any(part.encode() in b" ".join(argv) for part in secret)
+    finally:
+        await manager.close()
+    assert process_ended(pid)
+    with pytest.raises(OSError):
+        await http_get(ports[0], timeout=2)
+
+
+HUB = r"""
+import asyncio, json, os, sys
+from hpcgate.catalog import System
+from hpcgate.remote.tunnels import TunnelManager
+async def main():
+    manager = TunnelManager(state_dir=sys.argv[2])
+    system = System.model_validate(json.loads(sys.argv[1]))
+    port = await manager.open_forward("login", system, "ann/", sys.argv[3], int(sys.argv[4]), timeout=20)
+    print(json.dumps({"port": port, "master": manager.get("login").master_pid}), flush=True)
+    await asyncio.Event().wait()
+asyncio.run(main())
+"""
+
+
+async def test_a_hub_killed_with_sigkill_leaves_no_master_behind(sshd, lab, tmp_path):
+    """The master ends with the process that started it, also one that could not clean
+    up (SIGKILL): no orphan keeps the connection and the hub API port."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", HUB, json.dumps(sshd.system_data()), str(tmp_path), lab[0], str(lab[1]),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        info = json.loads(await asyncio.wait_for(proc.stdout.readline(), 60))
+        assert json.loads(await http_get(info["port"]))["user"] == USERS[0]
+        assert not process_ended(info["master"])
+    finally:
+        proc.kill()
+        await proc.wait()
+    for _ in range(100):
+        if process_ended(info["master"]):
+            break
+        await asyncio.sleep(0.05)
+    assert process_ended(info["master"])
+
+
+async def test_connections_past_max_connections_are_closed_and_the_others_carried(sshd, lab, tmp_path):
+    """OpenSSH ends a master past 16384 channels: the tunnel refuses connections first."""
+    system = System.model_validate(sshd.system_data())
+    manager = TunnelManager(state_dir=str(tmp_path), max_connections=2)
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        held = [await asyncio.open_connection("127.0.0.1", local) for _ in range(2)]
+        for _ in range(100):
+            if manager.get("login").clients == 2:
+                break
+            await asyncio.sleep(0.05)
+        reader, writer = await asyncio.open_connection("127.0.0.1", local)
+        assert await asyncio.wait_for(reader.read(), 10) == b""  # closed at once
+        writer.close()
+        for _, w in held:
+            w.close()
+        for _ in range(100):
+            if manager.get("login").clients == 0:
+                break
+            await asyncio.sleep(0.05)
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        assert manager.get("login").connects == 1  # the master lived through it
+    finally:
+        await manager.close()
+
+
+async def test_a_certificate_login_hands_ssh_memory_only_files_it_opens_once(sshd, lab, tmp_path):
+    """Mode certificate: the master's key and certificate exist only in memory (memfd),
+    named in argv by a /proc path of the hub; the hub closes them once ssh logged in."""
+    data = sshd.system_data(ssh={"identity": sshd.certificate_identity(), "tunnel_key": None})
+    system = System.model_validate(data)
+    manager = manager_for(tmp_path)
+
+    def memfds() -> list[str]:
+        found = []
+        for fd in os.listdir("/proc/self/fd"):
+            try:
+                found.append(os.readlink(f"/proc/self/fd/{fd}"))
+            except OSError:
+                pass
+        return [f for f in found if "hpcgate-tunnel" in f]
+
+    try:
+        local = await manager.open_forward("login", system, "ann/", *lab, timeout=10)
+        assert json.loads(await http_get(local))["user"] == USERS[0]
+        argv = Path(f"/proc/{manager.get('login').master_pid}/cmdline").read_bytes().split(b"\0")
+        key = argv[argv.index(b"-i") + 1].decode()
+        assert key.startswith(f"/proc/{os.getpid()}/fd/")
+        assert any(a.startswith(f"CertificateFile=/proc/{os.getpid()}/fd/".encode()) for a in argv)
+        assert not any(b"PRIVATE KEY" in a or b"cert-v01" in a for a in argv)
+        assert memfds() == []  # closed after the login
+    finally:
         await manager.close()

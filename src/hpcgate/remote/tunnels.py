@@ -1,7 +1,9 @@
 """TunnelManager: one supervised SSH connection per system, carrying every forward.
 
-For each catalog system whose servers need a tunnel, the manager keeps one asyncssh
-connection to the system's jump host, logged in as the tunnel account. On it:
+For each catalog system whose servers need a tunnel, the manager keeps one connection
+to the system's jump host, logged in as the tunnel account: an OpenSSH client run as a
+multiplexing master (``ssh -M -N``, :mod:`hpcgate.remote.sshmux`), a child process of
+the hub started and stopped by its PID. On it:
 
 - a local forward per server: ``127.0.0.1:<local port>`` on the hub host, through the
   jump host, to the server's ``node:port``. JupyterHub routes the user's URL to the
@@ -10,21 +12,34 @@ connection to the system's jump host, logged in as the tunnel account. On it:
   the hub API, for jobs that cannot reach the hub otherwise. Jobs get its URL as
   ``JUPYTERHUB_API_URL``.
 
-Unlike ``ssh -L`` (and asyncssh's own ``forward_local_port``), the hub owns the local
-listening sockets: they stay bound while the SSH connection is re-opened, so a forward
-keeps its local port through any number of reconnects and no other process can take
-the port in between. A client connecting while the SSH connection is down waits up to
-``reconnect_wait`` seconds for it.
+The data path: the hub owns each forward's listening socket and hands every accepted
+client connection to the master (``MUX_C_NEW_STDIO_FWD``, the socket passed with
+``SCM_RIGHTS``), which opens a ``direct-tcpip`` channel to ``node:port`` and copies
+the bytes itself, in C, as ``ssh -L`` does: the hub's event loop never sees the data
+(``make bench ARGS=tunnels`` measures it against ``ssh -L`` with the same cipher).
+Unlike ``ssh -L``, the listening sockets stay with the hub: they stay bound while the
+connection is re-opened, so a forward keeps its local port through any number of
+reconnects and no other process can take the port in between. A client connecting
+while the connection is down waits up to ``reconnect_wait`` seconds for it.
 
-Supervision: keepalive (the catalog's ``ssh.keepalive_interval``) detects a dead peer;
-a lost connection is re-opened with exponential backoff and jitter; the remote forward
-is requested again on the same jump-host port (kept in ``<state_dir>/tunnels.json``, so
-running servers keep their hub API address across hub restarts too). While it waits
-out a backoff, the supervisor checks every ``health_check_interval`` seconds whether
-the jump host accepts TCP connections again; as soon as it does, the backoff is reset
-and the connection re-opened. So the time from "sshd listens again" to "every forward
-carries traffic" is bounded by one ``health_check_interval`` plus one SSH handshake
-(and the remote forward request), not by the backoff.
+Supervision: keepalive (the catalog's ``ssh.keepalive_interval``, ssh's
+``ServerAliveInterval``) detects a dead peer and ends the master; a lost connection is
+re-opened with exponential backoff and jitter; the remote forward is requested again
+on the same jump-host port (kept in ``<state_dir>/tunnels.json``, so running servers
+keep their hub API address across hub restarts too). While it waits out a backoff, the
+supervisor checks every ``health_check_interval`` seconds whether the jump host
+accepts TCP connections again; as soon as it does, the backoff is reset and the
+connection re-opened. So the time from "sshd listens again" to "every forward carries
+traffic" is bounded by one ``health_check_interval`` plus one SSH handshake (and the
+remote forward request), not by the backoff.
+
+The master ends with the hub: :meth:`TunnelManager.close` stops it (and waits for its
+PID), and a hub that dies without closing (SIGKILL) takes it along (Linux's parent
+death signal), so no master outlives the hub holding the hub API port. Its argv holds
+the key file's path, never a secret (a ``certificate`` login: a fresh key and
+certificate in memory-only files the hub closes once ssh has logged in, see
+:class:`~hpcgate.remote.sshmux.ControlMaster`); its control socket lives in a directory
+only the hub's user can enter (``control_dir``).
 
 After a hub restart, :meth:`TunnelManager.restore_forward` and
 :meth:`TunnelManager.restore_hub_api` re-create every forward from the spawners' state
@@ -38,20 +53,25 @@ names the jump host and the cause; nothing else escapes for a connection problem
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
+import os
 import random
+import shutil
+import socket
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse, urlunparse
 
-import asyncssh
 from traitlets import Float, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
 from ..catalog import System
 from ..files import write_atomic
-from .pool import RemoteError, SSHTarget, connect, describe_error
+from . import sshmux
+from .pool import RemoteError, SSHTarget, describe_error
 from .targets import SystemRemote
 
 
@@ -59,132 +79,152 @@ class TunnelError(RuntimeError):
     """A tunnel could not be opened; the message names the jump host and the cause."""
 
 
-# --- the data path: one local TCP connection <-> one SSH direct-tcpip channel ---------
+# --- the data path: one accepted client -> one channel of the master --------------------
 
 
-class _LocalSide(asyncio.Protocol):
-    """A client's connection to a forward's local port."""
+class _Client:
+    """One client connection of a forward: held by the hub until the master has it,
+    then only the control connection that lives as long as its channel."""
 
-    def __init__(self, forward: _Forward):
-        self.forward = forward
-        self.transport: asyncio.Transport | None = None
-        self.chan: asyncssh.SSHTCPChannel | None = None
-        self.opener: asyncio.Task | None = None
+    __slots__ = ("sock", "ctl", "task")
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        # nothing may be read before the channel exists: data would have nowhere to go
-        transport.pause_reading()
-        self.forward.clients.add(self)
-        self.opener = asyncio.ensure_future(self._open())
+    def __init__(self, sock: socket.socket):
+        self.sock: socket.socket | None = sock
+        self.ctl: socket.socket | None = None
+        self.task: asyncio.Task | None = None
 
-    async def _open(self) -> None:
-        assert self.transport is not None
-        tunnel, fwd = self.forward.tunnel, self.forward
-        try:
-            conn = await tunnel.wait_connected(tunnel.manager.reconnect_wait, fresh_try=False)
-            self.chan, _ = await conn.create_connection(
-                lambda: _ChannelSide(self), fwd.dest_host, fwd.dest_port
-            )
-        except (TunnelError, asyncssh.Error, OSError) as exc:
-            tunnel.manager.log.info(
-                "Closing a client of %s -> %s:%s: %s",
-                fwd.local_port, fwd.dest_host, fwd.dest_port, describe_error(exc) if not isinstance(exc, TunnelError) else exc,
-            )
-            self.transport.close()
-            return
-        if self.transport.is_closing():
-            self.chan.close()
-            return
-        self.transport.resume_reading()
-
-    def data_received(self, data: bytes) -> None:
-        if self.chan is not None:
-            self.chan.write(data)
-
-    def eof_received(self) -> bool:
-        if self.chan is not None:
-            self.chan.write_eof()
-        return True  # half-close: the answer may still come
-
-    def pause_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.chan is not None:
-            self.chan.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.forward.clients.discard(self)
-        if self.chan is not None:
-            self.chan.close()
-        elif self.opener is not None:
-            self.opener.cancel()
+    def close(self) -> None:
+        """End the client's connection (closing the control connection ends the channel)."""
+        for sock in (self.sock, self.ctl):
+            if sock is not None:
+                sock.close()
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
 
 
-class _ChannelSide(asyncssh.SSHTCPSession):
-    """The SSH channel of one client connection."""
-
-    def __init__(self, local: _LocalSide):
-        self.local = local
-
-    def data_received(self, data: bytes, datatype: Any) -> None:
-        assert self.local.transport is not None
-        self.local.transport.write(data)
-
-    def eof_received(self) -> bool:
-        transport = self.local.transport
-        if transport is not None and transport.can_write_eof():
-            transport.write_eof()
-        return True
-
-    def pause_writing(self) -> None:
-        if self.local.transport is not None:
-            self.local.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.local.transport is not None:
-            self.local.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.local.transport is not None:
-            self.local.transport.close()
-
-
-@dataclass
+@dataclass(eq=False)
 class _Forward:
     tunnel: SystemTunnel
     key: str
     dest_host: str
     dest_port: int
     local_port: int
-    server: asyncio.AbstractServer | None = None
-    clients: set[_LocalSide] = field(default_factory=set)
+    sock: socket.socket | None = None
+    clients: set[_Client] = field(default_factory=set)
+
+    def listen(self) -> None:
+        """Bind and listen on 127.0.0.1:local_port (0: a free port); OSError if taken."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self.local_port))
+            sock.listen(128)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.local_port = sock.getsockname()[1]
+        asyncio.get_running_loop().add_reader(sock.fileno(), self._accept)
+
+    def _accept(self) -> None:
+        assert self.sock is not None
+        loop = asyncio.get_running_loop()
+        for _ in range(64):
+            try:
+                conn, _ = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    # out of descriptors: pause accepting for a second, as asyncio's servers do
+                    self.tunnel.manager.log.error(
+                        "Forward %s cannot accept a client: %s; pausing for 1 s", self.local_port, describe_error(exc)
+                    )
+                    loop.remove_reader(self.sock.fileno())
+                    loop.call_later(1.0, self._resume)
+                return
+            tunnel = self.tunnel
+            if tunnel.clients >= tunnel.manager.max_connections:
+                conn.close()
+                tunnel.manager.log.warning(
+                    "Tunnel of %s carries %d connections, its limit (TunnelManager.max_connections): "
+                    "refused a new one to %s:%s", tunnel.name, tunnel.clients, self.dest_host, self.dest_port,
+                )
+                continue
+            # as ssh -L does with the connections it accepts: small answers go out at once
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            client = _Client(conn)
+            self.clients.add(client)
+            client.task = asyncio.ensure_future(self._carry(client))
+
+    def _resume(self) -> None:
+        if self.sock is not None:
+            asyncio.get_running_loop().add_reader(self.sock.fileno(), self._accept)
+
+    async def _carry(self, client: _Client) -> None:
+        """Hand the client to the master (waiting up to reconnect_wait for one), then
+        hold its control connection until the master ends the channel."""
+        tunnel = self.tunnel
+        manager = tunnel.manager
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + manager.reconnect_wait
+        try:
+            while True:
+                try:
+                    master = tunnel.master
+                    if master is None or not master.running:
+                        master = await tunnel.wait_connected(max(deadline - loop.time(), 0), fresh_try=False)
+                    assert client.sock is not None
+                    client.ctl = await sshmux.stdio_forward(
+                        master.control_path, client.sock, self.dest_host, self.dest_port, tunnel.where
+                    )
+                    break
+                except sshmux.MuxError as exc:
+                    # the master ended under this request: wait for the next one
+                    if exc.unreachable and loop.time() < deadline:
+                        await asyncio.sleep(0.05)
+                        continue
+                    reason: str = str(exc)
+                except TunnelError as exc:
+                    reason = str(exc)
+                manager.log.info(
+                    "Closing a client of %s -> %s:%s: %s", self.local_port, self.dest_host, self.dest_port, reason
+                )
+                return
+            # the master holds its own copy of the client's socket now
+            client.sock.close()
+            client.sock = None
+            await sshmux.hold(client.ctl)
+        finally:
+            self.clients.discard(client)
+            client.task = None
+            client.close()
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.sock is not None:
+            asyncio.get_running_loop().remove_reader(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
         for client in list(self.clients):
-            if client.transport is not None:
-                client.transport.close()
-        if self.server is not None:
-            await self.server.wait_closed()
+            client.close()
+        self.clients.clear()
 
 
 # --- one system --------------------------------------------------------------------------
 
 
 class SystemTunnel:
-    """The jump-host connection of one system and the forwards it carries."""
+    """The jump-host connection (one OpenSSH master) of one system and the forwards it carries."""
 
-    def __init__(self, manager: TunnelManager, name: str, system: System, target: SSHTarget):
+    def __init__(self, manager: TunnelManager, name: str, system: System, target: SSHTarget, slot: int):
         self.manager = manager
         self.name = name
         self.system = system
         self.target = target
-        self.conn: asyncssh.SSHClientConnection | None = None
+        #: the master's control socket is ``mux-<slot>.sock`` in the manager's control_dir
+        self.slot = slot
+        self.master: sshmux.ControlMaster | None = None
         self.forwards: dict[str, _Forward] = {}
         self.last_error = ""
         #: connection attempts so far (successful or not); for fresh-try waits and tests
@@ -192,11 +232,12 @@ class SystemTunnel:
         self.connects = 0
         self.hub_api: tuple[str, int] | None = None  # (dest host, dest port) on the hub
         self.hub_api_port: int | None = None  # listening port on the jump host
-        self._remote_listener: asyncssh.SSHListener | None = None
+        #: the open hub API forward as requested of the master (bind, port, host, dest port)
+        self._remote: tuple[str, int, str, int] | None = None
         self._supervisor: asyncio.Task | None = None
         self._changed = asyncio.Condition()
         self._closing = False
-        # Every change of conn, forwards and the remote listener happens under this
+        # Every change of the master, forwards and the remote forward happens under this
         # lock: a reconnect re-creating the remote forward must not interleave with a
         # spawner adding or removing a forward, or a forward could be lost or doubled.
         self._lock = asyncio.Lock()
@@ -205,12 +246,23 @@ class SystemTunnel:
     def where(self) -> str:
         return self.target.where
 
+    @property
+    def clients(self) -> int:
+        """Client connections of all forwards, waiting for the master or carried by it."""
+        return sum(len(forward.clients) for forward in self.forwards.values())
+
+    @property
+    def master_pid(self) -> int | None:
+        """PID of the running master (None while disconnected)."""
+        master = self.master
+        return master.pid if master is not None and master.running else None
+
     def retarget(self, system: System, target: SSHTarget) -> None:
         """Take the system's changed catalog definition (a catalog reload).
 
         A new login (jump host, port, tunnel account, key, known_hosts ...) or new hub
-        API forward settings close the current connection: the supervisor opens the new
-        one and the forwards carry on over it on their local ports, the hub API forward
+        API forward settings end the current master: the supervisor starts the new one
+        and the forwards carry on over it on their local ports, the hub API forward
         requested again. Other changes are taken as they are, without a reconnect.
         """
         before = self.system.ssh
@@ -230,9 +282,8 @@ class SystemTunnel:
         self.target = target
         if forward_settings[0] != forward_settings[1]:
             self.hub_api_port = None  # the port the catalog names now (or a saved one)
-        conn = self.conn
-        if conn is not None and not conn.is_closed():
-            conn.close()
+        if self.master is not None:
+            self.master.terminate()
 
     def start(self) -> None:
         if self._supervisor is None or self._supervisor.done():
@@ -240,19 +291,19 @@ class SystemTunnel:
 
     @property
     def connected(self) -> bool:
-        return self.conn is not None and not self.conn.is_closed()
+        return self.master is not None and self.master.running
 
     @property
     def hub_api_up(self) -> bool:
         """Whether the hub API remote forward is open on the live connection."""
-        return self._remote_listener is not None and self.connected
+        return self._remote is not None and self.connected
 
     async def _notify(self) -> None:
         async with self._changed:
             self._changed.notify_all()
 
-    async def wait_connected(self, timeout: float, fresh_try: bool = True) -> asyncssh.SSHClientConnection:
-        """The live connection, waiting up to ``timeout`` s.
+    async def wait_connected(self, timeout: float, fresh_try: bool = True) -> sshmux.ControlMaster:
+        """The running master, waiting up to ``timeout`` s.
 
         With ``fresh_try``, give up as soon as one connection attempt that began after
         this call has failed: a spawn should not wait for a host that refuses us.
@@ -264,7 +315,7 @@ class SystemTunnel:
         async with self._changed:
             while True:
                 if self.connected:
-                    return self.conn  # type: ignore[return-value]
+                    return self.master  # type: ignore[return-value]
                 if fresh_try and self.attempts > attempts_before:
                     raise TunnelError(f"Cannot open the tunnel connection: {self.last_error}")
                 remaining = deadline - loop.time()
@@ -278,14 +329,21 @@ class SystemTunnel:
                 except TimeoutError:
                     pass
 
+    def _ssh_said(self, line: str) -> None:
+        self.manager.log.debug("Tunnel of %s: ssh: %s", self.name, line)
+
     async def _supervise(self) -> None:
-        """Connect, restore the remote forward, wait for loss, reconnect with backoff."""
+        """Start the master, restore the remote forward, wait for its end, start again
+        with backoff."""
         manager = self.manager
         failures = 0
         while not self._closing:
+            master = sshmux.ControlMaster(
+                self.target, manager.control_dir_path(), str(self.slot), cipher=manager.ciphers or None, on_line=self._ssh_said
+            )
             try:
-                conn = await connect(self.target)
-            except RemoteError as exc:
+                await master.start()
+            except sshmux.MuxError as exc:
                 self.attempts += 1
                 failures += 1
                 self.last_error = str(exc)
@@ -295,49 +353,60 @@ class SystemTunnel:
                 await self._notify()
                 # only a host that did not answer at all is watched for its return; one
                 # that refused the login keeps its backoff (no login attempt per second)
-                unreachable = isinstance(exc.__cause__, OSError)
-                if unreachable and await self._wait_for_host(delay):
+                if exc.unreachable and await self._wait_for_host(delay):
                     # the host answers again: the backoff has done its job
                     self.manager.log.info("Tunnel of %s: %s answers again; reconnecting now", self.name, self.where)
                     failures = 0
-                elif not unreachable:
+                elif not exc.unreachable:
                     await asyncio.sleep(delay)
                 continue
-            async with self._lock:
-                if self._closing:
-                    conn.close()
-                    break
-                self.conn = conn
-                self.attempts += 1
-                self.connects += 1
-                self.last_error = ""
-                if self.hub_api is not None:
-                    await self._open_remote_forward()
-            failures = 0
-            self.manager.log.info("Tunnel of %s connected to %s (connection %d)", self.name, self.where, self.connects)
-            await self._notify()
-            await self._hold(conn)
-            async with self._lock:
-                self.conn = None
-                self._remote_listener = None
+            try:
+                async with self._lock:
+                    if self._closing:
+                        break
+                    self.master = master
+                    self.attempts += 1
+                    self.connects += 1
+                    self.last_error = ""
+                    if self.hub_api is not None:
+                        await self._open_remote_forward()
+                failures = 0
+                self.manager.log.info(
+                    "Tunnel of %s connected to %s (connection %d, ssh master pid %s)",
+                    self.name, self.where, self.connects, master.pid,
+                )
+                await self._notify()
+                await self._hold(master)
+                async with self._lock:
+                    self.master = None
+                    self._remote = None
+            finally:
+                await master.stop()
             if not self._closing:
+                said = next((line for line in reversed(master.last_lines) if line), "")
                 self.last_error = f"lost the connection to {self.where}"
-                self.manager.log.warning("Tunnel of %s lost its connection to %s; reconnecting", self.name, self.where)
+                self.manager.log.warning(
+                    "Tunnel of %s lost its connection to %s%s; reconnecting",
+                    self.name, self.where, f" (ssh: {said})" if said else "",
+                )
             await self._notify()
 
-    async def _hold(self, conn: asyncssh.SSHClientConnection) -> None:
-        """Wait until ``conn`` closes; meanwhile ask again for a hub API forward the jump
+    async def _hold(self, master: sshmux.ControlMaster) -> None:
+        """Wait until ``master`` ends; meanwhile ask again for a hub API forward the jump
         host refused (a port still held for a connection of a crashed hub is freed
         once the host notices that connection is dead)."""
-        closed = asyncio.ensure_future(conn.wait_closed())
-        while True:
-            done, _ = await asyncio.wait([closed], timeout=self.manager.remote_forward_retry_interval)
-            if done:
-                return
-            if self.hub_api is not None and self._remote_listener is None:
-                async with self._lock:
-                    if self.connected and self.hub_api is not None and self._remote_listener is None:
-                        await self._open_remote_forward(tries=1, quiet=True)
+        ended = asyncio.ensure_future(master.wait())
+        try:
+            while True:
+                done, _ = await asyncio.wait([ended], timeout=self.manager.remote_forward_retry_interval)
+                if done:
+                    return
+                if self.hub_api is not None and self._remote is None:
+                    async with self._lock:
+                        if self.connected and self.hub_api is not None and self._remote is None:
+                            await self._open_remote_forward(tries=1, quiet=True)
+        finally:
+            ended.cancel()
 
     async def _wait_for_host(self, delay: float) -> bool:
         """Sleep ``delay`` s, waking early (True) once the jump host accepts a TCP
@@ -368,26 +437,27 @@ class SystemTunnel:
     # --- hub API remote forward -------------------------------------------------------
 
     async def _open_remote_forward(self, tries: int = 0, quiet: bool = False) -> None:
-        """Request the hub API forward on the live connection (caller holds the lock).
+        """Request the hub API forward of the live master (caller holds the lock).
 
         ``tries`` (default ``remote_forward_retries``) attempts 0.5 s apart on a known
         port; ``quiet`` logs a refusal at debug level (a retry in the background).
         """
-        assert self.conn is not None and self.hub_api is not None
+        assert self.master is not None and self.hub_api is not None
         ssh = self.system.ssh
         assert ssh is not None
         port = self.hub_api_port or ssh.hub_api_port or self.manager.saved_port(self.name)
         tries = (tries or self.manager.remote_forward_retries) if port else 1
         for attempt in range(tries):
             try:
-                listener = await self.conn.forward_remote_port(ssh.hub_api_bind, port, *self.hub_api)
-            except (asyncssh.Error, asyncssh.ChannelListenError) as exc:
-                # ChannelListenError (the host refused the port) is no asyncssh.Error:
-                # uncaught, it ended the supervisor and the tunnel never reconnected
-                self.last_error = (
-                    f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: {describe_error(exc)}"
+                got = await sshmux.remote_forward(
+                    self.master.control_path, ssh.hub_api_bind, port, *self.hub_api, where=self.where
                 )
-                if attempt + 1 < tries and not self.conn.is_closed():
+            except sshmux.MuxError as exc:
+                self.last_error = (
+                    f"{self.where} refused the hub API forward on {ssh.hub_api_bind or '*'}:{port}: "
+                    f"{str(exc).rsplit(': ', 1)[-1]}"
+                )
+                if attempt + 1 < tries and self.connected:
                     # after a hub crash the jump host may still hold the port for the
                     # old connection for a moment: running jobs know only this port
                     await asyncio.sleep(0.5)
@@ -396,13 +466,23 @@ class SystemTunnel:
                 log("Tunnel of %s: %s%s", self.name, self.last_error, "; asking again while connected" if not quiet else "")
                 return
             break
-        self._remote_listener = listener
-        self.hub_api_port = listener.get_port()
-        self.manager.save_port(self.name, self.hub_api_port)
+        self._remote = (ssh.hub_api_bind, port, *self.hub_api)
+        self.hub_api_port = got
+        self.manager.save_port(self.name, got)
         self.manager.log.info(
             "Tunnel of %s: hub API forward %s:%s on %s -> %s:%s",
-            self.name, ssh.hub_api_bind or "*", self.hub_api_port, self.where, *self.hub_api,
+            self.name, ssh.hub_api_bind or "*", got, self.where, *self.hub_api,
         )
+
+    async def _close_remote_forward(self) -> None:
+        """Cancel the open hub API forward (caller holds the lock)."""
+        remote, self._remote = self._remote, None
+        if remote is None or self.master is None:
+            return
+        try:
+            await sshmux.cancel_remote_forward(self.master.control_path, *remote, where=self.where)
+        except sshmux.MuxError as exc:
+            self.manager.log.warning("Tunnel of %s: %s", self.name, exc)
 
     async def hub_api_address(self, hub_api_url: str, timeout: float, fresh_try: bool = True) -> tuple[str, int]:
         """(host, port) by which jobs reach the hub API through the jump host.
@@ -420,12 +500,10 @@ class SystemTunnel:
         async with self._lock:
             if self.hub_api != dest:
                 self.hub_api = dest
-                if self._remote_listener is not None:
-                    self._remote_listener.close()
-                    self._remote_listener = None
-            if self._remote_listener is None and self.connected:
+                await self._close_remote_forward()
+            if self._remote is None and self.connected:
                 await self._open_remote_forward()
-            if self._remote_listener is None:
+            if self._remote is None:
                 raise TunnelError(f"Cannot open the hub API forward: {self.last_error}")
         return self._jobs_host(), self.hub_api_port  # type: ignore[return-value]
 
@@ -459,16 +537,12 @@ class SystemTunnel:
                 await existing.close()
                 del self.forwards[key]
             forward = _Forward(self, key, dest_host, dest_port, local_port)
-            loop = asyncio.get_running_loop()
             try:
-                forward.server = await loop.create_server(
-                    lambda: _LocalSide(forward), "127.0.0.1", local_port, reuse_address=True
-                )
+                forward.listen()
             except OSError as exc:
                 raise TunnelError(
                     f"Cannot listen on 127.0.0.1:{local_port} for the tunnel to {dest_host}:{dest_port}: {describe_error(exc)}"
                 ) from exc
-            forward.local_port = forward.server.sockets[0].getsockname()[1]
             self.forwards[key] = forward
         self.start()
         if probe:
@@ -487,18 +561,17 @@ class SystemTunnel:
         while True:
             remaining = deadline - loop.time()
             try:
-                conn = await self.wait_connected(max(remaining, 0.1))
-                reader, writer = await asyncio.wait_for(
-                    conn.open_connection(dest_host, dest_port), max(remaining, 0.1)
+                master = await self.wait_connected(max(remaining, 0.1))
+                await asyncio.wait_for(
+                    sshmux.probe(master.control_path, dest_host, dest_port, self.where), max(remaining, 0.1)
                 )
             except TunnelError as exc:
                 last = str(exc)
             except TimeoutError:
                 last = "no answer"
-            except (asyncssh.Error, OSError) as exc:
-                last = describe_error(exc)
+            except sshmux.MuxError as exc:
+                last = str(exc)
             else:
-                writer.close()
                 return
             if loop.time() >= deadline:
                 raise TunnelError(
@@ -517,17 +590,22 @@ class SystemTunnel:
         return key in self.forwards and self.connected
 
     async def close(self) -> None:
+        """Close every forward and end the master (waiting for its PID to exit)."""
         async with self._lock:
             self._closing = True
             forwards, self.forwards = list(self.forwards.values()), {}
-            conn = self.conn
+            master = self.master
         for forward in forwards:
             await forward.close()
         if self._supervisor is not None:
             self._supervisor.cancel()
-        if conn is not None:
-            conn.close()
-            await conn.wait_closed()
+            try:
+                await self._supervisor
+            except asyncio.CancelledError:
+                pass
+        if master is not None:
+            await master.stop()
+        self.master = None
 
 
 # --- the manager -----------------------------------------------------------------------
@@ -596,10 +674,54 @@ class TunnelManager(LoggingConfigurable):
         the server is still starting to listen.""",
     ).tag(config=True)
 
+    max_connections = Integer(
+        7500,
+        help="""Client connections one system's tunnel carries at once; more are closed
+        at once (and logged). OpenSSH ends a client that would open more than 16384
+        channels, and each tunnelled connection takes two in the master (its channel and
+        its control connection): the default keeps the master, and every other
+        connection of the system, alive.""",
+    ).tag(config=True)
+
+    control_dir = Unicode(
+        "",
+        help="""Directory of the SSH masters' control sockets (one per system; whoever
+        can connect to one opens channels as the tunnel account, so the directory is
+        made mode 0700). Empty: ``<state_dir>/tunnels`` when that path is short enough
+        for a Unix socket, else a private temporary directory removed at close.""",
+    ).tag(config=True)
+
+    ciphers = Unicode(
+        "",
+        help="""OpenSSH cipher list for the tunnel connections (``ssh -c``, e.g.
+        ``aes256-gcm@openssh.com,chacha20-poly1305@openssh.com``). Empty: OpenSSH's own
+        preference order, negotiated with the jump host.""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._tunnels: dict[str, SystemTunnel] = {}
         self._ports: dict[str, int] | None = None
+        self._slots = 0
+        self._control_dir: str | None = None
+        self._own_control_dir = False
+
+    def control_dir_path(self) -> str:
+        """The masters' control directory (created on first use, mode 0700)."""
+        if self._control_dir is None:
+            # a socket path is limited to 107 bytes; ssh binds a temporary name 17 bytes
+            # longer than "<dir>/mux-<slot>.sock" first
+            wanted = self.control_dir or (str(Path(self.state_dir) / "tunnels") if self.state_dir else "")
+            if wanted and len(wanted) + len("/mux-9999.sock") + 17 < 107:
+                os.makedirs(wanted, mode=0o700, exist_ok=True)
+                os.chmod(wanted, 0o700)
+                self._control_dir = wanted
+            else:
+                if self.control_dir:
+                    self.log.warning("TunnelManager.control_dir %s is too long for a socket path; using a temporary one", wanted)
+                self._control_dir = tempfile.mkdtemp(prefix="hpcgate-tunnels-")
+                self._own_control_dir = True
+        return self._control_dir
 
     # --- persisted hub API ports --------------------------------------------------------
 
@@ -637,7 +759,8 @@ class TunnelManager(LoggingConfigurable):
         tunnel = self._tunnels.get(system_name)
         if tunnel is None:
             target = self._target(system_name, system)
-            tunnel = self._tunnels[system_name] = SystemTunnel(self, system_name, system, target)
+            self._slots += 1
+            tunnel = self._tunnels[system_name] = SystemTunnel(self, system_name, system, target, self._slots)
         elif tunnel.system != system:
             tunnel.retarget(system, self._target(system_name, system))
         return tunnel
@@ -687,12 +810,7 @@ class TunnelManager(LoggingConfigurable):
     ) -> int:
         """Open (and probe) a forward for a new server; returns the local port."""
         tunnel = self.tunnel(system_name, system)
-        try:
-            return await tunnel.add_forward(key, dest_host, dest_port, timeout=timeout)
-        except TunnelError:
-            raise
-        except asyncssh.Error as exc:
-            raise TunnelError(f"Cannot open a tunnel through {tunnel.target.host}: {describe_error(exc)}") from exc
+        return await tunnel.add_forward(key, dest_host, dest_port, timeout=timeout)
 
     async def restore_forward(
         self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, local_port: int
@@ -747,6 +865,11 @@ class TunnelManager(LoggingConfigurable):
             await tunnel.remove_forward(key)
 
     async def close(self) -> None:
+        """Close every tunnel: forwards closed, every master ended and waited for."""
         tunnels, self._tunnels = list(self._tunnels.values()), {}
         for tunnel in tunnels:
             await tunnel.close()
+        if self._own_control_dir and self._control_dir is not None:
+            shutil.rmtree(self._control_dir, ignore_errors=True)
+            self._control_dir = None
+            self._own_control_dir = False
