@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,9 @@ from .accounting import AccountingCache
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .client import Network, parse_networks
+from .health import HealthCache, SystemHealth
 from .identity.accounts import AccountError, AccountResolver
+from .metrics import register_hub_collector
 from .status import StatusCache
 
 
@@ -98,8 +101,24 @@ class HPCGate(SingletonConfigurable):
     def trusted_proxy_networks(self) -> list[Network]:
         return parse_networks(self.trusted_proxies)
 
+    cull_every = Integer(
+        60,
+        help="""Seconds between two rounds of the idle culler (jupyterhub-idle-culler's
+        --cull-every) that ``hpcgate up`` and ``hpcgate.hub.culling.enable`` start. Each
+        partition's ``idle_timeout`` and ``max_age`` (catalog) are then honoured within
+        this many seconds.""",
+    ).tag(config=True)
+
+    health_interval = Float(
+        60.0,
+        help="""Seconds between two queries of a system's scheduler state (partitions
+        down or drained, free nodes, reservations): one query per system per interval,
+        shared by every user's form and offer.""",
+    ).tag(config=True)
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self._health: dict[str, HealthCache] = {}
         self._store: CatalogStore | None = None
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
@@ -110,6 +129,9 @@ class HPCGate(SingletonConfigurable):
         self.tunnels = TunnelManager(parent=self, state_dir=self.state_dir)
         #: carbon intensity sources, one cache per (source, max_age)
         self._intensity: dict[tuple, IntensityCache] = {}
+        #: every HPCSpawner of the hub that started or loaded a server (for the metrics)
+        self.spawners: weakref.WeakSet = weakref.WeakSet()
+        register_hub_collector(self.spawners, self.tunnels.all)
         self._closer: asyncio.Task | None = None
         self._close_at_shutdown()
 
@@ -142,6 +164,16 @@ class HPCGate(SingletonConfigurable):
         await self.tunnels.close()
         await self.ssh_pool.close()
         self.log.info("Closed hpcgate's backends, tunnels and SSH connections")
+
+    @classmethod
+    def for_hub(cls) -> HPCGate:
+        """The instance, built with the running JupyterHub's config if it is not yet
+        (a page or handler may need it before any spawner did)."""
+        if cls.initialized():
+            return cls.instance()
+        from jupyterhub.app import JupyterHub
+
+        return cls.instance(config=JupyterHub.instance().config if JupyterHub.initialized() else None)
 
     @property
     def store(self) -> CatalogStore:
@@ -196,6 +228,22 @@ class HPCGate(SingletonConfigurable):
         if resolver is None or resolver.mapping != system.accounts:
             resolver = self._accounts[system_name] = AccountResolver(system_name, system.accounts)
         return resolver
+
+    def health_cache(self, system_name: str) -> HealthCache:
+        """The system's scheduler-state cache (re-built with its backend)."""
+        backend = self.backend(system_name)
+        cache = self._health.get(system_name)
+        if cache is None or cache.backend is not backend:
+            cache = HealthCache(system_name, backend.health, self.health_interval)
+            cache.backend = backend
+            self._health[system_name] = cache
+        return cache
+
+    async def health(self, system_names: list[str]) -> dict[str, SystemHealth | None]:
+        """The scheduler state of each system (queried at most once per interval each)."""
+        names = [n for n in system_names if n in self.catalog().systems]
+        answers = await asyncio.gather(*(self.health_cache(n).get() for n in names))
+        return dict(zip(names, answers, strict=True))
 
     def system(self, system_name: str) -> System:
         """The system's definition (the last known one if it left the catalog)."""

@@ -28,10 +28,13 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...catalog import LaunchRequest, System
 from ...remote import AccountName
+
+if TYPE_CHECKING:
+    from ..health import SystemHealth
 
 
 class JobState(enum.Enum):
@@ -196,6 +199,12 @@ class Backend(ABC):
 
         Used where a node cannot reach the hub API. The file is removed once read.
         """
+        return None
+
+    async def health(self) -> SystemHealth | None:
+        """The scheduler's own state of the system's partitions (down, drained, free
+        nodes, reservations), in one query; None: the backend cannot tell (then nothing
+        is shown or refused for it). Errors raise OSError (the caller logs them)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 (a no-op by default, not abstract)

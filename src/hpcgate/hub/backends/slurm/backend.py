@@ -72,6 +72,7 @@ from .... import protocol
 from ....catalog import LaunchRequest, System
 from ....energy import parse_consumed_energy
 from ....remote import CommandFailed, RemoteError, SSHPool
+from ...health import SystemHealth
 from ..base import (
     AccountingUnavailable,
     Association,
@@ -88,11 +89,13 @@ from ..login import PRIVATE_DIRS, LoginHosts, env_lines, remote_workdir, safe_na
 from .parse import (
     FINAL_STATES,
     JOB_ID,
+    SINFO_FORMAT,
     SQUEUE_ENV,
     SQUEUE_FIELDS,
     UNKNOWN_JOB,
     ControllerError,
     controller_error,
+    health_from,
     parse_associations,
     parse_sacct,
     parse_squeue,
@@ -181,6 +184,8 @@ class SlurmBackend(Backend):
         #: Number of scheduler commands sent (squeue, sacct, sbatch, scancel): for tests
         #: and benchmarks.
         self.commands: dict[str, int] = {}
+        #: the account health queries run as when there is no service account
+        self._health_account = ""
 
     def _count(self, what: str) -> None:
         self.commands[what] = self.commands.get(what, 0) + 1
@@ -304,13 +309,43 @@ class SlurmBackend(Backend):
             return parse_associations(result.stdout)
         raise AccountingUnavailable("; ".join(errors) or "no login host")
 
+    # --- health -----------------------------------------------------------------------
+
+    async def health(self) -> SystemHealth | None:
+        """``sinfo`` and ``scontrol show reservation`` on one login host, as the service
+        account or the account of the last status query (no account known yet: None)."""
+        assert self.system.ssh is not None
+        identity = self.system.ssh.identity
+        account = identity.service_account if identity.mode == "service_account" else self._health_account
+        if not account:
+            return None
+        errors = []
+        for login_host in self.login.in_order():
+            self._count("sinfo")
+            try:
+                sinfo = await self.remote.run(login_host, account, ["sinfo", "-h", "-o", SINFO_FORMAT])
+                self._count("scontrol")
+                res = await self.remote.run(login_host, account, ["scontrol", "show", "reservation", "-o"])
+            except RemoteError as exc:
+                self.login.failed(login_host)
+                errors.append(str(exc))
+                continue
+            self.login.worked(login_host)
+            if sinfo.returncode != 0:
+                raise OSError(f"sinfo on {login_host}: {controller_error(sinfo.stderr, sinfo.returncode)}")
+            return health_from(sinfo.stdout, res.stdout if res.returncode == 0 else "")
+        raise OSError("; ".join(errors) or "no login host")
+
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""
         if not handles:
             return {}
         ids = [h.job_id for h in handles]
         errors = []
-        for account in self._status_logins(handles):
+        logins = self._status_logins(handles)
+        if logins:
+            self._health_account = logins[0]  # health queries go as an account that logs in
+        for account in logins:
             try:
                 return await self._squeue(account, ids)
             except ControllerError:
