@@ -45,6 +45,7 @@ from .metrics import SpawnTimer, watch_start_metrics
 from .runtime import HPCGate
 from .sessions import active_systems, last_choices
 from .sessions import end_time as session_end_time
+from .stops import admin_stop_sentence, stopped_by_someone_else
 from .usage import SessionUsage, usage_energy
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
@@ -813,8 +814,13 @@ class HPCSpawner(Spawner):
         """Stop the server: end a start under way, close the tunnel, cancel the job.
 
         Works at any point of a start (the user's cancel on the progress page): a job
-        submitted in the meantime is cancelled too.
+        submitted in the meantime is cancelled too. Stopped through JupyterHub's API by
+        a user other than the owner (an admin), the home page says so
+        (:mod:`hpcgate.hub.stops`).
         """
+        if stopped_by_someone_else(self.user.name):
+            self.stop_reason = admin_stop_sentence()
+            self.log.info("%s: stopped by an admin", self._log_name)
         await self._end_start()
         ending = self._end_usage()
         if not self.job or not self.system:
