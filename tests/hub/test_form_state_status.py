@@ -122,6 +122,28 @@ async def test_scheduler_error_is_unknown_and_backs_off():
     assert len(backend.calls) == 2
 
 
+async def test_an_answer_asked_for_now_skips_the_jitter_but_not_the_backoff():
+    # a lab that reports its address right after the first query saw its job pending:
+    # the spawner asks with max_age=0 and must get the running state (with the node),
+    # not the pending answer kept during the jitter after that query
+    backend, clock = ScriptedBackend(), Clock()
+    cache = StatusCache(backend, interval=10, clock=clock)
+    h = JobHandle("7")
+    backend.answers = [{"7": JobStatus(JobState.PENDING)}, {"7": JobStatus(JobState.RUNNING, node="compute1")}]
+    assert (await cache.get(h)).state is JobState.PENDING
+    clock.now = 1e-6  # within the jitter after that query (up to 10 % of the interval)
+    status = await cache.get(h, max_age=0)
+    assert status.state is JobState.RUNNING and status.node == "compute1"
+    assert len(backend.calls) == 2
+    # during a failure backoff even an answer asked for now is not a new query
+    backend.answers = [StatusUnavailable("Socket timed out")]
+    clock.now = 20
+    assert (await cache.get(h)).state is JobState.UNKNOWN
+    clock.now = 21
+    assert (await cache.get(h, max_age=0)).state is JobState.UNKNOWN
+    assert len(backend.calls) == 3
+
+
 async def test_a_job_missing_once_is_asked_again_before_done():
     backend, clock = ScriptedBackend(), Clock()
     cache = StatusCache(backend, interval=10, clock=clock)

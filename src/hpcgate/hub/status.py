@@ -165,7 +165,10 @@ class StatusCache:
         """The status of ``handle`` no older than ``max_age`` (default: the interval).
 
         During a failure backoff the last answer (UNKNOWN) is returned without a query.
-        A job already reported DONE is answered from memory.
+        A job already reported DONE is answered from memory. ``max_age=0`` asks for an
+        answer made now: it skips the jitter after the last good query (a start whose
+        lab reported before any query saw its job run asks once, see HPCSpawner), never
+        the failure backoff.
         """
         known = self._statuses.get(handle.job_id)
         if known is not None and known.state is JobState.DONE:
@@ -178,9 +181,9 @@ class StatusCache:
             async with self._lock:
                 new = handle.job_id not in self._statuses
                 if new or not self._fresh(max_age):
-                    # a job never asked about need not wait for the jitter, but a failing
-                    # scheduler is left alone for the whole backoff
-                    if self._clock() >= self._not_before or (new and self._failures == 0):
+                    # a job never asked about (or an answer asked for now) need not wait
+                    # for the jitter, but a failing scheduler is left alone for the whole backoff
+                    if self._clock() >= self._not_before or ((new or max_age == 0) and self._failures == 0):
                         await self._refresh()
         return self._statuses.get(handle.job_id, JobStatus(JobState.UNKNOWN, "not asked yet"))
 
