@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..catalog import Catalog, LaunchError, LaunchRequest, Offer
+from .backends.base import StatusUnavailable
 
 log = logging.getLogger("hpcgate.health")
 
@@ -90,7 +91,7 @@ class HealthCache:
                 self.queries += 1
                 try:
                     self._answer = await asyncio.wait_for(self._query(), self.timeout)
-                except (OSError, TimeoutError, RuntimeError, ValueError) as exc:
+                except (StatusUnavailable, TimeoutError) as exc:
                     log.warning("Health of %s unknown: %s", self.name, exc)
                     self._answer = None
                 self._at = loop.time()

@@ -204,7 +204,8 @@ class Backend(ABC):
     async def health(self) -> SystemHealth | None:
         """The scheduler's own state of the system's partitions (down, drained, free
         nodes, reservations), in one query; None: the backend cannot tell (then nothing
-        is shown or refused for it). Errors raise OSError (the caller logs them)."""
+        is shown or refused for it). Raises StatusUnavailable when the system cannot
+        be asked (the caller logs it and shows nothing)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 (a no-op by default, not abstract)

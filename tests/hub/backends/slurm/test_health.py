@@ -8,7 +8,7 @@ import datetime
 import pytest
 
 from hpcgate.catalog import LaunchError, UserInfo, load_catalog
-from hpcgate.hub.backends.base import BackendContext
+from hpcgate.hub.backends.base import BackendContext, StatusUnavailable
 from hpcgate.hub.backends.slurm import SlurmBackend
 from hpcgate.hub.health import HealthCache, partition_state, refuse_if_closed
 from hpcgate.hub.status import StatusCache
@@ -61,3 +61,16 @@ async def test_partition_down_and_maintenance_reservation_are_seen_in_one_query(
     finally:
         sandbox.run_in("login", ["scontrol", "delete", "ReservationName=hpcg-maint"], check=False)
         sandbox.run_in("login", ["scontrol", "update", f"PartitionName={other}", "State=UP"], check=False)
+
+
+async def test_a_controller_that_cannot_answer_is_status_unavailable_and_shows_nothing(backend, sandbox):
+    # the backend raises only what backends/base.py defines; the cache logs it and says None
+    handle = await submit(backend, "alice", "hpcg-alice", ["sleep", "120"])
+    await StatusCache(backend, 1).get(handle)
+    sandbox.stop_slurmctld()
+    try:
+        with pytest.raises(StatusUnavailable, match="sinfo on"):
+            await backend.health()
+        assert await HealthCache("cluster", backend.health, interval=1, timeout=60).get() is None
+    finally:
+        sandbox.start_slurmctld()

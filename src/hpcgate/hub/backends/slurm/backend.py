@@ -313,7 +313,8 @@ class SlurmBackend(Backend):
 
     async def health(self) -> SystemHealth | None:
         """``sinfo`` and ``scontrol show reservation`` on one login host, as the service
-        account or the account of the last status query (no account known yet: None)."""
+        account or the account of the last status query (no account known yet: None).
+        Raises StatusUnavailable when no login host answers or sinfo fails."""
         assert self.system.ssh is not None
         identity = self.system.ssh.identity
         account = identity.service_account if identity.mode == "service_account" else self._health_account
@@ -332,9 +333,9 @@ class SlurmBackend(Backend):
                 continue
             self.login.worked(login_host)
             if sinfo.returncode != 0:
-                raise OSError(f"sinfo on {login_host}: {controller_error(sinfo.stderr, sinfo.returncode)}")
+                raise StatusUnavailable(f"sinfo on {login_host}: {controller_error(sinfo.stderr, sinfo.returncode)}")
             return health_from(sinfo.stdout, res.stdout if res.returncode == 0 else "")
-        raise OSError("; ".join(errors) or "no login host")
+        raise StatusUnavailable("; ".join(errors) or "no login host")
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""
