@@ -3,7 +3,8 @@
 The hub's ``/hub/metrics`` (JupyterHub's and hpcgate's) and the lab's
 ``/user/<name>/hpcgate/metrics`` are scraped with a token in a credentials file; PromQL
 queries through Prometheus's HTTP API return what the test did: one successful and one
-failed spawn, one running server, an app started once and proxied to.
+failed spawn, one running server, an app started once and proxied to, and the energy
+of a session while it runs and once it ended (issue 14: energy exported as metrics).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ CATALOG = local_catalog(
     {"interactive": {"limits": {"cpus": {"min": 1, "default": 1, "max": 2}}}},
     {"broken": {"kind": "local", "singleuser_command": [sys.executable, "-c", "import sys; sys.exit(3)"],
                 "partitions": {"p": {}}}},
+    carbon={"intensity": 100},
 )
 
 SCRAPER = """
@@ -99,3 +101,22 @@ def test_prometheus_scrapes_hub_and_lab_metrics_with_a_token(hub, prometheus):
     prometheus.wait_value('hpcgate_lab_proxy_requests_total{app="listing"}', 2)
     out = prometheus.value('hpcgate_lab_proxy_bytes_total{app="listing",direction="out"}')
     assert out is not None and out >= len(r.content) + len(body.content)
+
+
+def test_a_sessions_energy_is_exported_while_it_runs_and_once_it_ended(hub, prometheus):
+    # mira's session from the test above runs: 1 cpu at the default 10 W, PUE 1.0
+    started = hub.user_model("mira")["servers"][""]["state"]["usage"]["started"]
+    prometheus.wait_value('hpcgate_running_sessions_energy_wh{system="local",partition="interactive"} > bool 0', 1)
+    assert prometheus.value('sum(hpcgate_sessions_ended_total{system="local"})') in (None, 0.0)
+    hub.stop_server("mira")
+    usage = hub.get("/hub/api/users/mira?include_stopped_servers=1").json()["servers"][""]["state"]["usage"]
+    assert usage["started"] == started and usage["ended"] > started
+    expected_wh = 10 * 1 * (usage["ended"] - usage["started"]) / 3600
+    prometheus.wait_value('sum(hpcgate_sessions_ended_total{system="local",partition="interactive"})', 1)
+    wh = prometheus.value('hpcgate_session_energy_wh_total{system="local",partition="interactive",method="estimate"}')
+    assert wh is not None and abs(wh - expected_wh) <= 1e-3 * expected_wh + 1e-6, (wh, expected_wh)
+    # 100 gCO2e/kWh from the catalog
+    co2 = prometheus.value('hpcgate_session_co2_grams_total{system="local",partition="interactive"}')
+    assert co2 is not None and abs(co2 - wh / 1000 * 100) < 1e-6, (co2, wh)
+    # the session ended: no running session's energy is left for it
+    prometheus.wait_value('sum(hpcgate_running_sessions_energy_wh{system="local"}) or vector(0)', 0)

@@ -19,6 +19,14 @@ returns both. Names (all ``hpcgate_``):
   ``hpcgate_tunnel_reconnects_total{system}`` and ``hpcgate_tunnel_forwards{system}``
   (servers forwarded now), read at scrape time from the TunnelManager.
 
+- ``hpcgate_session_energy_wh_total{system, partition, method}`` and
+  ``hpcgate_session_co2_grams_total{system, partition}``: energy and CO2 of ended
+  sessions (:mod:`hpcgate.energy`; ``method`` is ``measured`` where the scheduler's
+  accounting recorded it, else ``estimate``), counted once when a session ends;
+  ``hpcgate_sessions_ended_total{system, partition}`` counts those sessions.
+- ``hpcgate_running_sessions_energy_wh{system, partition}``: energy of the running
+  sessions so far (the estimate; read at scrape time).
+
 The scrape-time values cost one pass over the hub's spawners and tunnels per scrape
 (``make bench ARGS=ops`` measures it with 200 servers). Nothing here raises into the
 code it measures.
@@ -67,6 +75,22 @@ SCHEDULER_ERRORS = Counter(
     ["system"],
 )
 
+SESSION_ENERGY = Counter(
+    "hpcgate_session_energy_wh",
+    "Energy of ended sessions in Wh, by system, partition and method (measured, estimate).",
+    ["system", "partition", "method"],
+)
+SESSION_CO2 = Counter(
+    "hpcgate_session_co2_grams",
+    "CO2e of ended sessions in grams (where a carbon intensity is set), by system and partition.",
+    ["system", "partition"],
+)
+SESSIONS_ENDED = Counter(
+    "hpcgate_sessions_ended",
+    "Sessions that ended and whose energy was counted, by system and partition.",
+    ["system", "partition"],
+)
+
 #: every metric name this module exports (the Grafana dashboard may use only these)
 METRIC_NAMES = (
     "hpcgate_spawns_total",
@@ -77,6 +101,10 @@ METRIC_NAMES = (
     "hpcgate_tunnel_up",
     "hpcgate_tunnel_reconnects_total",
     "hpcgate_tunnel_forwards",
+    "hpcgate_session_energy_wh_total",
+    "hpcgate_session_co2_grams_total",
+    "hpcgate_sessions_ended_total",
+    "hpcgate_running_sessions_energy_wh",
 )
 
 
@@ -95,6 +123,14 @@ def scheduler_query(system: str, seconds: float, failed: bool) -> None:
     SCHEDULER_QUERY.labels(system=system).observe(seconds)
     if failed:
         SCHEDULER_ERRORS.labels(system=system).inc()
+
+
+def session_ended(system: str, partition: str, energy: Any) -> None:
+    """Count one ended session's :class:`hpcgate.energy.SessionEnergy`."""
+    SESSIONS_ENDED.labels(system=system, partition=partition).inc()
+    SESSION_ENERGY.labels(system=system, partition=partition, method=energy.method).inc(max(energy.energy_wh, 0.0))
+    if energy.co2_g is not None:
+        SESSION_CO2.labels(system=system, partition=partition).inc(max(energy.co2_g, 0.0))
 
 
 class SpawnTimer:
@@ -178,12 +214,14 @@ class HubCollector(Collector):
     """Scrape-time values: running servers, tunnel state (from the live hub objects).
 
     ``spawners``: the hub's HPCSpawner objects (a WeakSet the runtime keeps);
-    ``tunnels``: a callable giving ``{system: SystemTunnel}``.
+    ``tunnels``: a callable giving ``{system: SystemTunnel}``; ``catalog``: a callable
+    giving the current catalog (the power figures of the running sessions' energy).
     """
 
-    def __init__(self, spawners: Iterable[Any], tunnels: Any):
+    def __init__(self, spawners: Iterable[Any], tunnels: Any, catalog: Any = None):
         self._spawners = spawners
         self._tunnels = tunnels
+        self._catalog = catalog
 
     def describe(self) -> list[Metric]:
         # no describe-time values: the registry must not call collect() at register time
@@ -206,6 +244,7 @@ class HubCollector(Collector):
         for (system, partition), n in sorted(counts.items()):
             running.add_metric([system, partition], n)
         yield running
+        yield self._running_energy()
 
         up = GaugeMetricFamily("hpcgate_tunnel_up", "1 while the system's jump-host connection is up.", labels=["system"])
         reconnects = CounterMetricFamily(
@@ -223,15 +262,47 @@ class HubCollector(Collector):
         yield forwards
 
 
+    def _running_energy(self) -> Metric:
+        from .usage import usage_estimate
+
+        family = GaugeMetricFamily(
+            "hpcgate_running_sessions_energy_wh",
+            "Energy of the running sessions so far in Wh (estimate), by system and partition.",
+            labels=["system", "partition"],
+        )
+        try:
+            catalog = self._catalog() if self._catalog is not None else None
+        except Exception:
+            catalog = None  # a broken catalog file: the hub keeps the last good one
+        if catalog is None:
+            return family
+        now = time.time()
+        totals: dict[tuple[str, str], float] = {}
+        for spawner in list(self._spawners):
+            usage = getattr(spawner, "usage", None)
+            if usage is None or usage.ended is not None:
+                continue
+            try:
+                wh = usage_estimate(catalog, usage, now).energy_wh
+            except Exception:
+                continue
+            key = (usage.system, usage.partition)
+            totals[key] = totals.get(key, 0.0) + wh
+        for (system, partition), wh in sorted(totals.items()):
+            family.add_metric([system, partition], round(wh, 6))
+        return family
+
+
 _collector: HubCollector | None = None
 
 
-def register_hub_collector(spawners: Iterable[Any], tunnels: Any) -> None:
+def register_hub_collector(spawners: Iterable[Any], tunnels: Any, catalog: Any = None) -> None:
     """Register the scrape-time collector once per process (a later call re-points it)."""
     global _collector
     if _collector is None:
-        _collector = HubCollector(spawners, tunnels)
+        _collector = HubCollector(spawners, tunnels, catalog)
         REGISTRY.register(_collector)
     else:
         _collector._spawners = spawners
         _collector._tunnels = tunnels
+        _collector._catalog = catalog

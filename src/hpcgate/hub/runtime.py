@@ -131,7 +131,7 @@ class HPCGate(SingletonConfigurable):
         self._intensity: dict[tuple, IntensityCache] = {}
         #: every HPCSpawner of the hub that started or loaded a server (for the metrics)
         self.spawners: weakref.WeakSet = weakref.WeakSet()
-        register_hub_collector(self.spawners, self.tunnels.all)
+        register_hub_collector(self.spawners, self.tunnels.all, self.catalog)
         self._closer: asyncio.Task | None = None
         self._close_at_shutdown()
 

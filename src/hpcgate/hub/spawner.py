@@ -25,6 +25,7 @@ from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInf
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
+from . import metrics
 from .backends.base import (
     BackendError,
     CancelError,
@@ -386,7 +387,18 @@ class HPCSpawner(Spawner):
                 self.log.info("No recorded energy for %s: %s", self._log_name, exc or "timed out")
             else:
                 self.usage.measured_wh = measured
+            await self._count_energy()
         self._save_state()
+
+    async def _count_energy(self) -> None:
+        """The ended session's energy into the hub's metrics (never raises)."""
+        assert self.usage is not None
+        try:
+            energy = await usage_energy(self.hpcgate, self.usage)
+        except Exception as exc:  # a metric must not break a stop
+            self.log.warning("Energy of %s not counted in the metrics: %s", self._log_name, exc)
+            return
+        metrics.session_ended(self.usage.system, self.usage.partition, energy)
 
     async def energy(self) -> dict[str, Any] | None:
         """Energy and CO2 of the running or last session (:mod:`hpcgate.energy`), as
