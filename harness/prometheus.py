@@ -38,7 +38,9 @@ def _secret_file(directory: Path, name: str, value: str) -> str:
 
 
 class Prometheus:
-    """``jobs``: ``{name: {"target": "127.0.0.1:PORT", "path": "/hub/metrics", "token": str | None}}``."""
+    """``jobs``: ``{name: {"target": "127.0.0.1:PORT", "path": "/hub/metrics", "token": str | None}}``;
+    a job with ``"file_sd": PATH`` instead of ``target`` and ``path`` finds its targets
+    (and their paths) in that file_sd JSON file, re-read every second."""
 
     def __init__(self, jobs: dict[str, dict[str, Any]]):
         self.dir = Path(tempfile.mkdtemp(prefix="hpcgate-prometheus-"))
@@ -47,11 +49,12 @@ class Prometheus:
         self.url = f"http://127.0.0.1:{self.port}"
         scrape_configs = []
         for name, job in jobs.items():
-            config: dict[str, Any] = {
-                "job_name": name,
-                "metrics_path": job["path"],
-                "static_configs": [{"targets": [job["target"]]}],
-            }
+            config: dict[str, Any] = {"job_name": name}
+            if job.get("file_sd"):
+                config["file_sd_configs"] = [{"files": [job["file_sd"]], "refresh_interval": "1s"}]
+            else:
+                config["metrics_path"] = job["path"]
+                config["static_configs"] = [{"targets": [job["target"]]}]
             if job.get("token"):
                 config["authorization"] = {
                     "type": "Bearer",

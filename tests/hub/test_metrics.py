@@ -33,6 +33,8 @@ c.JupyterHub.load_roles.append({{
     "services": ["prometheus"],
 }})
 c.HPCGate.catalog_check_interval = 0.2
+c.HPCGate.prometheus_sd_file = {sd_file!r}
+c.HPCGate.prometheus_sd_interval = 0.5
 """
 
 
@@ -41,8 +43,10 @@ def hub(tmp_path_factory):
     catalog = tmp_path_factory.mktemp("catalog") / "catalog.yaml"
     catalog.write_text(CATALOG)
     token = secrets.token_hex(32)
-    for hub in run_hub(tmp_path_factory.mktemp("hub"), catalog, SCRAPER.format(token=token)):
+    sd_file = str(tmp_path_factory.mktemp("file_sd") / "labs.json")
+    for hub in run_hub(tmp_path_factory.mktemp("hub"), catalog, SCRAPER.format(token=token, sd_file=sd_file)):
         hub.scrape_token = token
+        hub.sd_file = sd_file
         yield hub
 
 
@@ -56,6 +60,8 @@ def prometheus(hub):
         "hub": {"target": target, "path": "/hub/metrics", "token": hub.scrape_token},
         "hub-without-token": {"target": target, "path": "/hub/metrics", "token": None},
         "lab": {"target": target, "path": "/user/mira/hpcgate/metrics", "token": hub.scrape_token},
+        # the running labs, discovered from the file the hub keeps (hpcgate.hub.file_sd)
+        "labs": {"file_sd": hub.sd_file, "token": hub.scrape_token},
     }).start()
     yield prom
     prom.stop()
@@ -120,3 +126,17 @@ def test_a_sessions_energy_is_exported_while_it_runs_and_once_it_ended(hub, prom
     assert co2 is not None and abs(co2 - wh / 1000 * 100) < 1e-6, (co2, wh)
     # the session ended: no running session's energy is left for it
     prometheus.wait_value('sum(hpcgate_running_sessions_energy_wh{system="local"}) or vector(0)', 0)
+
+
+def test_prometheus_discovers_the_running_labs_from_the_hubs_file(hub, prometheus):
+    assert hub.spawn("mira", {"system": "local"}).status_code in (201, 202)
+    hub.wait_ready("mira")
+    assert hub.get("/user/mira/listing/", timeout=120).status_code == 200
+    # found through the file, scraped with the lab's own path and labelled with the server
+    prometheus.wait_value('up{job="labs",user="mira",server="",system="local",partition="interactive"}', 1)
+    prometheus.wait_value('hpcgate_lab_apps_running{job="labs",user="mira",app="listing"}', 1)
+    # olaf's failed server was never listed
+    assert prometheus.value('count(up{job="labs"})') == 1
+    hub.stop_server("mira")
+    # the stopped lab leaves the file, and Prometheus drops its target
+    wait_for(lambda: prometheus.targets().get("labs") is None, 30, "the stopped lab's target to be dropped")

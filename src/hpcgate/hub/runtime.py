@@ -32,6 +32,7 @@ from .accounting import AccountingCache
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .client import Network, parse_networks
+from .file_sd import FileSDWriter
 from .health import HealthCache, SystemHealth
 from .identity.accounts import AccountError, AccountResolver
 from .metrics import register_hub_collector
@@ -116,6 +117,37 @@ class HPCGate(SingletonConfigurable):
         shared by every user's form and offer.""",
     ).tag(config=True)
 
+    prometheus_sd_file = Unicode(
+        "",
+        help="""Path of a Prometheus file_sd JSON file the hub keeps listing the running
+        labs' metrics endpoints (hpcgate.hub.file_sd): one target group per ready
+        server, with ``__metrics_path__``, ``user``, ``server``, ``system`` and
+        ``partition`` labels. Empty: no file. The file holds no secret (mode 0644).""",
+    ).tag(config=True)
+
+    prometheus_sd_address = Unicode(
+        "",
+        help="""``host:port`` Prometheus reaches the labs through (the proxy in front of
+        the hub), the target of every group in ``prometheus_sd_file``. Empty: the
+        hub's public ``JupyterHub.ip`` (127.0.0.1 when it listens on all addresses) and
+        ``JupyterHub.port``.""",
+    ).tag(config=True)
+
+    prometheus_sd_interval = Float(
+        10.0,
+        help="""Seconds between two refreshes of ``prometheus_sd_file`` (rewritten only
+        when a lab started or stopped): a lab appears to Prometheus within this time
+        plus Prometheus's own file_sd refresh.""",
+    ).tag(config=True)
+
+    def _sd_address(self) -> str:
+        if self.prometheus_sd_address:
+            return self.prometheus_sd_address
+        hub = self.config.JupyterHub
+        ip = hub.get("ip", "") or "127.0.0.1"
+        ip = "127.0.0.1" if ip in ("0.0.0.0", "::") else ip
+        return f"[{ip}]:{hub.get('port', 8000)}" if ":" in ip else f"{ip}:{hub.get('port', 8000)}"
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self._health: dict[str, HealthCache] = {}
@@ -132,11 +164,19 @@ class HPCGate(SingletonConfigurable):
         #: every HPCSpawner of the hub that started or loaded a server (for the metrics)
         self.spawners: weakref.WeakSet = weakref.WeakSet()
         register_hub_collector(self.spawners, self.tunnels.all, self.catalog)
+        #: the running labs for Prometheus's file_sd (None: prometheus_sd_file not set)
+        self.file_sd: FileSDWriter | None = None
+        if self.prometheus_sd_file:
+            self.file_sd = FileSDWriter(
+                self.prometheus_sd_file, self._sd_address(), self.prometheus_sd_interval, self.spawners
+            )
+        self._file_sd_task: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
         self._close_at_shutdown()
 
     def _close_at_shutdown(self) -> None:
-        """Start (once, in the hub's event loop) the task that closes all at shutdown."""
+        """Start (once, in the hub's event loop) the task that closes all at shutdown,
+        and the writer of ``prometheus_sd_file`` if it is set."""
         if self._closer is not None:
             return
         try:
@@ -144,6 +184,8 @@ class HPCGate(SingletonConfigurable):
         except RuntimeError:
             return  # not in the event loop yet: the next use of a backend starts it
         self._closer = loop.create_task(self._wait_for_shutdown())
+        if self.file_sd is not None:
+            self._file_sd_task = loop.create_task(self.file_sd.run())
 
     async def _wait_for_shutdown(self) -> None:
         try:
