@@ -695,14 +695,7 @@ class HPCSpawner(Spawner):
     def _ended_sentence(self, status: JobStatus) -> str:
         """What the home page says about a server whose job ended on its own."""
         assert self.job is not None
-        where = self.system or "its system"
-        with_code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
-        why = f" ({status.reason})" if status.reason else ""
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        return (
-            f"Your server stopped: job {self.job.job_id} on {where} ended{with_code}{why}, "
-            f"seen at {when}, without a stop from this hub. Start it again when you are ready."
-        )
+        return ended_sentence(self.job.job_id, self.system or "its system", status)
 
     def _job_ended(self, status: JobStatus) -> None:
         """The status cache saw this server's job end (also behind the hub's back).
@@ -860,6 +853,24 @@ class HPCSpawner(Spawner):
             self.last_log = tail
         cache.forget(self.job.job_id)
         self.job = None
+
+
+def ended_sentence(job_id: str, system: str, status: JobStatus, when: float | None = None) -> str:
+    """The home page's sentence for a server whose job ended without a stop from the hub:
+    its walltime reached (the scheduler's ``TIMEOUT``), or ended otherwise (with the
+    scheduler's reason and exit code)."""
+    at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    if status.reason.split(",")[0].strip().upper() == "TIMEOUT":
+        return (
+            f"Your server stopped at {at}: job {job_id} on {system} reached its walltime "
+            "(the runtime you asked for). Start a new one to go on working."
+        )
+    with_code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
+    why = f" ({status.reason})" if status.reason else ""
+    return (
+        f"Your server stopped: job {job_id} on {system} ended{with_code}{why}, "
+        f"seen at {at}, without a stop from this hub. Start it again when you are ready."
+    )
 
 
 def _token_hash(token: str) -> str:
