@@ -343,6 +343,14 @@ class Hub:
         return session, r
 
 
+def browser_login(page, hub: Hub, user: str) -> None:
+    """Log ``user`` in through the hub's login form in a Playwright ``page`` (demo password)."""
+    page.goto(hub.url + "/hub/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", hub.password)
+    page.click("input[type=submit], button[type=submit]")
+
+
 def xsrf_headers(session: requests.Session) -> dict:
     token = session.cookies.get("_xsrf", path="/hub/") or session.cookies.get("_xsrf")
     return {"X-XSRFToken": token} if token else {}

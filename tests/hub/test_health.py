@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness.hub import chromium, wait_for, xsrf_headers
+from harness.hub import browser_login, chromium, wait_for, xsrf_headers
 from harness.ops import local_catalog, run_hub
 
 FUTURE = "2099-01-01T08:00:00Z"
@@ -113,10 +113,7 @@ def test_the_lab_shows_the_announcement_as_a_notification(hub, artifacts_dir):
     try:
         with chromium() as browser:
             page = browser.new_page(viewport={"width": 1280, "height": 800})
-            page.goto(hub.url + "/hub/login")
-            page.fill("input[name=username]", "uma")
-            page.fill("input[name=password]", hub.password)
-            page.click("input[type=submit], button[type=submit]")
+            browser_login(page, hub, "uma")
             page.goto(hub.url + "/user/uma/lab")
             toast = page.get_by_text("the gap: file systems are slow today")
             toast.wait_for(timeout=120_000)
