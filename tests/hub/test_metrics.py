@@ -101,11 +101,11 @@ def test_prometheus_scrapes_hub_and_lab_metrics_with_a_token(hub, prometheus):
 
     # the lab's own metrics, through the hub's proxy with the same credentials file
     prometheus.wait_value('up{job="lab"}', 1)
-    prometheus.wait_value('hpcgate_lab_apps_running{app="listing"}', 1)
-    prometheus.wait_value('hpcgate_lab_app_starts_total{app="listing"}', 1)
-    assert prometheus.value('hpcgate_lab_app_failures_total{app="listing"}') in (None, 0.0)
-    prometheus.wait_value('hpcgate_lab_proxy_requests_total{app="listing"}', 2)
-    out = prometheus.value('hpcgate_lab_proxy_bytes_total{app="listing",direction="out"}')
+    prometheus.wait_value('hpcgate_lab_apps_running{job="lab",app="listing"}', 1)
+    prometheus.wait_value('hpcgate_lab_app_starts_total{job="lab",app="listing"}', 1)
+    assert prometheus.value('hpcgate_lab_app_failures_total{job="lab",app="listing"}') in (None, 0.0)
+    prometheus.wait_value('hpcgate_lab_proxy_requests_total{job="lab",app="listing"}', 2)
+    out = prometheus.value('hpcgate_lab_proxy_bytes_total{job="lab",app="listing",direction="out"}')
     assert out is not None and out >= len(r.content) + len(body.content)
 
 
