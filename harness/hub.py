@@ -121,7 +121,7 @@ c = get_config()  # noqa: F821
 c.JupyterHub.services = [{{"name": "hpcgate-tests", "api_token": {token!r}}}]
 c.JupyterHub.load_roles = [{{
     "name": "hpcgate-tests",
-    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "tokens"],
+    "scopes": ["admin:users", "admin:servers", "access:servers", "read:users", "list:users", "tokens", "read:metrics"],
     "services": ["hpcgate-tests"],
 }}]
 c.HPCSpawner.progress_poll_interval = 0.5
@@ -195,6 +195,13 @@ class Hub:
                 self.proc.wait()
         self.proc = None
 
+    def stop_every_server(self) -> None:
+        """Ask the hub to stop every user's default server (a fixture's teardown)."""
+        for user in self.get("/hub/api/users").json():
+            if user["servers"]:
+                self.request("DELETE", f"/hub/api/users/{user['name']}/server")
+        time.sleep(1)
+
     def log_tail(self, nbytes: int = 6000) -> str:
         try:
             return self.log_path.read_bytes()[-nbytes:].decode("utf-8", "replace")
@@ -218,6 +225,19 @@ class Hub:
 
     def get(self, path: str, **kw) -> requests.Response:
         return self.request("GET", path, **kw)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` on /hub/metrics whose labels include ``labels``."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        r = self.get("/hub/metrics")
+        r.raise_for_status()
+        total = 0.0
+        for family in text_string_to_metric_families(r.text):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= sample.labels.items():
+                    total += sample.value
+        return total
 
     def user_model(self, user: str) -> dict:
         r = self.get(f"/hub/api/users/{user}")
@@ -321,6 +341,14 @@ class Hub:
             data["_xsrf"] = xsrf.group(1)
         r = session.post(base + "/hub/login", data=data, timeout=30, allow_redirects=False)
         return session, r
+
+
+def browser_login(page, hub: Hub, user: str) -> None:
+    """Log ``user`` in through the hub's login form in a Playwright ``page`` (demo password)."""
+    page.goto(hub.url + "/hub/login")
+    page.fill("input[name=username]", user)
+    page.fill("input[name=password]", hub.password)
+    page.click("input[type=submit], button[type=submit]")
 
 
 def xsrf_headers(session: requests.Session) -> dict:

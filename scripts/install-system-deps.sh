@@ -18,6 +18,7 @@ pkgs=(
   slapd ldap-utils               # the directory (LDAP logins, sandbox)
   glewlwyd                       # the OIDC provider with TOTP (OIDC logins, sandbox)
   lmod                           # environment modules: kernels from module sets (sandbox)
+  prometheus                     # scrapes /hub/metrics and the lab's metrics in tests/hub/test_metrics.py (tests start their own server)
 )
 missing=()
 for p in "${pkgs[@]}"; do

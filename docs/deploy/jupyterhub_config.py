@@ -49,3 +49,16 @@ c.HPCGate.state_dir = str(state)
 site = etc / "site_config.py"
 if site.exists():
     load_subconfig(str(site))  # noqa: F821
+
+# --- operations: idle culling, announcements, metrics (docs/deployment.md) ------------------------
+# jupyterhub-idle-culler as a hub-managed service, with the catalog's per-partition
+# idle_timeout and max_age (after the site config: it appends to services and roles)
+import hpcgate.hub.culling  # noqa: E402
+import hpcgate.hub.health  # noqa: E402
+
+hpcgate.hub.culling.enable(c, cull_every=c.HPCGate.get("cull_every", 60), json_logs=True)
+# the catalog's announcements on every hub page
+c.JupyterHub.template_vars = {"announcement": hpcgate.hub.health.announcement_html,
+                              **(c.JupyterHub.template_vars if "template_vars" in c.JupyterHub else {})}
+# /hub/metrics needs a token with read:metrics (JupyterHub's default): give Prometheus
+# a service of its own in site_config.py (see "Metrics")

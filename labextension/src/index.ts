@@ -4,7 +4,7 @@
  * hpcgate's REST API at <base>/hpcgate/api/apps (see hpcgate.lab.api).
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
-import { Dialog, IFrame, InputDialog, MainAreaWidget, showDialog, showErrorMessage } from '@jupyterlab/apputils';
+import { Dialog, IFrame, InputDialog, MainAreaWidget, Notification, showDialog, showErrorMessage } from '@jupyterlab/apputils';
 import { URLExt } from '@jupyterlab/coreutils';
 import { ILauncher } from '@jupyterlab/launcher';
 import { ServerConnection } from '@jupyterlab/services';
@@ -219,6 +219,20 @@ const RUNNING_ICON = new LabIcon({
     '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24"><rect class="jp-icon3" fill="#616161" x="3" y="4" width="18" height="12" rx="1"/><path class="jp-icon3" fill="#616161" d="M9 18h6v2H9z"/><circle fill="#4caf50" cx="17" cy="7" r="2.5"/></svg>'
 });
 
+/** The hub's announcements (maintenance, news), each a notification that stays until closed. */
+async function showAnnouncements(): Promise<void> {
+  const url = URLExt.join(settings.baseUrl, 'hpcgate/api/announcements');
+  const resp = await ServerConnection.makeRequest(url, {}, settings);
+  if (!resp.ok) {
+    return;
+  }
+  const body = await resp.json();
+  for (const item of body.announcements || []) {
+    // plain text: the notification area renders it as text, never as HTML
+    Notification.warning(String(item.message), { autoClose: false });
+  }
+}
+
 const plugin: JupyterFrontEndPlugin<void> = {
   id: 'hpcgate-lab:plugin',
   description: 'Launcher tiles and a Running apps panel for hpcgate web apps.',
@@ -228,6 +242,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     const panel = new RunningPanel(app);
     panel.title.icon = RUNNING_ICON;
     app.shell.add(panel, 'left', { rank: 900 });
+    void showAnnouncements().catch(() => undefined);
     const apps = await panel.refresh();
     for (const info of apps) {
       if (info.name !== info.family || !info.managed || !info.launcher_entry.enabled) {

@@ -19,6 +19,7 @@ Units: ``memory`` is in GiB, ``runtime`` in minutes.
 
 from __future__ import annotations
 
+import datetime
 import ipaddress
 import json
 import logging
@@ -172,6 +173,39 @@ class Carbon(_Model):
         None, pattern=r"^(https?://|/)\S{1,500}$", description="Absolute file path or http(s) URL returning one number (gCO2e/kWh)."
     )
     max_age: float = Field(900, gt=0, description="Seconds a value read from source is used before it is read again.")
+class Maintenance(_Model):
+    """A system or partition closed for new servers until ``until`` (running ones stay)."""
+
+    #: End of the maintenance, ISO 8601 with a time zone (e.g. 2026-12-02T08:00:00Z).
+    until: datetime.datetime
+    #: What users read (plain text), e.g. why and where to follow the work.
+    message: str = Field("", max_length=500)
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime.datetime) -> datetime.datetime:
+        if value.tzinfo is None:
+            raise ValueError("until needs a time zone, e.g. 2026-12-02T08:00:00Z")
+        return value
+
+    def active(self, now: datetime.datetime) -> bool:
+        return now < self.until
+
+    def sentence(self, what: str) -> str:
+        """"<what> is in maintenance until <time> UTC: <message>."""
+        until = self.until.astimezone(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        message = self.message.strip().rstrip(".")
+        return f"{what} is in maintenance until {until}" + (f": {message}." if message else ".")
+
+
+class Announcement(_Model):
+    """A message shown on the hub's pages and in every lab until ``until``."""
+
+    message: str = Field(min_length=1, max_length=500)
+    until: datetime.datetime | None = None
+
+    def active(self, now: datetime.datetime) -> bool:
+        return self.until is None or now < self.until
 
 
 class Partition(_Model):
@@ -183,6 +217,22 @@ class Partition(_Model):
     setup: list[str] = []
     #: Job script template overriding the system's (slurm), a path.
     template: str | None = None
+    #: Closed for new servers until a time (running servers are not touched).
+    maintenance: Maintenance | None = None
+    #: Minutes without activity after which the idle culler stops a server (none: never).
+    idle_timeout: float | None = Field(None, gt=0)
+    #: Minutes after which a server is stopped even if in use (none: only its runtime
+    #: ends it). Never longer than the partition's longest runtime.
+    max_age: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _max_age_within_runtime(self) -> Partition:
+        if self.max_age is not None and self.max_age > self.limits.runtime.max:
+            raise ValueError(
+                f"max_age ({self.max_age:g} min) is longer than the longest runtime of the partition "
+                f"({self.limits.runtime.max} min): the job ends before; lower max_age or raise limits.runtime.max"
+            )
+        return self
 
 
 class Identity(_Model):
@@ -326,6 +376,8 @@ class System(_Model):
     setup: list[str] = []
     #: Job script template (slurm), a path; default: hpcgate's built-in one.
     template: str | None = None
+    #: Closed for new servers until a time (running servers are not touched).
+    maintenance: Maintenance | None = None
     #: Seconds between status queries for this system's jobs (StatusCache).
     status_interval: float = Field(10, gt=0)
     #: Sessions one user may have active (starting or running) on this system at once;
@@ -454,6 +506,8 @@ class CatalogModel(_Model):
     apps: dict[Name, AppEntry] = {}
     #: Carbon intensity of the electricity, for every system without its own.
     carbon: Carbon = Carbon()
+    #: Messages shown on the hub's pages and in every lab (until their ``until``).
+    announcements: list[Announcement] = []
 
     _apps_valid = field_validator("apps")(_check_apps)
 

@@ -24,6 +24,7 @@ CONFIG_TEMPLATE = '''\
 # Written by `hpcgate up`; settings come from hpcgate-up.json beside this file.
 import json, os, pathlib
 import hpcgate.hub
+import hpcgate.hub.health
 
 c = get_config()  # noqa: F821
 here = pathlib.Path(__file__).parent
@@ -94,9 +95,20 @@ c.HPCGate.state_dir = str(here)
 for extra in settings["extra_config"]:
     load_subconfig(extra)  # noqa: F821
 
-if c.JupyterHub.authenticator_class == "shared-password" and "template_vars" not in c.JupyterHub:
+if settings.get("cull", True):
+    # jupyterhub-idle-culler with the catalog's per-partition limits (hpcgate.hub.culling);
+    # after the extra config: it appends to the services and roles they may have set
+    import hpcgate.hub.culling
+    hpcgate.hub.culling.enable(c, cull_every=c.HPCGate.get("cull_every", 60),
+                               json_logs=settings.get("log_format") == "json")
+
+template_vars = dict(c.JupyterHub.template_vars) if "template_vars" in c.JupyterHub else {}
+if c.JupyterHub.authenticator_class == "shared-password" and "announcement_login" not in template_vars:
     # the login page says how the demo login works (never the password itself)
-    c.JupyterHub.template_vars = {"announcement_login": settings["login_note"]}
+    template_vars["announcement_login"] = settings["login_note"]
+# the catalog's announcements on every page (re-read with the catalog)
+template_vars.setdefault("announcement", hpcgate.hub.health.announcement_html)
+c.JupyterHub.template_vars = template_vars
 '''
 
 
@@ -223,6 +235,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         "proxy_kind": args.proxy,
         "catalog": catalog,
         "keep_servers": args.keep_servers,
+        "cull": not args.no_idle_culler,
         "admins": args.admin,
         "extra_config": [str(Path(p).expanduser().resolve()) for p in args.config],
         "login_note": login_note(state_dir, args.admin),
@@ -247,7 +260,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if db_url:
         env[DB_URL_ENV] = db_url
     hub = subprocess.Popen(
-        [sys.executable, "-m", "jupyterhub", "-f", str(config), f"--log-level={args.log_level}"],
+        [sys.executable, "-m", "hpcgate.hub.app", "-f", str(config), f"--log-level={args.log_level}"],
         cwd=state_dir,
         env=env,
     )
@@ -367,6 +380,12 @@ def parser() -> argparse.ArgumentParser:
         "--keep-servers",
         action="store_true",
         help="leave users' servers running when the hub stops; the next `hpcgate up` adopts them",
+    )
+    up.add_argument(
+        "--no-idle-culler",
+        action="store_true",
+        help="do not run jupyterhub-idle-culler (by default it stops servers by their partition's "
+        "idle_timeout and max_age)",
     )
     up.add_argument(
         "--admin",

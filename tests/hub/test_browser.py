@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.hub import Hub, chromium
+from harness.hub import Hub, browser_login, chromium
 
 pytestmark = pytest.mark.browser
 
@@ -25,10 +25,7 @@ def demo_hub(tmp_path_factory):
 
 def test_login_fill_form_and_land_in_jupyterlab(browser, demo_hub, artifacts_dir):
     page = browser.new_page(viewport={"width": 1280, "height": 800})
-    page.goto(demo_hub.url + "/hub/login")
-    page.fill("input[name=username]", "nora")
-    page.fill("input[name=password]", demo_hub.password)
-    page.click("input[type=submit], button[type=submit]")
+    browser_login(page, demo_hub, "nora")
     page.wait_for_selector("#hpcgate-sessions")  # the home page of session cards
     page.goto(demo_hub.url + "/hub/spawn")
     page.wait_for_selector("#hpcgate-form")

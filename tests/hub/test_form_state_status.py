@@ -10,8 +10,9 @@ import sys
 
 from hpcgate.catalog import UserInfo, default_catalog, parse_catalog
 from hpcgate.hub.backends.base import Backend, BackendContext, JobHandle, JobState, JobStatus, StatusUnavailable
+from hpcgate.hub.backends.slurm.parse import job_status
 from hpcgate.hub.form import render_form
-from hpcgate.hub.spawner import STATE_VERSION, migrate_state
+from hpcgate.hub.spawner import STATE_VERSION, ended_sentence, migrate_state
 from hpcgate.hub.status import StatusCache
 
 HOSTILE = parse_catalog(
@@ -195,3 +196,13 @@ async def test_a_followed_job_that_ends_is_reported_without_anyone_asking():
     assert backend.calls == [["9"], ["9"], ["9"], ["9"]]
     await asyncio.sleep(0.2)  # nobody follows any more: no further queries
     assert len(backend.calls) == 4 and ended == [gone]
+
+
+def test_the_home_pages_sentence_for_a_job_that_ended_names_a_walltime():
+    # Slurm's TIMEOUT (squeue/sacct words, parsed by backends/slurm/parse.py)
+    timeout = job_status("TIMEOUT", "TimeLimit", "compute1", "0:15")
+    sentence = ended_sentence("42", "cluster", timeout, when=0)
+    assert "job 42 on cluster reached its walltime" in sentence and "1970-01-01 00:00 UTC" in sentence
+    cancelled = job_status("CANCELLED by 1001", "None", "compute1", "0:15")
+    sentence = ended_sentence("43", "cluster", cancelled)
+    assert "walltime" not in sentence and "(CANCELLED)" in sentence and "without a stop from this hub" in sentence

@@ -194,6 +194,13 @@ def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):
     assert running[0]["user"] == "hpcg-alice"
     assert_lab_works(hub, "alice")
     assert_login_environment(hub, sandbox, job, "hpcg-alice")
+    # hpcgate's metrics: every phase of the start, the tunnel carrying the server
+    for phase in ("submit", "queue_wait", "lab_start", "tunnel", "routing"):
+        assert hub.metric("hpcgate_spawn_phase_seconds_count", system="cluster", phase=phase) >= 1, phase
+    assert hub.metric("hpcgate_running_servers", system="cluster", partition="debug") == 1
+    assert hub.metric("hpcgate_tunnel_up", system="cluster") == 1
+    assert hub.metric("hpcgate_tunnel_forwards", system="cluster") >= 1
+    assert hub.metric("hpcgate_scheduler_query_seconds_count", system="cluster") >= 1
     # the token file was read and removed by the job
     run_id = hub.user_model("alice")["servers"][""]["state"]["job"]["extra"]["run_id"]
     left = sandbox.run_in("login", ["sh", "-c", "ls ~/.hpcgate/run"], user="hpcg-alice").stdout.split()
@@ -224,6 +231,7 @@ def test_controller_outage_stops_no_server(hub, sandbox):
     for user in USERS:
         hub.wait_ready(user)
     bob_job = job_of(hub, "bob")
+    errors = hub.metric("hpcgate_scheduler_query_errors_total", system="cluster")
     sandbox.stop_slurmctld()
     try:
         ended = time.monotonic() + 60
@@ -233,6 +241,7 @@ def test_controller_outage_stops_no_server(hub, sandbox):
                 assert server and server["ready"], f"{user}'s server was stopped during the outage:\n{hub.log_tail()}"
             time.sleep(3)
         assert "unknown" in hub.log_tail(200_000).lower(), "the hub never saw the controller fail"
+        assert hub.metric("hpcgate_scheduler_query_errors_total", system="cluster") > errors
         # the labs themselves still answer through the tunnels
         for user in USERS:
             assert hub.get(f"/user/{user}/api/status").status_code == 200

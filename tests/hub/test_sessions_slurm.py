@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.hub import Hub, chromium, wait_for
+from harness.hub import Hub, browser_login, chromium, wait_for
 from harness.sandbox import active_jobs, squeue
 
 pytestmark = pytest.mark.sandbox
@@ -84,10 +84,7 @@ def shot_queued(hub: Hub, browser, artifacts_dir) -> None:
     context = browser.new_context(viewport={"width": 1280, "height": 720})
     try:
         page = context.new_page()
-        page.goto(hub.url + "/hub/login")
-        page.fill("input[name=username]", "alice")
-        page.fill("input[name=password]", hub.password)
-        page.click("input[type=submit], button[type=submit]")
+        browser_login(page, hub, "alice")
         page.goto(hub.url + "/hub/home")
         line = page.wait_for_selector('[data-session="queued"] .hpcgate-state-line:has-text("expected to start")')
         assert "Waiting in the queue (Resources)" in line.text_content()

@@ -16,7 +16,7 @@ from harness.sshd import TUNNEL_USER
 from hpcgate.net import free_port
 from hpcgate.remote import sshmux
 from hpcgate.remote.pool import SSHTarget
-from tests.remote.test_tunnels import lab, process_ended  # noqa: F401  (lab: a fixture)
+from tests.remote.test_tunnels import process_ended
 
 
 def target(sshd, port: int | None = None) -> SSHTarget:
@@ -25,7 +25,7 @@ def target(sshd, port: int | None = None) -> SSHTarget:
     )
 
 
-async def test_a_passed_socket_reaches_the_destination_through_the_master(sshd, lab, tmp_path):  # noqa: F811
+async def test_a_passed_socket_reaches_the_destination_through_the_master(sshd, lab, tmp_path):
     master = sshmux.ControlMaster(target(sshd), tmp_path, "t")
     await master.start()
     try:

@@ -18,7 +18,6 @@ from hpcgate.hub.backends.ssh import SSHBackend
 from hpcgate.net import free_port
 from hpcgate.remote import SSHPool
 from hpcgate.remote.tunnels import TunnelError, TunnelManager
-from tests.hub.backends.test_ssh import make_backend, spec_for
 
 
 async def http_get(port: int, path: str = "/", timeout: float = 10) -> bytes:
@@ -31,23 +30,6 @@ async def http_get(port: int, path: str = "/", timeout: float = 10) -> bytes:
     head, _, body = data.partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.") and b" 200 " in head.split(b"\r\n")[0], head[:200]
     return body
-
-
-@pytest.fixture
-async def lab(sshd, tmp_path):
-    """A stand-in lab of USERS[0] started through the ssh backend: (host, port)."""
-    backend, catalog = make_backend(sshd, tmp_path, ssh={"connection_file": True})
-    handle = await backend.submit(spec_for(catalog, USERS[0]))
-    for _ in range(100):
-        found = await backend.read_connection_file(handle)
-        if found:
-            break
-        await asyncio.sleep(0.1)
-    else:
-        raise AssertionError(await backend.log_tail(handle))
-    yield found
-    await backend.cancel(handle)
-    await backend.close()
 
 
 def manager_for(tmp_path) -> TunnelManager:

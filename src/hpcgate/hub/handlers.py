@@ -1,9 +1,11 @@
 """Hub API routes of hpcgate (``c.JupyterHub.extra_handlers = hpcgate.hub.extra_handlers()``).
 
-- ``GET  /hub/api/hpcgate/offer``: what the calling user may launch (catalog offer).
+- ``GET  /hub/api/hpcgate/offer``: what the calling user may launch (catalog offer),
+  each system's and partition's state (``status``) and the ``announcements``.
 - ``GET  /hub/api/hpcgate/energy``: energy and CO2 of the calling user's sessions,
   ``{"sessions": {server name: {energy_wh, method, estimate, co2_g, ...} | null}}``
   (``""`` is the default server; see :mod:`hpcgate.energy`).
+- ``GET  /hub/api/hpcgate/announcements``: the catalog's announcements (labs show them).
 - ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}``.
   Only that server's own API token is accepted; the spawner never guesses the port.
   The whole body is checked before any spawner is looked up or told anything.
@@ -13,6 +15,9 @@
 - ``GET  /hub/hpcgate/static/...``: the home page's script and style.
 - ``GET  /hub/api/hpcgate/session``: a running server asks about itself with its own
   API token: system, node, job id and when its wall time ends (the lab's status bar).
+- ``POST /hub/api/hpcgate/users/<name>/stop-reason``: the idle culler says why it is
+  about to stop a server (``{"server", "reason"}``, reason ``idle`` or ``max_age``);
+  needs ``delete:servers`` on that user. The hub writes the sentence the user reads.
 
 These must run inside the hub process (they talk to live spawner objects), which is why
 they are extra handlers and not a separate JupyterHub service.
@@ -31,6 +36,8 @@ from tornado import web
 
 from .. import protocol
 from ..catalog import HOST_PATTERN
+from .culling import REASONS, stop_sentence
+from .health import announcements, offer_status
 from .sessions import session_card
 
 
@@ -50,12 +57,28 @@ class OfferHandler(APIHandler):
         if user is None:
             raise web.HTTPError(403, "Log in, or send a token, to see what you may launch.")
         spawner = user.spawner
+        gate = spawner.hpcgate
+        catalog = gate.catalog()
         # the same conditions as the form: this request's client address, the login's factors
-        offer = spawner.hpcgate.catalog().offer(
-            spawner.user_info(), await spawner.login_context(self), await spawner.charges()
-        )
+        offer = catalog.offer(spawner.user_info(), await spawner.login_context(self), await spawner.charges())
+        health = await gate.health([s.name for s in offer.systems])
+        body = offer.as_json()
+        body["status"] = offer_status(catalog, offer, health.get)
+        body["announcements"] = announcements(catalog)
         self.set_header("Content-Type", "application/json")
-        self.write(json.dumps(offer.as_json()))
+        self.write(json.dumps(body))
+
+
+class AnnouncementsHandler(APIHandler):
+    """The catalog's current announcements, for any logged-in user or token (labs)."""
+
+    async def get(self) -> None:
+        if self.current_user is None:
+            raise web.HTTPError(403, "Log in, or send a token, to read the announcements.")
+        from .runtime import HPCGate
+
+        self.set_header("Content-Type", "application/json")
+        self.write(json.dumps({"announcements": announcements(HPCGate.for_hub().catalog())}))
 
 
 class EnergyHandler(APIHandler):
@@ -186,6 +209,32 @@ class SessionSelfHandler(APIHandler):
 STATIC_DIR = str(Path(__file__).parent / "static")
 
 
+class StopReasonHandler(APIHandler):
+    """The culler's note of why it stops a server; becomes the home page's sentence."""
+
+    @needs_scope("delete:servers")
+    async def post(self, user_name: str) -> None:
+        try:
+            body = json.loads(self.request.body or b"{}")
+        except ValueError:
+            raise web.HTTPError(400, "Body must be JSON.") from None
+        if not isinstance(body, dict) or body.get("reason") not in REASONS or not isinstance(body.get("server", ""), str):
+            raise web.HTTPError(400, f"Body must be {{'server': name, 'reason': one of {list(REASONS)}}}.")
+        user = self.find_user(user_name)
+        server_name = body.get("server", "")
+        if user is None or server_name not in user.orm_spawners:
+            raise web.HTTPError(404, "No such server.")
+        spawner = user.spawners[server_name]
+        limits = getattr(spawner, "cull_limits", None)
+        if limits is None:
+            raise web.HTTPError(400, "That server is not run by hpcgate.")
+        spawner.stop_reason = stop_sentence(body["reason"], limits)
+        spawner.orm_spawner.state = spawner.get_state()
+        self.db.commit()
+        self.log.info("%s/%s: %s", user_name, server_name, spawner.stop_reason)
+        self.set_status(204)
+
+
 def extra_handlers() -> list[tuple]:
     """Routes to add to ``c.JupyterHub.extra_handlers`` (prefixed with the hub's URL)."""
     return [
@@ -196,4 +245,6 @@ def extra_handlers() -> list[tuple]:
         (r"/api/hpcgate/users/([^/]+)/sessions", SessionsHandler),
         (r"/api/hpcgate/users/([^/]+)/sessions/([^/]*)", SessionsHandler),
         (r"/api/hpcgate/energy", EnergyHandler),
+        (r"/api/hpcgate/announcements", AnnouncementsHandler),
+        (r"/api/hpcgate/users/([^/]+)/stop-reason", StopReasonHandler),
     ]

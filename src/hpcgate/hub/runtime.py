@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,10 @@ from .accounting import AccountingCache
 from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .client import Network, parse_networks
+from .file_sd import FileSDWriter
+from .health import HealthCache, SystemHealth
 from .identity.accounts import AccountError, AccountResolver
+from .metrics import register_hub_collector
 from .status import StatusCache
 
 
@@ -98,8 +102,55 @@ class HPCGate(SingletonConfigurable):
     def trusted_proxy_networks(self) -> list[Network]:
         return parse_networks(self.trusted_proxies)
 
+    cull_every = Integer(
+        60,
+        help="""Seconds between two rounds of the idle culler (jupyterhub-idle-culler's
+        --cull-every) that ``hpcgate up`` and ``hpcgate.hub.culling.enable`` start. Each
+        partition's ``idle_timeout`` and ``max_age`` (catalog) are then honoured within
+        this many seconds.""",
+    ).tag(config=True)
+
+    health_interval = Float(
+        60.0,
+        help="""Seconds between two queries of a system's scheduler state (partitions
+        down or drained, free nodes, reservations): one query per system per interval,
+        shared by every user's form and offer.""",
+    ).tag(config=True)
+
+    prometheus_sd_file = Unicode(
+        "",
+        help="""Path of a Prometheus file_sd JSON file the hub keeps listing the running
+        labs' metrics endpoints (hpcgate.hub.file_sd): one target group per ready
+        server, with ``__metrics_path__``, ``user``, ``server``, ``system`` and
+        ``partition`` labels. Empty: no file. The file holds no secret (mode 0644).""",
+    ).tag(config=True)
+
+    prometheus_sd_address = Unicode(
+        "",
+        help="""``host:port`` Prometheus reaches the labs through (the proxy in front of
+        the hub), the target of every group in ``prometheus_sd_file``. Empty: the
+        hub's public ``JupyterHub.ip`` (127.0.0.1 when it listens on all addresses) and
+        ``JupyterHub.port``.""",
+    ).tag(config=True)
+
+    prometheus_sd_interval = Float(
+        10.0,
+        help="""Seconds between two refreshes of ``prometheus_sd_file`` (rewritten only
+        when a lab started or stopped): a lab appears to Prometheus within this time
+        plus Prometheus's own file_sd refresh.""",
+    ).tag(config=True)
+
+    def _sd_address(self) -> str:
+        if self.prometheus_sd_address:
+            return self.prometheus_sd_address
+        hub = self.config.JupyterHub
+        ip = hub.get("ip", "") or "127.0.0.1"
+        ip = "127.0.0.1" if ip in ("0.0.0.0", "::") else ip
+        return f"[{ip}]:{hub.get('port', 8000)}" if ":" in ip else f"{ip}:{hub.get('port', 8000)}"
+
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
+        self._health: dict[str, HealthCache] = {}
         self._store: CatalogStore | None = None
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
@@ -113,11 +164,22 @@ class HPCGate(SingletonConfigurable):
         self.tunnels = TunnelManager(parent=self, state_dir=self.state_dir)
         #: carbon intensity sources, one cache per (source, max_age)
         self._intensity: dict[tuple, IntensityCache] = {}
+        #: every HPCSpawner of the hub that started or loaded a server (for the metrics)
+        self.spawners: weakref.WeakSet = weakref.WeakSet()
+        register_hub_collector(self.spawners, self.tunnels.all, self.catalog)
+        #: the running labs for Prometheus's file_sd (None: prometheus_sd_file not set)
+        self.file_sd: FileSDWriter | None = None
+        if self.prometheus_sd_file:
+            self.file_sd = FileSDWriter(
+                self.prometheus_sd_file, self._sd_address(), self.prometheus_sd_interval, self.spawners
+            )
+        self._file_sd_task: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
         self._close_at_shutdown()
 
     def _close_at_shutdown(self) -> None:
-        """Start (once, in the hub's event loop) the task that closes all at shutdown."""
+        """Start (once, in the hub's event loop) the task that closes all at shutdown,
+        and the writer of ``prometheus_sd_file`` if it is set."""
         if self._closer is not None:
             return
         try:
@@ -125,6 +187,8 @@ class HPCGate(SingletonConfigurable):
         except RuntimeError:
             return  # not in the event loop yet: the next use of a backend starts it
         self._closer = loop.create_task(self._wait_for_shutdown())
+        if self.file_sd is not None:
+            self._file_sd_task = loop.create_task(self.file_sd.run())
 
     async def _wait_for_shutdown(self) -> None:
         try:
@@ -145,6 +209,16 @@ class HPCGate(SingletonConfigurable):
         await self.tunnels.close()
         await self.ssh_pool.close()
         self.log.info("Closed hpcgate's backends, tunnels and SSH connections")
+
+    @classmethod
+    def for_hub(cls) -> HPCGate:
+        """The instance, built with the running JupyterHub's config if it is not yet
+        (a page or handler may need it before any spawner did)."""
+        if cls.initialized():
+            return cls.instance()
+        from jupyterhub.app import JupyterHub
+
+        return cls.instance(config=JupyterHub.instance().config if JupyterHub.initialized() else None)
 
     @property
     def store(self) -> CatalogStore:
@@ -207,6 +281,22 @@ class HPCGate(SingletonConfigurable):
     def hub_users_of(self, system_name: str, account: str) -> list[str]:
         """The hub users noted for ``account`` on the system (sorted; may be empty)."""
         return sorted(self._account_users.get((system_name, account), ()))
+
+    def health_cache(self, system_name: str) -> HealthCache:
+        """The system's scheduler-state cache (re-built with its backend)."""
+        backend = self.backend(system_name)
+        cache = self._health.get(system_name)
+        if cache is None or cache.backend is not backend:
+            cache = HealthCache(system_name, backend.health, self.health_interval)
+            cache.backend = backend
+            self._health[system_name] = cache
+        return cache
+
+    async def health(self, system_names: list[str]) -> dict[str, SystemHealth | None]:
+        """The scheduler state of each system (queried at most once per interval each)."""
+        names = [n for n in system_names if n in self.catalog().systems]
+        answers = await asyncio.gather(*(self.health_cache(n).get() for n in names))
+        return dict(zip(names, answers, strict=True))
 
     def system(self, system_name: str) -> System:
         """The system's definition (the last known one if it left the catalog)."""

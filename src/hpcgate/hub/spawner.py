@@ -25,6 +25,7 @@ from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInf
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
+from . import metrics
 from .backends.base import (
     BackendError,
     CancelError,
@@ -36,12 +37,16 @@ from .backends.base import (
     SubmitError,
 )
 from .client import request_client_address
+from .culling import limits_state
 from .form import render_form
+from .health import offer_status, refuse_if_closed, status_html
 from .identity.accounts import AccountError
 from .identity.factors import used_second_factor
+from .metrics import SpawnTimer, watch_start_metrics
 from .runtime import HPCGate
 from .sessions import active_systems, last_choices
 from .sessions import end_time as session_end_time
+from .stops import admin_stop_sentence, stopped_by_someone_else
 from .usage import SessionUsage, usage_energy
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
@@ -129,6 +134,8 @@ class HPCSpawner(Spawner):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
         self.system: str | None = None
+        #: the server's partition (for the metrics; kept in the state)
+        self.partition = ""
         self.job: JobHandle | None = None
         #: the server's forward: {"local_port", "host", "port"} (tunnelled systems only)
         self.tunnel: dict[str, Any] | None = None
@@ -151,6 +158,10 @@ class HPCSpawner(Spawner):
         self._hub_api_restored = False
         #: the running (or last) session's allocation and times, for its energy
         self.usage: SessionUsage | None = None
+        #: the phase clock of the start under way (hpcgate.hub.metrics)
+        self._timer: SpawnTimer | None = None
+        #: the idle culler's limits for this server, seconds (hpcgate.hub.culling)
+        self.cull_limits: dict[str, float] = {}
 
     # --- shared objects -------------------------------------------------------------
 
@@ -182,13 +193,18 @@ class HPCSpawner(Spawner):
 
     async def _render_options_form(self, spawner: Spawner) -> str:
         """The form, pre-filled with this session's options, else the user's last
-        launch (its system), and per system with the last choice made there."""
-        offer = self.hpcgate.catalog().offer(self.user_info(), await self.login_context(), await self.charges())
+        launch (its system), and per system with the last choice made there; each
+        system's state (maintenance, degraded) above it."""
+        gate = self.hpcgate
+        catalog = gate.catalog()
+        offer = catalog.offer(self.user_info(), await self.login_context(), await self.charges())
+        health = await gate.health([s.name for s in offer.systems])
+        status = status_html(offer_status(catalog, offer, health.get))
         remembered = last_choices(self.user)
         previous = dict(self.user_options or {})
         if not previous and remembered:
             previous = list(remembered.values())[-1]
-        return render_form(
+        return status + render_form(
             offer,
             previous,
             note=self.account_source_note,
@@ -208,10 +224,13 @@ class HPCSpawner(Spawner):
         # _xsrf is JupyterHub's own form field, not a launch option
         options = {k: v for k, v in options.items() if v not in ("", None) and k != "_xsrf"}
         try:
-            request = self.hpcgate.catalog().validate(
+            catalog = self.hpcgate.catalog()
+            request = catalog.validate(
                 self.user_info(), options, LoginContext(unconditional=True), await self.charges()
             )
             self.check_sessions(request)
+            # the last known scheduler state: this is a synchronous hook (start() asks afresh)
+            refuse_if_closed(catalog, request, self.hpcgate.health_cache(request.system).last())
         except LaunchError as exc:
             raise web.HTTPError(400, str(exc), reason="Invalid launch options") from exc
         return request.as_options()
@@ -230,6 +249,15 @@ class HPCSpawner(Spawner):
             db = getattr(self, "db", None)
             if db is not None:
                 db.commit()
+
+    async def _refuse_if_closed(self, request: LaunchRequest) -> None:
+        """A new server only where the system and partition take new ones (maintenance,
+        a partition down at the scheduler); servers already running are never touched."""
+        gate = self.hpcgate
+        try:
+            refuse_if_closed(gate.catalog(), request, await gate.health_cache(request.system).get())
+        except LaunchError as exc:
+            raise _bad_request(str(exc)) from exc
 
     async def validated_request(self, resumed: bool = False) -> LaunchRequest:
         """``user_options`` checked against the catalog for this login and request.
@@ -259,6 +287,8 @@ class HPCSpawner(Spawner):
         state["hpcgate_state_version"] = STATE_VERSION
         if self.system:
             state["system"] = self.system
+        if self.partition:
+            state["partition"] = self.partition
         if self.job:
             state["job"] = self.job.to_state()
         if self.tunnel:
@@ -269,6 +299,8 @@ class HPCSpawner(Spawner):
             state["stop_reason"] = self.stop_reason
         if self.usage:
             state["usage"] = self.usage.to_state()
+        if self.cull_limits and self.job:
+            state["cull"] = dict(self.cull_limits)
         token_hash = _token_hash(self.api_token) if self.api_token else self._api_token_sha256
         if token_hash and self.job:
             # JupyterHub does not keep the server's token across a restart; its hash lets
@@ -280,12 +312,15 @@ class HPCSpawner(Spawner):
         super().load_state(state)
         state = migrate_state(dict(state or {}))
         self.system = state.get("system")
+        self.partition = state.get("partition", "")
         self.job = JobHandle.from_state(state.get("job"))
         self.tunnel = state.get("tunnel") or None
         self.last_log = state.get("last_log", "")
         self.stop_reason = state.get("stop_reason", "")
         self.usage = SessionUsage.from_state(state.get("usage"))
+        self.cull_limits = dict(state.get("cull") or {})
         self._api_token_sha256 = state.get("api_token_sha256", "")
+        self.hpcgate.spawners.add(self)
         if self.job and self.system:
             account = self.job.extra.get("account")
             if account:
@@ -298,6 +333,7 @@ class HPCSpawner(Spawner):
     def clear_state(self) -> None:
         super().clear_state()
         self.system = None
+        self.partition = ""
         self.job = None
         self.tunnel = None
 
@@ -354,7 +390,18 @@ class HPCSpawner(Spawner):
                 self.log.info("No recorded energy for %s: %s", self._log_name, exc or "timed out")
             else:
                 self.usage.measured_wh = measured
+            await self._count_energy()
         self._save_state()
+
+    async def _count_energy(self) -> None:
+        """The ended session's energy into the hub's metrics (never raises)."""
+        assert self.usage is not None
+        try:
+            energy = await usage_energy(self.hpcgate, self.usage)
+        except Exception as exc:  # a metric must not break a stop
+            self.log.warning("Energy of %s not counted in the metrics: %s", self._log_name, exc)
+            return
+        metrics.session_ended(self.usage.system, self.usage.partition, energy)
 
     async def energy(self) -> dict[str, Any] | None:
         """Energy and CO2 of the running or last session (:mod:`hpcgate.energy`), as
@@ -415,8 +462,14 @@ class HPCSpawner(Spawner):
             self.check_sessions(request)
         except LaunchError as exc:
             raise _bad_request(str(exc)) from exc
+        await self._refuse_if_closed(request)
         self._keep_options(request)
+        partition = request.partition_config
+        self.cull_limits = limits_state(partition.idle_timeout, partition.max_age, request.runtime)
         gate = self.hpcgate
+        gate.spawners.add(self)
+        self._timer = SpawnTimer(request.system, request.partition)
+        watch_start_metrics(self, self._timer, self._start_task)
         backend = gate.backend(request.system)
         auth_state = None
         if gate.accounts(request.system).needs_auth_state:
@@ -455,22 +508,32 @@ class HPCSpawner(Spawner):
             # the job: keep its handle, so that stop() cancels it and a restarted hub
             # finds it; never leave a job nobody knows about
             try:
+                self.partition = request.partition
                 self._adopt(request.system, await submitting)
             except BackendError:
                 pass
             raise
         except SubmitError as exc:
             raise SpawnFailed(str(exc)) from exc
+        self.partition = request.partition
         self._adopt(request.system, handle)
+        self._mark("submitted")
         self._emit(20, f"Submitted: job {handle.job_id}")
         host, port = await self._wait_for_address(handle)
         self.usage = SessionUsage.begin(request)
         self._save_state()
+        self._mark("address")
         self._emit(80, f"Server started on {host}, port {port}")
         if backend.needs_tunnel:
             host, port = await self._open_tunnel(request, host, port)
+            self._mark("tunnel")
         self._emit(90, "Waiting for JupyterLab to answer")
         return host, port
+
+    def _mark(self, boundary: str) -> None:
+        """A phase boundary of the start under way (for hpcgate_spawn_phase_seconds)."""
+        if self._timer is not None:
+            self._timer.mark(boundary)
 
     def _adopt(self, system: str, handle: JobHandle) -> None:
         """A job the system accepted: into the state (saved now) and the status cache."""
@@ -535,6 +598,7 @@ class HPCSpawner(Spawner):
             except TimeoutError:
                 found = await backend.read_connection_file(handle)
             if found:
+                self._mark("running")
                 if last_shown is None or last_shown[0] is not JobState.RUNNING:
                     # the server reported before a status query saw it run: say where
                     # (the node, from a query begun after the report; else its address)
@@ -563,6 +627,7 @@ class HPCSpawner(Spawner):
                     why = f" ({status.reason})" if status.reason else ""
                     self._emit(30, f"Queued{why}")
                 elif status.state is JobState.RUNNING:
+                    self._mark("running")
                     node = f" on {status.node}" if status.node else ""
                     self._emit(50, f"Running{node}; starting JupyterLab")
                 elif status.state is JobState.UNKNOWN:
@@ -636,14 +701,7 @@ class HPCSpawner(Spawner):
     def _ended_sentence(self, status: JobStatus) -> str:
         """What the home page says about a server whose job ended on its own."""
         assert self.job is not None
-        where = self.system or "its system"
-        with_code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
-        why = f" ({status.reason})" if status.reason else ""
-        when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-        return (
-            f"Your server stopped: job {self.job.job_id} on {where} ended{with_code}{why}, "
-            f"seen at {when}, without a stop from this hub. Start it again when you are ready."
-        )
+        return ended_sentence(self.job.job_id, self.system or "its system", status)
 
     def _job_ended(self, status: JobStatus) -> None:
         """The status cache saw this server's job end (also behind the hub's back).
@@ -767,8 +825,13 @@ class HPCSpawner(Spawner):
         """Stop the server: end a start under way, close the tunnel, cancel the job.
 
         Works at any point of a start (the user's cancel on the progress page): a job
-        submitted in the meantime is cancelled too.
+        submitted in the meantime is cancelled too. Stopped through JupyterHub's API by
+        a user other than the owner (an admin), the home page says so
+        (:mod:`hpcgate.hub.stops`).
         """
+        if stopped_by_someone_else(self.user.name):
+            self.stop_reason = admin_stop_sentence()
+            self.log.info("%s: stopped by an admin", self._log_name)
         await self._end_start()
         ending = self._end_usage()
         if not self.job or not self.system:
@@ -796,6 +859,24 @@ class HPCSpawner(Spawner):
             self.last_log = tail
         cache.forget(self.job.job_id)
         self.job = None
+
+
+def ended_sentence(job_id: str, system: str, status: JobStatus, when: float | None = None) -> str:
+    """The home page's sentence for a server whose job ended without a stop from the hub:
+    its walltime reached (the scheduler's ``TIMEOUT``), or ended otherwise (with the
+    scheduler's reason and exit code)."""
+    at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(when))
+    if status.reason.split(",")[0].strip().upper() == "TIMEOUT":
+        return (
+            f"Your server stopped at {at}: job {job_id} on {system} reached its walltime "
+            "(the runtime you asked for). Start a new one to go on working."
+        )
+    with_code = f" with exit code {status.exit_code}" if status.exit_code is not None else ""
+    why = f" ({status.reason})" if status.reason else ""
+    return (
+        f"Your server stopped: job {job_id} on {system} ended{with_code}{why}, "
+        f"seen at {at}, without a stop from this hub. Start it again when you are ready."
+    )
 
 
 def _token_hash(token: str) -> str:

@@ -27,9 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
+from . import metrics
 from .backends.base import Backend, JobHandle, JobState, JobStatus, StatusUnavailable
 
 log = logging.getLogger("hpcgate.status")
@@ -251,9 +254,17 @@ class StatusCache:
     async def _query(self, handles: list[JobHandle], confirm: bool = False) -> dict[str, JobStatus]:
         self.queries += 1
         call = self.backend.confirm_ended(handles) if confirm else self.backend.status(handles)
+        began = time.monotonic()
+        failed = True
         try:
-            return await asyncio.wait_for(call, self.query_timeout)
+            answer = await asyncio.wait_for(call, self.query_timeout)
+            failed = False
+            return answer
         except TimeoutError as exc:
             raise StatusUnavailable(f"no answer within {self.query_timeout:.0f} s") from exc
         except OSError as exc:
             raise StatusUnavailable(str(exc)) from exc
+        finally:
+            # hpcgate_scheduler_query_seconds / _errors_total (a cancelled query counts as neither)
+            if not isinstance(sys.exc_info()[1], asyncio.CancelledError):
+                metrics.scheduler_query(self.backend.name, time.monotonic() - began, failed)

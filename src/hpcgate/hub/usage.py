@@ -59,12 +59,11 @@ class SessionUsage:
             return None
 
 
-async def usage_energy(gate: Any, usage: SessionUsage, now: float | None = None) -> SessionEnergy:
-    """Energy and CO2 of ``usage`` with the power and carbon figures ``gate``'s catalog
-    gives for its system and partition (:meth:`HPCGate.carbon_intensity`)."""
-    catalog = gate.catalog()
+def usage_estimate(catalog: Any, usage: SessionUsage, now: float | None = None,
+                   intensity: float | None = None, source: str | None = None) -> SessionEnergy:
+    """Energy of ``usage`` with ``catalog``'s power figures for its system and partition
+    (generic defaults for a system gone from the catalog); CO2 only with ``intensity``."""
     power = catalog.power_for(usage.system, usage.partition) if usage.system in catalog.systems else None
-    intensity, source = await gate.carbon_intensity(usage.system)
     return session_energy(
         cpus=usage.cpus, gpus=usage.gpus, nodes=usage.nodes, elapsed_s=usage.elapsed(now),
         watts_per_cpu=power.watts_per_cpu if power else 0.0,
@@ -72,3 +71,10 @@ async def usage_energy(gate: Any, usage: SessionUsage, now: float | None = None)
         pue=power.pue if power else 1.0,
         measured_wh=usage.measured_wh, intensity=intensity, intensity_source=source,
     )
+
+
+async def usage_energy(gate: Any, usage: SessionUsage, now: float | None = None) -> SessionEnergy:
+    """Energy and CO2 of ``usage`` with the power and carbon figures ``gate``'s catalog
+    gives for its system and partition (:meth:`HPCGate.carbon_intensity`)."""
+    intensity, source = await gate.carbon_intensity(usage.system)
+    return usage_estimate(gate.catalog(), usage, now, intensity, source)

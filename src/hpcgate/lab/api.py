@@ -8,6 +8,8 @@
 ``POST   <base>/hpcgate/api/apps/<name>/new``    start the first free instance
 ``GET    <base>/hpcgate/api/apps/<name>/log``    last output, text/plain
 ``GET    <base>/hpcgate/api/apps/<name>/icon``   the launcher icon (SVG or PNG)
+``GET    <base>/hpcgate/api/announcements``     the hub's announcements (asked of the
+                                               hub with the server's own token)
 
 Start, restart and new take an optional JSON body ``{"parameters": {...}}`` with
 values for the app's ``parameters`` (e.g. TensorBoard's log directory). Apps whose
@@ -149,6 +151,39 @@ class AppIconHandler(_AppsHandler):
         self.finish(body, set_content_type=ctype)
 
 
+class AnnouncementsHandler(APIHandler):
+    """The hub's current announcements (``GET $JUPYTERHUB_API_URL/hpcgate/announcements``).
+
+    Answers ``{"announcements": []}`` when the lab runs without a hub or the hub does
+    not answer: an announcement is never worth an error in the lab.
+    """
+
+    _track_activity = False  # the extension asks at start-up: not user activity
+
+    @web.authenticated
+    async def get(self) -> None:
+        from tornado.httpclient import AsyncHTTPClient, HTTPClientError
+
+        api, token = os.environ.get("JUPYTERHUB_API_URL"), os.environ.get("JUPYTERHUB_API_TOKEN")
+        found: list[Any] = []
+        if api and token:
+            try:
+                resp = await AsyncHTTPClient().fetch(
+                    api.rstrip("/") + "/hpcgate/announcements",
+                    headers={"Authorization": f"token {token}"},
+                    request_timeout=10,
+                )
+                found = json.loads(resp.body).get("announcements", [])
+            except (HTTPClientError, OSError, ValueError, AttributeError) as exc:
+                self.log.warning("hpcgate.lab: no announcements from the hub: %s", exc)
+        messages = [
+            {"message": str(a.get("message", ""))[:500], "until": a.get("until")}
+            for a in found
+            if isinstance(a, dict) and a.get("message")
+        ]
+        self.finish(json.dumps({"announcements": messages}))
+
+
 def api_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
     name = r"([A-Za-z0-9][A-Za-z0-9._-]*)"
     kw = {"lab": lab}
@@ -159,4 +194,5 @@ def api_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
         (rf"hpcgate/api/apps/{name}/new", AppNewHandler, kw),
         (rf"hpcgate/api/apps/{name}/log", AppLogHandler, kw),
         (rf"hpcgate/api/apps/{name}/icon", AppIconHandler, kw),
+        (r"hpcgate/api/announcements", AnnouncementsHandler),
     ]

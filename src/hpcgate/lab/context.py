@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server._tz import utcnow
 
 from .apps.manager import AppManager, AppState, ManagedApp
+from .metrics import LabMetrics
 from .security import HostAllowlist, strip_token_query
 from .upstream import ConnectionPool, ForeignSocketError
 
@@ -50,6 +51,9 @@ class LabContext:
         self.allowed_ports = self._parse_ports(ext.allowed_ports)
         #: when (monotonic) the proxy last counted activity, per app name (None: proxy/<port>)
         self.activity_marks: dict[str | None, float] = {}
+        #: the lab's Prometheus metrics (<base>/hpcgate/metrics)
+        self.metrics = LabMetrics(lambda: [a.spec.name for a in manager.apps.values() if a.state == AppState.RUNNING])
+        manager.metrics = self.metrics
 
     @staticmethod
     def _parse_ports(entries: list[Any]) -> list[tuple[int, int]]:

@@ -25,6 +25,7 @@ from .apps.manager import AppManager
 from .apps.recipes.generic import command_app, load_apps_file
 from .context import LabContext
 from .kernels import kernels_from_env, write_kernelspecs
+from .metrics import metrics_handlers
 from .proxy import proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 from .serverproxy.api import serverproxy_api_handlers
@@ -345,6 +346,7 @@ class HPCGateLab(ExtensionApp):
         self.handlers.extend(serverproxy_api_handlers(self.lab, self.serverproxy_launcher))
         self.handlers.extend(session_handlers())
         self.handlers.extend(proxy_handlers(self.lab))
+        self.handlers.extend(metrics_handlers(self.lab.metrics))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
         self._install_kernels()
 

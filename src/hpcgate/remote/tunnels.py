@@ -794,6 +794,10 @@ class TunnelManager(LoggingConfigurable):
     def get(self, system_name: str) -> SystemTunnel | None:
         return self._tunnels.get(system_name)
 
+    def all(self) -> dict[str, SystemTunnel]:
+        """Every system's tunnel by system name (a copy; for the metrics)."""
+        return dict(self._tunnels)
+
     async def hub_api_url(self, system_name: str, system: System, hub_api_url: str) -> str:
         """``hub_api_url`` rewritten to the jump-host address of the system's hub API forward."""
         host, port = await self.tunnel(system_name, system).hub_api_address(hub_api_url, self.connect_wait)

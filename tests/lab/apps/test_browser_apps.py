@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.hub import Hub, wait_for
+from harness.hub import Hub, browser_login, wait_for
 from tests.lab.apps.apptools import alive, write_scalars, xwd_text_pixels
 
 pytestmark = pytest.mark.browser
@@ -63,10 +63,7 @@ def apps_hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def page(browser, apps_hub):
     page = browser.new_page()
-    page.goto(apps_hub.url + "/hub/login")
-    page.fill("input[name=username]", USER)
-    page.fill("input[name=password]", apps_hub.password)
-    page.click("input[type=submit], button[type=submit]")
+    browser_login(page, apps_hub, USER)
     page.wait_for_load_state()
     page.goto(apps_hub.url + f"/user/{USER}/lab")
     page.wait_for_selector(".jp-LauncherCard", timeout=120_000)

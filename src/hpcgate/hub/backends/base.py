@@ -28,10 +28,13 @@ import enum
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from ...catalog import LaunchRequest, System
 from ...remote import AccountName
+
+if TYPE_CHECKING:
+    from ..health import SystemHealth
 
 
 class JobState(enum.Enum):
@@ -199,6 +202,13 @@ class Backend(ABC):
 
         Used where a node cannot reach the hub API. The file is removed once read.
         """
+        return None
+
+    async def health(self) -> SystemHealth | None:
+        """The scheduler's own state of the system's partitions (down, drained, free
+        nodes, reservations), in one query; None: the backend cannot tell (then nothing
+        is shown or refused for it). Raises StatusUnavailable when the system cannot
+        be asked (the caller logs it and shows nothing)."""
         return None
 
     async def close(self) -> None:  # noqa: B027 (a no-op by default, not abstract)

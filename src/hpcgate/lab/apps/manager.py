@@ -234,8 +234,14 @@ class ManagedApp:
             self.restarts = 0
             await self._start_locked()
 
+    def _count(self, failed: bool) -> None:
+        metrics = self.manager.metrics
+        if metrics is not None:
+            (metrics.app_failures if failed else metrics.app_starts).labels(self.spec.name).inc()
+
     async def _start_locked(self) -> None:
         spec = self.spec
+        self._count(failed=False)
         self.state = AppState.STARTING
         self.error = ""
         self.exit_code = None
@@ -273,6 +279,7 @@ class ManagedApp:
             )
         except Exception as exc:  # bad template, missing binary, missing bwrap: all end as "failed"
             self.state = AppState.FAILED
+            self._count(failed=True)
             self.error = f"could not start: {exc}"
             self.log.write(f"[hpcgate] {self.error}\n".encode())
             raise AppStartError(f"{spec.name} {self.error}") from exc
@@ -286,6 +293,7 @@ class ManagedApp:
             self.log.write(f"[hpcgate] {exc}\n".encode())
             await self._kill_group(proc, self._grace(), self._tag)
             self.state = AppState.FAILED
+            self._count(failed=True)
             raise
         self.state = AppState.RUNNING
         self.started_at = time.time()
@@ -458,6 +466,8 @@ class AppManager:
                 copy = dataclasses.replace(spec, name=f"{name}-{i}", family=spec.family or name)
                 self.apps.setdefault(copy.name, ManagedApp(copy, self))
         self._idle_task: asyncio.Task[None] | None = None
+        #: the lab's metrics (hpcgate.lab.metrics.LabMetrics), set by the extension
+        self.metrics: Any = None
 
     def get(self, name: str) -> ManagedApp | None:
         return self.apps.get(name)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -17,6 +18,7 @@ from jupyter_server.base.handlers import JupyterHandler
 from tornado.websocket import WebSocketHandler
 
 from ...appspec import render
+from ..metrics import PORT_LABEL
 from ..security import scrub_request_headers
 from ..upstream import Connection, ForeignSocketError, Target, UpstreamError, encode_head, open_connection
 from .errors import ProxyError
@@ -46,6 +48,15 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self._last_touch = 0.0
         self._client_gone = False
         self._websocket: bool | None = None  # whether this is an upgrade (read once)
+        # hpcgate_lab_proxy_bytes_total of this request's app (set once the target is known)
+        self._bytes_in: Callable[[float], None] = _no_count
+        self._bytes_out: Callable[[float], None] = _no_count
+
+    def _count_request(self) -> None:
+        """One more request to this request's app (hpcgate.lab.metrics); its bytes from now on."""
+        label = self.app.spec.name if self.app is not None else PORT_LABEL
+        self.lab.metrics.requests.labels(label).inc()
+        self._bytes_in, self._bytes_out = self.lab.metrics.byte_counters(label)
 
     # ------------------------------------------------------------ auth and errors
 
@@ -213,3 +224,7 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         override = render(self.app.spec.request_headers_override, self.app.template_args())
         names = {k.lower() for k in override}
         return [(k, v) for k, v in headers if k.lower() not in names] + [(str(k), str(v)) for k, v in override.items()]
+
+
+def _no_count(amount: float) -> None:
+    """Before the request's app is known nothing is counted."""

@@ -37,6 +37,7 @@ class ProxyHandler(WebSocketProxy, HTTPProxy):
             except AppStartError:
                 raise ProxyError(503, reason="App failed to start; see its log in the hpcgate API") from None
             self.target = self.app.target
+        self._count_request()
         self._touch()
         if self._is_websocket():
             return

@@ -103,6 +103,7 @@ class HTTPProxy(ProxyBase):
     async def data_received(self, chunk: bytes) -> None:  # type: ignore[override]
         # Awaited by tornado before it reads more of the upload: backpressure.
         if self.body_writer is not None:
+            self._bytes_in(len(chunk))
             await self.body_writer.write(chunk)
 
     # ---------------------------------------------------------------- static files
@@ -214,7 +215,9 @@ class HTTPProxy(ProxyBase):
             return
         if resp.framing == "length" and (resp.length or 0) <= SMALL_BODY:
             # Small, fixed-size body: one write with the headers.
-            self.write(await resp.read_all(SMALL_BODY))
+            body = await resp.read_all(SMALL_BODY)
+            self._bytes_out(len(body))
+            self.write(body)
             await self.finish()
             return
         await self.flush()  # headers now, before the body ends (SSE, long polls)
@@ -222,6 +225,7 @@ class HTTPProxy(ProxyBase):
             return
         pending: asyncio.Future[None] | None = None
         async for data in resp.chunks(self.lab.chunk_size):
+            self._bytes_out(len(data))
             self.write(data)
             if pending is not None:
                 await pending  # at most two chunks in flight towards the browser
@@ -253,6 +257,7 @@ class HTTPProxy(ProxyBase):
         buffered = len(reader._buffer)
         if buffered:
             data = await reader.read(min(buffered, remaining))
+            self._bytes_out(len(data))
             self.write(data)
             await self.flush()
             remaining -= len(data)
@@ -270,6 +275,7 @@ class HTTPProxy(ProxyBase):
         finally:
             transport.resume_reading()
         http_conn._expected_content_remaining = 0
+        self._bytes_out(remaining)
         resp.complete = True
         self._touch()
         await self.finish()
@@ -319,5 +325,6 @@ class HTTPProxy(ProxyBase):
                 value = self._rewrite_cookie_path(value)
             self.add_header(name, value)
         if rewritten.body and rewritten.code not in (204, 304):
+            self._bytes_out(len(rewritten.body))
             self.write(rewritten.body)
         await self.finish()

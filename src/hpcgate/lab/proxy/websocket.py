@@ -71,7 +71,9 @@ class WebSocketProxy(ProxyBase):
             conn.close()  # the browser left meanwhile
             return
         stream.set_nodelay(True)  # after detach: finishing the request turned it off
-        await FrameRelay(self.lab.websocket_max_message_size, self._touch).run(stream, conn)
+        await FrameRelay(
+            self.lab.websocket_max_message_size, self._touch, count_in=self._bytes_in, count_out=self._bytes_out
+        ).run(stream, conn)
 
     def _websocket_request_ok(self) -> bool:
         """tornado's checks of an upgrade request (its own ``get`` does them in raw mode)."""
@@ -132,6 +134,7 @@ class WebSocketProxy(ProxyBase):
         conn = self.raw_conn
         assert conn is not None
         while data := await conn.reader.read(self.lab.chunk_size):
+            self._bytes_out(len(data))
             try:
                 await self.write_message(data, binary=True)
             except WebSocketClosedError:
@@ -144,6 +147,7 @@ class WebSocketProxy(ProxyBase):
         # A returned awaitable is awaited by tornado before it reads the next frame:
         # backpressure to the browser.
         self._touch()
+        self._bytes_in(len(message))
         if self.raw_conn is not None:
             return self._write_raw(message)
         return None

@@ -48,10 +48,17 @@ class FrameRelay:
     behind :class:`_IOStreamTransport`.
     """
 
-    def __init__(self, limit: int, touch: Callable[[], None]):
+    def __init__(
+        self,
+        limit: int,
+        touch: Callable[[], None],
+        count_in: Callable[[int], object] | None = None,
+        count_out: Callable[[int], object] | None = None,
+    ):
+        """``count_in``/``count_out``: called with the bytes relayed browser to app / app to browser."""
         self.touch = touch
-        self.browser = _RelaySide(self, FrameScanner(limit), masks=False)
-        self.app = _RelaySide(self, FrameScanner(limit), masks=True)
+        self.browser = _RelaySide(self, FrameScanner(limit), masks=False, count=count_in)
+        self.app = _RelaySide(self, FrameScanner(limit), masks=True, count=count_out)
         self.browser.peer, self.app.peer = self.app, self.browser
         self.refusing = False
         self.done = asyncio.get_running_loop().create_future()
@@ -112,8 +119,11 @@ class FrameRelay:
 class _RelaySide(asyncio.Protocol):
     """One socket of a :class:`FrameRelay`: what it receives goes to ``peer``."""
 
-    def __init__(self, relay: FrameRelay, scanner: FrameScanner, masks: bool):
+    def __init__(
+        self, relay: FrameRelay, scanner: FrameScanner, masks: bool, count: Callable[[int], object] | None = None
+    ):
         self.relay = relay
+        self.count = count  # called with the bytes this side receives and passes on
         self.scanner = scanner  # follows the frames this side receives
         self.masks = masks  # frames towards this side must be masked (it is the app)
         self.peer: _RelaySide
@@ -136,6 +146,8 @@ class _RelaySide(asyncio.Protocol):
             self.relay.refuse(self, exc, data)
             return
         self.peer.send(data)
+        if self.count is not None:
+            self.count(len(data))
         self.relay.touch()
 
     def eof_received(self) -> bool:

@@ -67,16 +67,19 @@ from __future__ import annotations
 import logging
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 from .... import protocol
 from ....catalog import LaunchRequest, System
 from ....energy import parse_consumed_energy
 from ....remote import CommandFailed, RemoteError, SSHPool
+from ...health import SystemHealth
 from ..base import (
     AccountingUnavailable,
     Association,
     Backend,
     BackendContext,
+    BackendError,
     CancelError,
     JobHandle,
     JobSpec,
@@ -88,11 +91,13 @@ from ..login import PRIVATE_DIRS, LoginHosts, env_lines, remote_workdir, safe_na
 from .parse import (
     FINAL_STATES,
     JOB_ID,
+    SINFO_FORMAT,
     SQUEUE_ENV,
     SQUEUE_FIELDS,
     UNKNOWN_JOB,
     ControllerError,
     controller_error,
+    health_from,
     parse_associations,
     parse_sacct,
     parse_squeue,
@@ -181,6 +186,8 @@ class SlurmBackend(Backend):
         #: Number of scheduler commands sent (squeue, sacct, sbatch, scancel): for tests
         #: and benchmarks.
         self.commands: dict[str, int] = {}
+        #: the account health queries run as when there is no service account
+        self._health_account = ""
 
     def _count(self, what: str) -> None:
         self.commands[what] = self.commands.get(what, 0) + 1
@@ -261,22 +268,33 @@ class SlurmBackend(Backend):
     async def _squeue(self, account: str, job_ids: Sequence[str], host: str | None = None) -> dict[str, JobStatus]:
         """One squeue for ``job_ids`` as ``account``; StatusUnavailable when Slurm cannot say."""
         argv = [*SQUEUE_ENV, "squeue", "-h", "-t", "all", "-j", ",".join(job_ids), "-O", SQUEUE_FIELDS]
+        login_host, (result,) = await self._on_a_login(account, [("squeue", argv)], StatusUnavailable, host)
+        if result.returncode == 0:
+            return parse_squeue(result.stdout)
+        if UNKNOWN_JOB.search(result.stderr):
+            return {}  # one id asked, and Slurm has forgotten it
+        raise ControllerError(f"squeue on {login_host}: {controller_error(result.stderr, result.returncode)}")
+
+    async def _on_a_login(
+        self, account: str, commands: list[tuple[str, list[str]]], error: type[BackendError], host: str | None = None
+    ) -> tuple[str, list[Any]]:
+        """Run ``commands`` (``(name for self.commands, argv)``, in order) as ``account``
+        on the first login host that answers (or on ``host`` alone): that host and the
+        results. Raises ``error`` with every host's failure when none answers."""
         errors = []
         for login_host in [host] if host else self.login.in_order():
-            self._count("squeue")
             try:
-                result = await self.remote.run(login_host, account, argv)
+                results = []
+                for name, argv in commands:
+                    self._count(name)
+                    results.append(await self.remote.run(login_host, account, argv))
             except RemoteError as exc:
                 self.login.failed(login_host)
                 errors.append(str(exc))
                 continue
             self.login.worked(login_host)
-            if result.returncode == 0:
-                return parse_squeue(result.stdout)
-            if UNKNOWN_JOB.search(result.stderr):
-                return {}  # one id asked, and Slurm has forgotten it
-            raise ControllerError(f"squeue on {login_host}: {controller_error(result.stderr, result.returncode)}")
-        raise StatusUnavailable("; ".join(errors) or "no login host")
+            return login_host, results
+        raise error("; ".join(errors) or "no login host")
 
     # --- accounting -----------------------------------------------------------------
 
@@ -289,20 +307,27 @@ class SlurmBackend(Backend):
         identity = self.system.ssh.identity
         service = identity.service_account if identity.mode == "service_account" else None
         login = self.system.projects.query_as or service or asking
-        errors = []
-        for host in self.login.in_order():
-            self._count("sacctmgr")
-            try:
-                result = await self.remote.run(host, login, argv)
-            except RemoteError as exc:
-                self.login.failed(host)
-                errors.append(str(exc))
-                continue
-            self.login.worked(host)
-            if result.returncode != 0:
-                raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
-            return parse_associations(result.stdout)
-        raise AccountingUnavailable("; ".join(errors) or "no login host")
+        host, (result,) = await self._on_a_login(login, [("sacctmgr", argv)], AccountingUnavailable)
+        if result.returncode != 0:
+            raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
+        return parse_associations(result.stdout)
+
+    # --- health -----------------------------------------------------------------------
+
+    async def health(self) -> SystemHealth | None:
+        """``sinfo`` and ``scontrol show reservation`` on one login host, as the service
+        account or the account of the last status query (no account known yet: None).
+        Raises StatusUnavailable when no login host answers or sinfo fails."""
+        assert self.system.ssh is not None
+        identity = self.system.ssh.identity
+        account = identity.service_account if identity.mode == "service_account" else self._health_account
+        if not account:
+            return None
+        commands = [("sinfo", ["sinfo", "-h", "-o", SINFO_FORMAT]), ("scontrol", ["scontrol", "show", "reservation", "-o"])]
+        login_host, (sinfo, res) = await self._on_a_login(account, commands, StatusUnavailable)
+        if sinfo.returncode != 0:
+            raise StatusUnavailable(f"sinfo on {login_host}: {controller_error(sinfo.stderr, sinfo.returncode)}")
+        return health_from(sinfo.stdout, res.stdout if res.returncode == 0 else "")
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""
@@ -310,7 +335,10 @@ class SlurmBackend(Backend):
             return {}
         ids = [h.job_id for h in handles]
         errors = []
-        for account in self._status_logins(handles):
+        logins = self._status_logins(handles)
+        if logins:
+            self._health_account = logins[0]  # health queries go as an account that logs in
+        for account in logins:
             try:
                 return await self._squeue(account, ids)
             except ControllerError:

@@ -1,4 +1,5 @@
-"""Slurm's words, read: job states, pending reasons, squeue and sacct output.
+"""Slurm's words, read: job states, pending reasons, squeue and sacct output, and
+the system's health (sinfo, scontrol show reservation).
 
 :data:`SLURM_STATES` is the one table of Slurm job states in hpcgate: what each means
 for a server (:class:`~hpcgate.hub.backends.base.JobState`) and whether the job's
@@ -9,8 +10,9 @@ status parser, the cancel script and the tests' sandbox helpers all read it.
 from __future__ import annotations
 
 import re
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
+from ...health import PartitionHealth, SystemHealth
 from ..base import Association, JobState, JobStatus, StatusUnavailable
 
 
@@ -216,3 +218,77 @@ def explain_stuck(reason: str) -> str:
         f"Slurm will not start this job: {reason}{detail}. "
         "Choose fewer resources or another partition or project, and start again."
     )
+
+
+# --- sinfo / scontrol show reservation (the system's health) ------------------------------
+
+#: sinfo -o fields: partition, availability, node count, node state, node list
+SINFO_FORMAT = "%R|%a|%D|%T|%N"
+#: node states that can take a job now
+FREE_NODE_STATES = ("idle", "mixed")
+
+
+def expand_hostlist(hostlist: str) -> set[str]:
+    """Slurm's compressed host list (``node[01-03,7],login1``) as a set of names."""
+    names: set[str] = set()
+    for part in re.findall(r"[^,\[]+(?:\[[^\]]*\])?[^,\[]*", hostlist):
+        m = re.fullmatch(r"([^\[]*)\[([^\]]*)\](.*)", part)
+        if not m:
+            if part and part != "(null)":
+                names.add(part)
+            continue
+        prefix, ranges, suffix = m.groups()
+        for item in ranges.split(","):
+            lo, _, hi = item.partition("-")
+            if hi and lo.isdigit() and hi.isdigit():
+                names.update(f"{prefix}{n:0{len(lo)}d}{suffix}" for n in range(int(lo), int(hi) + 1))
+            else:
+                names.add(f"{prefix}{lo}{suffix}")
+    return names
+
+
+def parse_sinfo(stdout: str) -> dict[str, dict[str, Any]]:
+    """``sinfo -h -o`` + :data:`SINFO_FORMAT` -> partition -> availability, nodes, free, node names."""
+    parts: dict[str, dict[str, Any]] = {}
+    for line in stdout.splitlines():
+        fields = line.strip().split("|")
+        if len(fields) != 5 or not fields[2].isdigit():
+            continue
+        name, avail, count, state, nodes = fields
+        name = name.rstrip("*")  # the default partition
+        p = parts.setdefault(name, {"availability": avail, "total": 0, "free": 0, "nodes": set()})
+        p["total"] += int(count)
+        # "idle~" (powered down) and "idle*" (not responding) are not free
+        if state.rstrip("+") in FREE_NODE_STATES:
+            p["free"] += int(count)
+        p["nodes"] |= expand_hostlist(nodes)
+    return parts
+
+
+def parse_reservations(stdout: str) -> list[dict[str, str]]:
+    """``scontrol show reservation -o`` -> one dict of its ``Key=Value`` fields per reservation."""
+    found = []
+    for line in stdout.splitlines():
+        if "ReservationName=" not in line:
+            continue
+        found.append(dict(re.findall(r"(\w+)=(\S*)", line)))
+    return found
+
+
+def health_from(sinfo: str, reservations: str) -> SystemHealth:
+    """The scheduler's answers (sinfo, scontrol show reservation) as a SystemHealth."""
+    parts = parse_sinfo(sinfo)
+    active = [r for r in parse_reservations(reservations) if r.get("State") == "ACTIVE"]
+    out = {}
+    for name, p in parts.items():
+        notes = []
+        for r in active:
+            covers = r.get("PartitionName") == name or (p["nodes"] & expand_hostlist(r.get("Nodes", "")))
+            if covers:
+                kind = "a maintenance reservation" if "MAINT" in r.get("Flags", "").split(",") else "a reservation"
+                until = r.get("EndTime", "").replace("T", " ")
+                notes.append(f"is held by {kind} ({r.get('ReservationName', '?')}) until {until}")
+        out[name] = PartitionHealth(
+            availability=p["availability"], nodes_total=p["total"], nodes_free=p["free"], reservations=tuple(notes)
+        )
+    return SystemHealth(partitions=out)
