@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +112,20 @@ class HPCGate(SingletonConfigurable):
         #: carbon intensity sources, one cache per (source, max_age)
         self._intensity: dict[tuple, IntensityCache] = {}
         self._closer: asyncio.Task | None = None
+        #: user name -> the lock of their session-limit check (session_lock); weak: a
+        #: lock nobody holds or waits for goes away with its last user
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._close_at_shutdown()
+
+    def session_lock(self, user_name: str) -> asyncio.Lock:
+        """The lock that makes one user's session-limit check and the admission of the
+        new server one step (``HPCSpawner.start``); the same lock for every call with
+        the same name while anyone holds or waits for it."""
+        lock = self._session_locks.get(user_name)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._session_locks[user_name] = lock
+        return lock
 
     def _close_at_shutdown(self) -> None:
         """Start (once, in the hub's event loop) the task that closes all at shutdown."""

@@ -48,13 +48,20 @@ def options_of(spawner: Any) -> dict[str, Any]:
 
 
 def active_systems(user: Any, exclude: str | None = None) -> list[str]:
-    """Systems of ``user``'s active (starting, running, stopping) sessions but ``exclude``."""
+    """Systems of ``user``'s active (starting, running, stopping) sessions but ``exclude``.
+
+    A start that has not passed the session-limit check yet (``admitted`` False, see
+    ``HPCSpawner.start``) does not count: of two starts at once, the first to pass the
+    check counts for the second, never both for each other.
+    """
     found = []
     for name in list(user.orm_spawners):
         if name == exclude:
             continue
         spawner = user.spawners[name]
         if not spawner.active:
+            continue
+        if spawner.pending == "spawn" and not getattr(spawner, "admitted", True):
             continue
         system = getattr(spawner, "system", None) or options_of(spawner).get("system") or ""
         found.append(str(system))

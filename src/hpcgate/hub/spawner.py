@@ -151,6 +151,10 @@ class HPCSpawner(Spawner):
         self._hub_api_restored = False
         #: the running (or last) session's allocation and times, for its energy
         self.usage: SessionUsage | None = None
+        #: this server counts against the user's session limits: True for a server
+        #: restored from the database; a new start sets it only once it passed the
+        #: check (:meth:`start`, :func:`~.sessions.active_systems`)
+        self.admitted = True
 
     # --- shared objects -------------------------------------------------------------
 
@@ -294,6 +298,10 @@ class HPCSpawner(Spawner):
 
     def clear_state(self) -> None:
         super().clear_state()
+        # JupyterHub clears the state before every start, before the start counts as
+        # pending: from here until start() passed the session-limit check this server
+        # does not count against the user's limits
+        self.admitted = False
         self.system = None
         self.job = None
         self.tunnel = None
@@ -405,11 +413,17 @@ class HPCSpawner(Spawner):
         self.last_log = ""
         self.stop_reason = ""
         request = await self.validated_request()
-        try:
-            # the same limits and sentence as the form (a REST start, a relaunch)
-            self.check_sessions(request)
-        except LaunchError as exc:
-            raise _bad_request(str(exc)) from exc
+        # One lock per user, held from the limit check until this server counts as
+        # admitted (active_systems counts it from then on): two starts at once (two
+        # REST calls, two browser tabs) must not both pass a limit that has room for one.
+        # Nothing may await between the check and the admission without this lock.
+        async with self.hpcgate.session_lock(self.user.name):
+            try:
+                # the same limits and sentence as the form (a REST start, a relaunch)
+                self.check_sessions(request)
+            except LaunchError as exc:
+                raise _bad_request(str(exc)) from exc
+            self.admitted = True
         self._keep_options(request)
         gate = self.hpcgate
         backend = gate.backend(request.system)
