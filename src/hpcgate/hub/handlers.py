@@ -52,7 +52,8 @@ class OfferHandler(APIHandler):
         spawner = user.spawner
         # the same conditions as the form: this request's client address, the login's factors
         offer = spawner.hpcgate.catalog().offer(
-            spawner.user_info(), await spawner.login_context(self), await spawner.charges()
+            spawner.user_info(), await spawner.login_context(self), await spawner.charges(),
+            await spawner.reservations(),
         )
         self.set_header("Content-Type", "application/json")
         self.write(json.dumps(offer.as_json()))

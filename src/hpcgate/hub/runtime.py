@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
-from ..catalog import Catalog, CatalogStore, Charges, System, UserInfo
+from ..catalog import Catalog, CatalogStore, Charges, Reservation, System, UserInfo
 from ..energy import IntensityCache
 from ..files import private_dir
 from ..remote.pool import SSHPool
@@ -33,6 +34,7 @@ from .backends import backend_class
 from .backends.base import Backend, BackendContext
 from .client import Network, parse_networks
 from .identity.accounts import AccountError, AccountResolver
+from .reservations import ReservationCache, usable
 from .status import StatusCache
 
 
@@ -87,6 +89,20 @@ class HPCGate(SingletonConfigurable):
         a request from any other peer is judged by its own address, whatever it sends.""",
     ).tag(config=True)
 
+    reservations_interval = Float(
+        60.0,
+        help="""Seconds a system's list of scheduler reservations (Slurm: ``scontrol show
+        reservation``) is used before it is read again; one read per system per interval
+        serves every user's form and launch.""",
+    ).tag(config=True)
+
+    reservations_ahead = Float(
+        12 * 3600.0,
+        help="""Seconds ahead in which a reservation that has not begun yet is offered
+        (with its start and end); reservations under way are always offered until they
+        end.""",
+    ).tag(config=True)
+
     @validate("trusted_proxies")
     def _check_proxies(self, proposal):
         try:
@@ -105,6 +121,7 @@ class HPCGate(SingletonConfigurable):
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
         self._accounting: dict[str, tuple[System, AccountingCache]] = {}
+        self._reservations: dict[str, tuple[System, ReservationCache]] = {}
         #: SSH connections of every system's backend, one per (host, login).
         self.ssh_pool = SSHPool(self.ssh_max_sessions, idle_timeout=self.ssh_idle_timeout)
         #: The tunnels of every system, one SSH connection per jump host.
@@ -250,6 +267,43 @@ class HPCGate(SingletonConfigurable):
                 out[name] = Charges(None, None, f"Your account on {name} is not known: {exc}")
                 continue
             out[name] = await self.accounting(name).charges(account)
+        return out
+
+    def reservation_cache(self, system_name: str) -> ReservationCache:
+        """The reservation list of a system (re-built, empty, when the system changes)."""
+        system, backend, _ = self._entry(system_name)
+        entry = self._reservations.get(system_name)
+        if entry is None or entry[0] != system:
+            cache = ReservationCache(
+                system_name,
+                backend.reservations,
+                self.reservations_interval,
+                # a form render waits for it: shorter than a command's usual timeout
+                query_timeout=min(system.ssh.command_timeout if system.ssh else 10.0, 10.0),
+                logger=self.log,
+            )
+            entry = self._reservations[system_name] = (system, cache)
+        return entry[1]
+
+    async def reservations_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, tuple[Reservation, ...]]:
+        """The reservations ``user`` may start in on every Slurm system granted to them,
+        now or within :attr:`reservations_ahead` (:func:`~.reservations.usable`); the
+        catalog matches them with partitions and projects. ``get_auth_state`` as for
+        :meth:`charges_for`."""
+        catalog = self.catalog()
+        granted = {g.system for _, group in catalog.groups_of(user) for g in group.grants}
+        out: dict[str, tuple[Reservation, ...]] = {}
+        for name in sorted(granted):
+            if catalog.systems[name].kind != "slurm":
+                continue
+            resolver = self.accounts(name)
+            auth_state = await get_auth_state() if resolver.needs_auth_state else None
+            try:
+                account = resolver.account(user.name, auth_state)
+            except AccountError:
+                continue  # the form says so through the projects (charges_for)
+            found = await self.reservation_cache(name).get(account)
+            out[name] = usable(found, account, time.time(), self.reservations_ahead)
         return out
 
     async def carbon_intensity(self, system_name: str) -> tuple[float | None, str | None]:

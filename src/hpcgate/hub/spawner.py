@@ -21,7 +21,7 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from .. import protocol
-from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInfo
+from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, Reservation, UserInfo
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
@@ -182,12 +182,19 @@ class HPCSpawner(Spawner):
         for all users: :class:`~.accounting.AccountingCache`; never a query per call)."""
         return await self.hpcgate.charges_for(self.user_info(), self.user.get_auth_state)
 
+    async def reservations(self) -> dict[str, tuple[Reservation, ...]]:
+        """The scheduler reservations this user may start in, per system (read once per
+        interval for all users: :class:`~.reservations.ReservationCache`)."""
+        return await self.hpcgate.reservations_for(self.user_info(), self.user.get_auth_state)
+
     # --- form -----------------------------------------------------------------------
 
     async def _render_options_form(self, spawner: Spawner) -> str:
         """The form, pre-filled with this session's options, else the user's last
         launch (its system), and per system with the last choice made there."""
-        offer = self.hpcgate.catalog().offer(self.user_info(), await self.login_context(), await self.charges())
+        offer = self.hpcgate.catalog().offer(
+            self.user_info(), await self.login_context(), await self.charges(), await self.reservations()
+        )
         remembered = last_choices(self.user)
         previous = dict(self.user_options or {})
         if not previous and remembered:
@@ -213,7 +220,8 @@ class HPCSpawner(Spawner):
         options = {k: v for k, v in options.items() if v not in ("", None) and k != "_xsrf"}
         try:
             request = self.hpcgate.catalog().validate(
-                self.user_info(), options, LoginContext(unconditional=True), await self.charges()
+                self.user_info(), options, LoginContext(unconditional=True), await self.charges(),
+                await self.reservations(),
             )
             self.check_sessions(request)
         except LaunchError as exc:
@@ -247,10 +255,15 @@ class HPCSpawner(Spawner):
             context = LoginContext(unconditional=True)
             project = options.get("project") if isinstance(options.get("project"), str) else None
             charges = {str(options.get("system")): Charges((project,) if project else (), project)}
+            # the job was submitted in its reservation already: it counts as usable
+            name = options.get("reservation")
+            reservations: dict[str, tuple[Reservation, ...]] = (
+                {str(options.get("system")): (Reservation(name, 0.0, float("inf")),)} if isinstance(name, str) else {}
+            )
         else:
-            context, charges = await self.login_context(), await self.charges()
+            context, charges, reservations = await self.login_context(), await self.charges(), await self.reservations()
         try:
-            request = self.hpcgate.catalog().validate(self.user_info(), options, context, charges)
+            request = self.hpcgate.catalog().validate(self.user_info(), options, context, charges, reservations)
         except LaunchError as exc:
             raise _bad_request(str(exc)) from exc
         self.validated_system = request.system
@@ -455,7 +468,8 @@ class HPCSpawner(Spawner):
             workdir=request.system_config.workdir,
         )
         where = request.system_config.description or request.system
-        self._emit(5, f"Submitting to {where}, partition {request.partition}")
+        in_reservation = f", reservation {request.reservation}" if request.reservation else ""
+        self._emit(5, f"Submitting to {where}, partition {request.partition}{in_reservation}")
         submitting = asyncio.ensure_future(backend.submit(spec))
         try:
             handle = await asyncio.shield(submitting)

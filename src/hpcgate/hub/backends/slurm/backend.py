@@ -52,6 +52,14 @@ Accounting (projects from Slurm)
     ports (``restrict``/``nologin`` in a sound set-up). ``projects.cluster`` limits the
     answer to one cluster of a slurmdbd that serves several.
 
+Reservations
+    ``env SLURM_TIME_FORMAT=%s scontrol show reservation -o`` -- every reservation of
+    the system, in one call -- once per ``HPCGate.reservations_interval`` for all users
+    (:class:`~hpcgate.hub.reservations.ReservationCache`), read by the same account as
+    the associations. A launch in one is submitted with ``sbatch --reservation=<name>``
+    (a name the catalog validated against the user's reservations, passed as a
+    positional parameter, never into the job script).
+
 Pending reasons
     A pending job whose reason can never clear by waiting (:data:`STUCK_REASONS`, e.g.
     ``PartitionConfig`` for more CPUs than any node of the partition has) is reported
@@ -81,6 +89,7 @@ from ..base import (
     JobHandle,
     JobSpec,
     JobStatus,
+    SchedulerReservation,
     StatusUnavailable,
     SubmitError,
 )
@@ -96,6 +105,7 @@ from .parse import (
     parse_associations,
     parse_sacct,
     parse_squeue,
+    reservations_from,
 )
 from .template import render_job_script, template_values
 
@@ -103,8 +113,9 @@ log = logging.getLogger("hpcgate.backends.slurm")
 
 # The scripts below are constants; every value reaches them as a positional parameter.
 
-#: $1 run id, $2 separator line. stdin: ``export NAME='value'`` lines, the separator, the
-#: job script. Prints the job id; sbatch's error goes to stderr.
+#: $1 run id, $2 separator line, $3 the reservation (validated by the catalog) or "".
+#: stdin: ``export NAME='value'`` lines, the separator, the job script. Prints the job
+#: id; sbatch's error goes to stderr.
 SUBMIT_SCRIPT = PRIVATE_DIRS + r"""
 envfile="$base/run/$1.env"
 script="$base/run/$1.sh"
@@ -118,7 +129,7 @@ awk -v sep="$2" -v envfile="$envfile" -v script="$script" '
   body { print > script; next }
   $0 == sep { body = 1; next }
   { print > envfile }'
-if out=$(sbatch --parsable "--output=$base/logs/slurm-%j.log" < "$script"); then
+if out=$(sbatch --parsable "--output=$base/logs/slurm-%j.log" ${3:+"--reservation=$3"} < "$script"); then
   rm -f "$script"
   echo "$out"
 else
@@ -218,7 +229,7 @@ class SlurmBackend(Backend):
                 host,
                 spec.account,
                 SUBMIT_SCRIPT,
-                [run_id, separator],
+                [run_id, separator, spec.request.reservation or ""],
                 name="sbatch",
                 input=env_lines(env) + separator + "\n" + script,
                 check=True,
@@ -286,9 +297,7 @@ class SlurmBackend(Backend):
         argv = ["sacctmgr", "-n", "-P", "show", "user", "withassoc", "format=User,DefaultAccount,Account"]
         if self.system.projects.cluster:
             argv.append(f"cluster={self.system.projects.cluster}")
-        identity = self.system.ssh.identity
-        service = identity.service_account if identity.mode == "service_account" else None
-        login = self.system.projects.query_as or service or asking
+        login = self._reader(asking)
         errors = []
         for host in self.login.in_order():
             self._count("sacctmgr")
@@ -303,6 +312,35 @@ class SlurmBackend(Backend):
                 raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
             return parse_associations(result.stdout)
         raise AccountingUnavailable("; ".join(errors) or "no login host")
+
+    def _reader(self, asking: str) -> str:
+        """The account that reads system-wide tables (associations, reservations):
+        ``projects.query_as``, else the service account, else the user who needs them."""
+        assert self.system.ssh is not None
+        identity = self.system.ssh.identity
+        service = identity.service_account if identity.mode == "service_account" else None
+        return self.system.projects.query_as or service or asking
+
+    async def reservations(self, asking: str) -> list[SchedulerReservation]:
+        """Every reservation of the system from one ``scontrol show reservation -o``
+        (times as epoch seconds), read as :meth:`_reader`. Without ``PrivateData=
+        reservations`` every account sees them all; with it, only those it may use."""
+        argv = [*SQUEUE_ENV, "scontrol", "show", "reservation", "-o"]
+        login = self._reader(asking)
+        errors = []
+        for host in self.login.in_order():
+            self._count("scontrol")
+            try:
+                result = await self.remote.run(host, login, argv)
+            except RemoteError as exc:
+                self.login.failed(host)
+                errors.append(str(exc))
+                continue
+            self.login.worked(host)
+            if result.returncode != 0:
+                raise ControllerError(f"scontrol on {host}: {controller_error(result.stderr, result.returncode)}")
+            return reservations_from(result.stdout)
+        raise StatusUnavailable("; ".join(errors) or "no login host")
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""
