@@ -21,6 +21,7 @@ import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import requests
 import requests.adapters
@@ -298,6 +299,17 @@ class Hub:
         session, r = self.try_login(user, password, base_url, verify, source)
         assert r.status_code == 302, f"login as {user} failed: {r.status_code} {r.text[:300]}"
         return session
+
+    def browser_login(self, browser: Any, user: str, width: int = 1280, height: int = 900) -> tuple[Any, Any]:
+        """A new playwright context and page of ``browser`` logged in as ``user`` through
+        the hub's login form (the demo password); the caller closes the context."""
+        context = browser.new_context(viewport={"width": width, "height": height})
+        page = context.new_page()
+        page.goto(self.url + "/hub/login")
+        page.fill("input[name=username]", user)
+        page.fill("input[name=password]", self.password)
+        page.click("input[type=submit], button[type=submit]")
+        return context, page
 
     def try_login(
         self,

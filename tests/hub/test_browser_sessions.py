@@ -82,12 +82,7 @@ def card(page, name: str):
 
 
 def test_session_cards_form_and_lab_status(browser, hub, artifacts_dir):
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    page = context.new_page()
-    page.goto(hub.url + "/hub/login")
-    page.fill("input[name=username]", "lena")
-    page.fill("input[name=password]", hub.password)
-    page.click("input[type=submit], button[type=submit]")
+    context, page = hub.browser_login(browser, "lena")
     page.goto(hub.url + "/hub/home")
     page.wait_for_selector(".hpcgate-empty")
     assert "You have no sessions yet" in page.text_content("#hpcgate-sessions")

@@ -100,12 +100,7 @@ def test_a_launch_in_it_runs_in_it_and_others_are_refused(hub, sandbox):
 
 def test_the_form_with_a_reservation(hub, artifacts_dir):
     with chromium() as browser:
-        context = browser.new_context(viewport={"width": 1280, "height": 1000})
-        page = context.new_page()
-        page.goto(hub.url + "/hub/login")
-        page.fill("input[name=username]", "alice")
-        page.fill("input[name=password]", hub.password)
-        page.click("input[type=submit], button[type=submit]")
+        context, page = hub.browser_login(browser, "alice", height=1000)
         page.goto(hub.url + "/hub/spawn/alice/shot")
         page.wait_for_selector("#hpcgate-form")
         page.select_option("select[name=system]", "cluster")

@@ -232,21 +232,25 @@ class HPCGate(SingletonConfigurable):
         """The system's definition (the last known one if it left the catalog)."""
         return self._entry(system_name)[0]
 
+    def _per_system(self, caches: dict[str, tuple[System, Any]], system_name: str, build: Any) -> Any:
+        """The cache of ``system_name`` in ``caches``, built by ``build(system, backend,
+        query_timeout)`` when missing or when the system's definition changed."""
+        system, backend, _ = self._entry(system_name)
+        entry = caches.get(system_name)
+        if entry is None or entry[0] != system:
+            # a form render waits for it: shorter than a command's usual timeout
+            timeout = min(system.ssh.command_timeout if system.ssh else 10.0, 10.0)
+            entry = caches[system_name] = (system, build(system, backend, timeout))
+        return entry[1]
+
     def accounting(self, system_name: str) -> AccountingCache:
         """The association cache of a system (re-built, empty, when the system changes)."""
-        system, backend, _ = self._entry(system_name)
-        entry = self._accounting.get(system_name)
-        if entry is None or entry[0] != system:
-            cache = AccountingCache(
-                system_name,
-                backend.associations,
-                system.projects.ttl,
-                # a form render waits for it: shorter than a command's usual timeout
-                query_timeout=min(system.ssh.command_timeout if system.ssh else 10.0, 10.0),
-                logger=self.log,
-            )
-            entry = self._accounting[system_name] = (system, cache)
-        return entry[1]
+        return self._per_system(
+            self._accounting, system_name,
+            lambda system, backend, timeout: AccountingCache(
+                system_name, backend.associations, system.projects.ttl, query_timeout=timeout, logger=self.log
+            ),
+        )
 
     async def charges_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, Charges]:
         """The user's charges on every system granted to them that takes projects from
@@ -271,19 +275,12 @@ class HPCGate(SingletonConfigurable):
 
     def reservation_cache(self, system_name: str) -> ReservationCache:
         """The reservation list of a system (re-built, empty, when the system changes)."""
-        system, backend, _ = self._entry(system_name)
-        entry = self._reservations.get(system_name)
-        if entry is None or entry[0] != system:
-            cache = ReservationCache(
-                system_name,
-                backend.reservations,
-                self.reservations_interval,
-                # a form render waits for it: shorter than a command's usual timeout
-                query_timeout=min(system.ssh.command_timeout if system.ssh else 10.0, 10.0),
-                logger=self.log,
-            )
-            entry = self._reservations[system_name] = (system, cache)
-        return entry[1]
+        return self._per_system(
+            self._reservations, system_name,
+            lambda system, backend, timeout: ReservationCache(
+                system_name, backend.reservations, self.reservations_interval, query_timeout=timeout, logger=self.log
+            ),
+        )
 
     async def reservations_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, tuple[Reservation, ...]]:
         """The reservations ``user`` may start in on every Slurm system granted to them,

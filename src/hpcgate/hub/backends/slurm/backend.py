@@ -85,6 +85,7 @@ from ..base import (
     Association,
     Backend,
     BackendContext,
+    BackendError,
     CancelError,
     JobHandle,
     JobSpec,
@@ -293,43 +294,32 @@ class SlurmBackend(Backend):
 
     async def associations(self, asking: str) -> list[Association]:
         """All users' associations from one ``sacctmgr`` (see the module doc, Accounting)."""
-        assert self.system.ssh is not None
         argv = ["sacctmgr", "-n", "-P", "show", "user", "withassoc", "format=User,DefaultAccount,Account"]
         if self.system.projects.cluster:
             argv.append(f"cluster={self.system.projects.cluster}")
-        login = self._reader(asking)
-        errors = []
-        for host in self.login.in_order():
-            self._count("sacctmgr")
-            try:
-                result = await self.remote.run(host, login, argv)
-            except RemoteError as exc:
-                self.login.failed(host)
-                errors.append(str(exc))
-                continue
-            self.login.worked(host)
-            if result.returncode != 0:
-                raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
-            return parse_associations(result.stdout)
-        raise AccountingUnavailable("; ".join(errors) or "no login host")
-
-    def _reader(self, asking: str) -> str:
-        """The account that reads system-wide tables (associations, reservations):
-        ``projects.query_as``, else the service account, else the user who needs them."""
-        assert self.system.ssh is not None
-        identity = self.system.ssh.identity
-        service = identity.service_account if identity.mode == "service_account" else None
-        return self.system.projects.query_as or service or asking
+        return parse_associations(await self._read_table(asking, argv, AccountingUnavailable))
 
     async def reservations(self, asking: str) -> list[SchedulerReservation]:
         """Every reservation of the system from one ``scontrol show reservation -o``
-        (times as epoch seconds), read as :meth:`_reader`. Without ``PrivateData=
-        reservations`` every account sees them all; with it, only those it may use."""
+        (times as epoch seconds; see the module doc, Reservations). Without
+        ``PrivateData=reservations`` every account sees them all; with it, only those
+        the reading account may use."""
         argv = [*SQUEUE_ENV, "scontrol", "show", "reservation", "-o"]
-        login = self._reader(asking)
+        return reservations_from(await self._read_table(asking, argv, StatusUnavailable))
+
+    async def _read_table(self, asking: str, argv: list[str], failed: type[BackendError]) -> str:
+        """The output of a system-wide query (associations, reservations) on the first
+        login host that answers, run as ``projects.query_as``, else the service
+        account, else ``asking`` (the user who needs it); ``failed`` when none answers
+        or the command fails."""
+        assert self.system.ssh is not None
+        identity = self.system.ssh.identity
+        service = identity.service_account if identity.mode == "service_account" else None
+        login = self.system.projects.query_as or service or asking
+        command = next(a for a in argv if not a.startswith(("env", "SLURM_")))
         errors = []
         for host in self.login.in_order():
-            self._count("scontrol")
+            self._count(command)
             try:
                 result = await self.remote.run(host, login, argv)
             except RemoteError as exc:
@@ -338,9 +328,9 @@ class SlurmBackend(Backend):
                 continue
             self.login.worked(host)
             if result.returncode != 0:
-                raise ControllerError(f"scontrol on {host}: {controller_error(result.stderr, result.returncode)}")
-            return reservations_from(result.stdout)
-        raise StatusUnavailable("; ".join(errors) or "no login host")
+                raise failed(f"{command} on {host}: {controller_error(result.stderr, result.returncode)}")
+            return result.stdout
+        raise failed("; ".join(errors) or "no login host")
 
     async def status(self, handles: Sequence[JobHandle]) -> dict[str, JobStatus]:
         """Every job of ``handles`` from one squeue (see the module docstring)."""
