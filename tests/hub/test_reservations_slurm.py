@@ -13,6 +13,7 @@ import pytest
 
 from harness.hub import Hub, chromium, wait_for
 from harness.sandbox import stop_hub_and_jobs
+from hpcgate.sandbox.proc import wait_until
 
 pytestmark = [pytest.mark.sandbox, pytest.mark.browser]
 
@@ -35,8 +36,15 @@ def reservations(sandbox):
             made.append(name)
         yield made
     finally:
-        for name in made:
-            sandbox.run_in("login", ["scontrol", "delete", f"ReservationName={name}"], check=False)
+        # Slurm keeps a reservation a job still runs in ("in use"): try until each is gone,
+        # so that no later test finds compute1 reserved
+        def gone() -> bool:
+            for name in made:
+                sandbox.run_in("login", ["scontrol", "delete", f"ReservationName={name}"], check=False)
+            listed = sandbox.run_in("login", ["scontrol", "show", "reservation", "-o"], check=False).stdout
+            return not any(f"ReservationName={name} " in listed for name in made)
+
+        wait_until(gone, "the test's reservations to be deleted", 60, 1)
 
 
 @pytest.fixture(scope="module")
