@@ -27,7 +27,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from harness.sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD
+from harness.sshd import FAKE_LAB, TUNNEL_USER, LoopbackSSHD, running_sshd
 from hpcgate import protocol
 from hpcgate.net import free_port
 
@@ -423,12 +423,7 @@ def run() -> None:
     if os.geteuid() != 0:
         print("bench_tunnels needs root (it creates test accounts and runs sshd); not measured")
         return
-    directory = tempfile.mkdtemp(prefix="hpcgate-sshd-")
-    sshd = LoopbackSSHD(Path(directory)).setup()
-    sshd.start()
-    try:
-        throughput_by_design(sshd, directory)
-        throughput_and_memory(sshd, directory)
-    finally:
-        sshd.kill()
+    with running_sshd() as sshd:
+        throughput_by_design(sshd, str(sshd.dir))
+        throughput_and_memory(sshd, str(sshd.dir))
     spawn_phases()

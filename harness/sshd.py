@@ -4,7 +4,8 @@ tunnel benchmark (no namespaces needed).
 :class:`LoopbackSSHD` writes a config, a host key and user keys into a private
 directory, creates (once) the Unix accounts it logs in as, and starts
 ``/usr/sbin/sshd -D`` on a free port. ``StrictModes no`` because the keys live in a
-pytest temporary directory; everything else is what a login node would run: key-only
+pytest temporary directory; it trusts an SSH CA made by hpcgate's own code (``ca/``,
+``hpcgate ca init``) with a principals file per account and the CA's revocation list; everything else is what a login node would run: key-only
 auth, TCP forwarding, ``GatewayPorts clientspecified``.
 
 It also provides :data:`FAKE_LAB`, a stand-in for hpcgate-singleuser where a real
@@ -17,15 +18,20 @@ from __future__ import annotations
 
 import os
 import pwd
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import asyncssh
 
 from hpcgate.net import free_port
+from hpcgate.remote import certs
 
 SSHD = "/usr/sbin/sshd"
 USERS = ("hpcgt-ann", "hpcgt-ben")
@@ -96,6 +102,14 @@ class LoopbackSSHD:
             (auth / user).write_bytes(key.export_public_key())
             os.chmod(auth / user, 0o644)
             self.keys[user] = keydir / "id_ed25519"
+        self.ca_dir = self.dir / "ca"
+        certs.init_ca(self.ca_dir)
+        principals = self.dir / "principals"
+        principals.mkdir(exist_ok=True)
+        os.chmod(principals, 0o755)
+        for user in (*USERS, TUNNEL_USER):
+            (principals / user).write_text(f"{user}\n")
+            os.chmod(principals / user, 0o644)
         host_key = self.dir / "host_key"
         asyncssh.generate_private_key("ssh-ed25519").write_private_key(str(host_key))
         os.chmod(host_key, 0o600)
@@ -111,6 +125,9 @@ class LoopbackSSHD:
                     f"HostKey {host_key}",
                     f"PidFile {self.dir / 'sshd.pid'}",
                     f"AuthorizedKeysFile {auth}/%u",
+                    f"TrustedUserCAKeys {self.ca_dir / 'ca_key.pub'}",
+                    f"AuthorizedPrincipalsFile {principals}/%u",
+                    f"RevokedKeys {self.ca_dir / certs.KRL_FILE}",
                     "PasswordAuthentication no",
                     "KbdInteractiveAuthentication no",
                     "PermitRootLogin prohibit-password",
@@ -178,6 +195,14 @@ class LoopbackSSHD:
                 pass
         self.proc = None
 
+    @property
+    def ca_key(self) -> Path:
+        return self.ca_dir / certs.KEY_FILE
+
+    def certificate_identity(self, **extra) -> dict:
+        """The catalog's ``identity`` for certificates from this sshd's CA."""
+        return {"mode": "certificate", "ca_key": str(self.ca_key), "certificate_minutes": 2, **extra}
+
     def system_data(self, **overrides) -> dict:
         """Catalog data of a kind-ssh system on this sshd (per-user keys, tunnel user)."""
         data = {
@@ -201,3 +226,18 @@ class LoopbackSSHD:
             else:
                 data[key] = value
         return data
+
+
+@contextmanager
+def running_sshd(prefix: str = "hpcgate-sshd-") -> Iterator[LoopbackSSHD]:
+    """A started :class:`LoopbackSSHD` in a new directory under /tmp (not pytest's 0700
+    ones: the test accounts read the authorized keys and the fake lab script); killed
+    and its directory removed at the end."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    server = LoopbackSSHD(Path(directory)).setup()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.kill()
+        shutil.rmtree(directory, ignore_errors=True)

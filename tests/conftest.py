@@ -17,13 +17,12 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
 
 from harness.sandbox import sandbox_missing
-from harness.sshd import LoopbackSSHD
+from harness.sshd import running_sshd
 from hpcgate.sandbox import Sandbox
 from tests.pgtools import postgres  # noqa: F401  (a PostgreSQL server, started on first use)
 
@@ -63,11 +62,5 @@ def sshd():
     if why:
         print(f"skipping the remote tests: {why}")
         pytest.skip(why)
-    # pytest's temporary directories are 0700; the test accounts must read the
-    # authorized keys (sshd reads them as the user) and the fake lab script
-    directory = tempfile.mkdtemp(prefix="hpcgate-sshd-")
-    server = LoopbackSSHD(Path(directory)).setup()
-    server.start()
-    yield server
-    server.kill()
-    shutil.rmtree(directory, ignore_errors=True)
+    with running_sshd() as server:
+        yield server

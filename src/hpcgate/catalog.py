@@ -194,14 +194,37 @@ class Identity(_Model):
     ``user_key``: per-user key (and certificate) files found through a path template
     with ``{account}``. ``service_account``: one account whose key the hub holds, which
     runs each user's commands through ``runuser -u``/``sudo -u`` (``switch_user``).
+    ``certificate``: the hub's SSH CA (``hpcgate ca init``) signs, for every connection,
+    a fresh in-memory key with a certificate for exactly the user's account, valid
+    ``certificate_minutes``, from ``source_addresses`` only when they are given; the
+    hosts' sshd trusts the CA (``TrustedUserCAKeys``) and no user key is stored.
     """
 
-    mode: Literal["user_key", "service_account"] = "user_key"
+    mode: Literal["user_key", "service_account", "certificate"] = "user_key"
     key_path: str | None = None
     cert_path: str | None = None
     service_account: Name | None = None
     service_key: str | None = None
     switch_user: list[str] = ["sudo", "-n", "-u", "{account}", "--"]
+    #: The CA's private key (mode ``certificate``); ``{state_dir}`` is the hub's.
+    ca_key: str = "{state_dir}/ssh-ca/ca_key"
+    #: Minutes a certificate is valid (only new connections need one: an open
+    #: connection stays usable after its certificate expired).
+    certificate_minutes: float = Field(5, gt=0, le=24 * 60)
+    #: The hub's addresses as the hosts see them (IPs or CIDRs): certificates carry
+    #: them as ``source-address``, so a stolen one is useless elsewhere. Empty: any.
+    source_addresses: list[str] = []
+
+    @field_validator("source_addresses")
+    @classmethod
+    def _addresses(cls, values: list[str]) -> list[str]:
+        out = []
+        for value in values:
+            try:
+                out.append(str(ipaddress.ip_network(value, strict=False)))
+            except ValueError as exc:
+                raise ValueError(f"{value!r} is not an IP address or network (CIDR)") from exc
+        return out
 
     @model_validator(mode="after")
     def _complete(self) -> Identity:

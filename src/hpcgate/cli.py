@@ -315,6 +315,38 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ca(args: argparse.Namespace) -> int:
+    """``hpcgate ca init|show|revoke``: the hub's SSH certificate authority."""
+    from .remote import certs
+
+    directory = Path(args.dir).expanduser() if args.dir else certs.default_dir(Path(args.state_dir).expanduser())
+    try:
+        if args.ca_command == "init":
+            line = certs.init_ca(directory, force=args.force)
+            print(f"created the SSH CA in {directory} (key {directory / certs.KEY_FILE}, mode 0600)", file=sys.stderr)
+        elif args.ca_command == "show":
+            line = certs.public_line(directory)
+        else:
+            if not (args.key_id or args.key or args.ca):
+                print("hpcgate ca revoke: name what to revoke: --key-id, --key or --ca.", file=sys.stderr)
+                return 2
+            krl = certs.revoke(directory, key_ids=args.key_id, keys=args.key, whole_ca=args.ca)
+            print(f"revocation list: {krl}; copy it to the RevokedKeys file of every host's sshd")
+            return 0
+    except certs.CAError as exc:
+        print(f"hpcgate ca {args.ca_command}: {exc}", file=sys.stderr)
+        return 1
+    # the line for the hosts: TrustedUserCAKeys lists it
+    print(line)
+    if args.ca_command == "init":
+        print(
+            "put this line into the file sshd_config's TrustedUserCAKeys names on every host "
+            "(and AuthorizedPrincipalsFile, RevokedKeys as you see fit)",
+            file=sys.stderr,
+        )
+    return 0
+
+
 def cmd_sandbox(args: argparse.Namespace) -> int:
     from .sandbox.cli import main as sandbox_main
 
@@ -392,6 +424,32 @@ def parser() -> argparse.ArgumentParser:
 
     schema = sub.add_parser("schema", help="print the catalog's JSON Schema (for editors)")
     schema.set_defaults(func=cmd_schema)
+
+    ca = sub.add_parser("ca", help="the hub's SSH certificate authority (identity mode certificate)")
+    ca.add_argument(
+        "--state-dir",
+        default=default_state_dir(),
+        help="the hub's state directory; the CA is its ssh-ca/ (default %(default)s)",
+    )
+    ca.add_argument("--dir", default="", help="the CA's directory (default: <state-dir>/ssh-ca)")
+    ca_sub = ca.add_subparsers(dest="ca_command", required=True)
+    ca_init = ca_sub.add_parser("init", help="create the CA key (0600) and print the line for TrustedUserCAKeys")
+    ca_init.add_argument("--force", action="store_true", help="replace an existing CA key (hosts must be updated)")
+    ca_sub.add_parser("show", help="print the CA's public line (for TrustedUserCAKeys)")
+    ca_revoke = ca_sub.add_parser(
+        "revoke", help="add certificates or keys to the CA's revocation list (for sshd's RevokedKeys)"
+    )
+    ca_revoke.add_argument(
+        "--key-id",
+        action="append",
+        default=[],
+        help="a certificate key id, e.g. hpcgate/alice@cluster: that user is refused on that system (repeatable)",
+    )
+    ca_revoke.add_argument("--key", action="append", default=[], help="a public key line to refuse (repeatable)")
+    ca_revoke.add_argument(
+        "--ca", action="store_true", help="the CA key itself: every certificate it signed is refused"
+    )
+    ca.set_defaults(func=cmd_ca)
 
     sandbox = sub.add_parser("sandbox", help="a mini HPC cluster on this machine (root): up | down | status")
     sandbox.add_argument("sandbox_args", nargs=argparse.REMAINDER)

@@ -122,6 +122,30 @@ async def test_scheduler_error_is_unknown_and_backs_off():
     assert len(backend.calls) == 2
 
 
+async def test_get_fresh_answers_from_a_query_begun_after_the_call():
+    """A server reported before any query saw its job run: get(max_age=0) may answer
+    from the query just made (within its jitter the cache does not query again, and a
+    query in flight began before the report); get_fresh queries once more, shared by
+    concurrent callers, and not during a failure backoff."""
+    backend, clock = ScriptedBackend(), Clock()
+    cache = StatusCache(backend, interval=10, clock=clock)
+    h = JobHandle("9")
+    backend.answers = [{"9": JobStatus(JobState.PENDING)}]
+    assert (await cache.get(h)).state is JobState.PENDING
+    clock.now = 0.05  # the job started and its server reported, inside the jitter
+    backend.answers = [{"9": JobStatus(JobState.RUNNING, node="compute1")}]
+    both = await asyncio.gather(cache.get_fresh(h), cache.get_fresh(h))
+    assert [(s.state, s.node) for s in both] == [(JobState.RUNNING, "compute1")] * 2
+    assert len(backend.calls) == 2
+    # a failing scheduler is left alone for its backoff
+    clock.now = 20
+    backend.answers = [StatusUnavailable("Socket timed out")]
+    assert (await cache.get(h)).state is JobState.UNKNOWN
+    clock.now = 21
+    assert (await cache.get_fresh(h)).state is JobState.UNKNOWN
+    assert len(backend.calls) == 3
+
+
 async def test_a_job_missing_once_is_asked_again_before_done():
     backend, clock = ScriptedBackend(), Clock()
     cache = StatusCache(backend, interval=10, clock=clock)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import concurrent.futures
 import os
 import pwd
+import stat
 import sys
 import time
 from pathlib import Path
@@ -17,7 +18,9 @@ from pathlib import Path
 import pytest
 
 from harness.hub import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
+from harness.keyscan import cert_login_keys, files_holding, private_key_lines
 from harness.sandbox import active_jobs, squeue, stop_hub_and_jobs
+from tests.hub.identity.idtools import assert_secrets_hidden
 from tests.hub.slurmtools import BROKEN_MARK, TOO_MANY_CPUS, TOO_MUCH_MEMORY, run_code
 
 pytestmark = pytest.mark.sandbox
@@ -37,6 +40,20 @@ def hub(sandbox, slurm_catalog, tmp_path_factory):
     hub = Hub(tmp_path_factory.mktemp("slurm-hub"), catalog=str(slurm_catalog), extra=EXTRA).start()
     yield hub
     stop_hub_and_jobs(hub, sandbox, USERS)
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_running(hub, sandbox):
+    """After each test, stop whatever server it left (a test that failed half-way) and
+    cancel its accounts' jobs, so that one failure does not fail the tests after it
+    ("alice is already running"). Tests check their own clean-up themselves."""
+    yield
+    for user, account in USERS.items():
+        r = hub.get(f"/hub/api/users/{user}")
+        if r.ok and r.json()["servers"]:
+            hub.stop_server(user)
+        for job in active_jobs(sandbox, account):
+            sandbox.run_in("login", ["scancel", job["id"]], check=False)
 
 
 @pytest.fixture
@@ -129,6 +146,36 @@ def assert_login_environment(hub: Hub, sandbox, job: str, account: str) -> None:
     assert str(Path(sys.executable).parent) not in env["PATH"].split(":")
     assert env["LANG"]
     assert hub_leaks(env, hub.proc.pid, LOGIN_SHARED) == set()
+
+
+def test_spawns_log_in_with_certificates_and_write_no_user_key(hub, sandbox):
+    """The sandbox catalog's identity is ``certificate``: the job is submitted, the tunnel
+    carried and the hub API forwarded by logins whose certificates sshd logged with the
+    hub user and the system; none of their keys is in a file afterwards. First in this
+    module: its spawn opens the hub's tunnel connection to the cluster."""
+    log = sandbox.info.log_dir / "sshd.log"
+    offset, started = log.stat().st_size, time.time() - 1
+    response, _ = hub.spawn_with_progress("alice", {"system": "cluster"})
+    assert response.status_code in (201, 202), response.text
+    hub.wait_ready("alice")
+    assert_lab_works(hub, "alice")
+    # the CA's private key: in no process's argv (the hub's, the lab's, ssh's), in no log,
+    # and the files holding it are private (the CA directory 0700, the key 0600)
+    logs = [hub.log_path, log, sandbox.info.log_dir / "slurmctld.log"]
+    assert_secrets_hidden(
+        private_key_lines(sandbox.info.ca_key),
+        "".join(path.read_bytes().decode(errors="replace") for path in logs),
+        [hub.state_dir, sandbox.layout.ca_dir],
+        running=[str(hub.state_dir), "jupyterhub-singleuser"],
+    )
+    assert stat.S_IMODE(sandbox.layout.ca_dir.stat().st_mode) == 0o700
+    hub.stop_server("alice")
+    logins = cert_login_keys(log.read_bytes()[offset:].decode(errors="replace"))
+    seen = set(logins.values())
+    assert ("hpcg-alice", "hpcgate/alice@cluster") in seen, seen
+    # the first spawn of this module's hub opened the cluster's tunnel connection
+    assert ("hpcg-tunnel", "hpcgate/tunnel@cluster") in seen, seen
+    assert files_holding(logins, hub.state_dir, Path("/tmp"), since=started) == []
 
 
 def test_spawn_runs_on_a_compute_node_and_stop_cancels_the_job(hub, sandbox):

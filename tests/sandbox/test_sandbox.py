@@ -11,6 +11,7 @@ import pwd
 import socket
 import stat
 import subprocess
+import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +20,12 @@ import pytest
 import yaml
 
 from harness.sandbox import cut_hub_link, restore_hub_link, wait_job
-from hpcgate.catalog import load_catalog
+from hpcgate.catalog import Catalog, CatalogModel, load_catalog
 from hpcgate.net import free_port
+from hpcgate.remote import certs
 from hpcgate.sandbox import Sandbox, SandboxError, cli
 from hpcgate.sandbox import layout as L
+from hpcgate.sandbox.catalog import catalog_data
 from hpcgate.sandbox.network import namespaces, sandbox_routes
 from hpcgate.sandbox.proc import pid_alive, pids_of_users, tcp_open, wait_until
 from hpcgate.sandbox.users import account_uids
@@ -105,6 +108,10 @@ def exclusive(sandbox):
     return sandbox
 
 
+def load_catalog_data(data: dict) -> Catalog:
+    return Catalog(CatalogModel.model_validate(data))
+
+
 # --- the cluster as built -----------------------------------------------------------
 
 
@@ -132,11 +139,46 @@ def test_catalog_matches_the_cluster(sandbox):
     ssh_settings = cluster.ssh
     assert ssh_settings.known_hosts == str(info.known_hosts)
     assert ssh_settings.tunnel_account == info.tunnel_account
+    # short-lived certificates of the sandbox CA, only from the hub's address
+    identity = ssh_settings.identity
+    assert identity.mode == "certificate" and Path(identity.ca_key) == info.ca_key
+    assert identity.source_addresses == [f"{info.hub_addr}/32"] and ssh_settings.tunnel_key is None
+    # the per-user keys stay for identity user_key (the same catalog, other logins)
+    keyed = load_catalog_data(catalog_data(sandbox.layout, identity="user_key")).systems["cluster"].ssh
     for account in info.accounts:
-        assert Path(ssh_settings.identity.key_path.format(account=account)) == info.keys[account]
+        assert Path(keyed.identity.key_path.format(account=account)) == info.keys[account]
     assert cluster.singleuser_command[0].startswith(str(info.venv))
     assert cluster.accounts.source == "map_file"
     assert yaml.safe_load(Path(cluster.accounts.map_file).read_text()) == info.users
+
+
+def cert_ssh_argv(info, tmp: Path, cert_for: str, login_as: str, **issue) -> list[str]:
+    """OpenSSH's client with a fresh key and a certificate for ``cert_for`` (0600 in ``tmp``)."""
+    key, cert = certs.issue(certs.load_ca(info.ca_key), cert_for, f"hpcgate/test@{cert_for}", 60, **issue)
+    (tmp / "id").write_bytes(key.export_private_key())
+    os.chmod(tmp / "id", 0o600)
+    (tmp / "id-cert.pub").write_bytes(cert.export_certificate())
+    argv = info.ssh_argv(login_as, "id", "-un")
+    argv[argv.index("-i") + 1] = str(tmp / "id")
+    return [*argv[:1], "-o", f"CertificateFile={tmp / 'id-cert.pub'}", *argv[1:]]
+
+
+def test_sshd_trusts_the_ca_for_each_accounts_own_name_from_the_hub_only(sandbox, tmp_path):
+    info = sandbox.info
+    config = (sandbox.layout.sshd_dir / "sshd_config").read_text()
+    assert f"TrustedUserCAKeys {info.ca_key}.pub" in config and "AuthorizedPrincipalsFile" in config
+    assert stat.S_IMODE(info.ca_key.stat().st_mode) == 0o600
+    alice, bob = info.users["alice"], info.users["bob"]
+    ok = subprocess.run(cert_ssh_argv(info, tmp_path, alice, alice), capture_output=True, text=True, timeout=30)
+    assert ok.stdout.strip() == alice, ok.stderr
+    as_bob = subprocess.run(cert_ssh_argv(info, tmp_path, alice, bob), capture_output=True, text=True, timeout=30)
+    assert as_bob.returncode == 255 and "Permission denied" in as_bob.stderr
+    # the hub reaches login1 from 10.250.1.1: a certificate for the compute side's network is refused
+    elsewhere = cert_ssh_argv(info, tmp_path, alice, alice, source_addresses=["10.250.2.0/24"])
+    refused = subprocess.run(elsewhere, capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 255 and "Permission denied" in refused.stderr
+    ok = cert_ssh_argv(info, tmp_path, alice, alice, source_addresses=[f"{info.hub_addr}/32"])
+    assert subprocess.run(ok, capture_output=True, text=True, timeout=30).stdout.strip() == alice
 
 
 def test_keys_are_private(sandbox):
@@ -333,6 +375,35 @@ def test_api_refuses_non_root(monkeypatch):
 
 
 # --- down leaves nothing; up again ------------------------------------------------------
+
+
+def test_a_session_that_was_killed_leaves_nothing_to_the_next(exclusive):
+    """A test session killed while it held the sandbox leaves it up with its jobs,
+    labs and logins. The next session (nobody else holding it) gets a clean sandbox: a
+    new Slurm controller without the old jobs, no process of a sandbox account."""
+    sandbox = exclusive
+    leftover = sandbox.run_in(
+        "login", ["sbatch", "--parsable", "-o", "/dev/null", "--wrap", "sleep 600"], user="hpcg-bob"
+    ).stdout.strip()
+    ctld = sandbox.info.pids["slurmctld"]
+    killed = subprocess.Popen(
+        [sys.executable, "-c", "from hpcgate.sandbox import Sandbox; Sandbox().hold(); print('held', flush=True); input()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert killed.stdout is not None and killed.stdout.readline().strip() == "held"
+    finally:
+        killed.kill()
+        killed.wait()
+    sandbox.release(keep=True)  # this session steps back: only the killed one held it
+    sandbox.hold()
+    assert sandbox.is_up() and sandbox.info.pids["slurmctld"] != ctld and not pid_alive(ctld)
+    ids = sandbox.run_in("login", ["squeue", "-h", "-t", "all", "-o", "%i"]).stdout.split()
+    assert leftover not in ids, ids
+    assert pids_of_users(account_uids()) == []
+    assert ssh(sandbox, "hpcg-alice", "id", "-un").stdout.strip() == "hpcg-alice"
 
 
 def test_down_leaves_nothing_and_up_rebuilds(exclusive):

@@ -122,6 +122,9 @@ class HPCGate(SingletonConfigurable):
         self._accounts: dict[str, AccountResolver] = {}
         self._accounting: dict[str, tuple[System, AccountingCache]] = {}
         self._reservations: dict[str, tuple[System, ReservationCache]] = {}
+        #: (system, account) -> hub users whose servers use it: the key ids of SSH
+        #: certificates name them (noted by the spawners, see note_account)
+        self._account_users: dict[tuple[str, str], set[str]] = {}
         #: SSH connections of every system's backend, one per (host, login).
         self.ssh_pool = SSHPool(self.ssh_max_sessions, idle_timeout=self.ssh_idle_timeout)
         #: The tunnels of every system, one SSH connection per jump host.
@@ -202,7 +205,7 @@ class HPCGate(SingletonConfigurable):
             backend = cls(
                 system_name,
                 system,
-                BackendContext(state_dir=str(Path(self.state_dir))),
+                BackendContext(state_dir=str(Path(self.state_dir)), hub_users_of=self.hub_users_of),
                 **extra,
             )
             cache = StatusCache(backend, system.status_interval, logger=self.log)
@@ -227,6 +230,14 @@ class HPCGate(SingletonConfigurable):
         if resolver is None or resolver.mapping != system.accounts:
             resolver = self._accounts[system_name] = AccountResolver(system_name, system.accounts)
         return resolver
+
+    def note_account(self, system_name: str, account: str, hub_user: str) -> None:
+        """Remember that ``hub_user`` uses ``account`` on the system (certificate key ids)."""
+        self._account_users.setdefault((system_name, account), set()).add(hub_user)
+
+    def hub_users_of(self, system_name: str, account: str) -> list[str]:
+        """The hub users noted for ``account`` on the system (sorted; may be empty)."""
+        return sorted(self._account_users.get((system_name, account), ()))
 
     def system(self, system_name: str) -> System:
         """The system's definition (the last known one if it left the catalog)."""

@@ -304,6 +304,9 @@ class HPCSpawner(Spawner):
         self.usage = SessionUsage.from_state(state.get("usage"))
         self._api_token_sha256 = state.get("api_token_sha256", "")
         if self.job and self.system:
+            account = self.job.extra.get("account")
+            if account:
+                self.hpcgate.note_account(self.system, str(account), self.user.name)
             try:
                 self.hpcgate.status_cache(self.system).follow(self.job, self._job_ended)
             except KeyError:
@@ -396,9 +399,11 @@ class HPCSpawner(Spawner):
         ``auth_state``, or the admins' map file.
         """
         try:
-            return self.hpcgate.accounts(request.system).account(self.user.name, auth_state)
+            account = self.hpcgate.accounts(request.system).account(self.user.name, auth_state)
         except AccountError as exc:
             raise _bad_request(str(exc)) from exc
+        self.hpcgate.note_account(request.system, account, self.user.name)
+        return account
 
     @property
     def tunnel_key(self) -> str:
@@ -560,7 +565,8 @@ class HPCSpawner(Spawner):
             if found:
                 if last_shown is None or last_shown[0] is not JobState.RUNNING:
                     # the server reported before a status query saw it run: say where
-                    status = await cache.get(handle, max_age=0)
+                    # (the node, from a query begun after the report; else its address)
+                    status = await cache.get_fresh(handle)
                     node = status.node if status.state is JobState.RUNNING and status.node else found[0]
                     self._emit(50, f"Running on {node}")
                 return found

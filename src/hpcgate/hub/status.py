@@ -17,6 +17,9 @@ Rules (they are the point of this class):
   (``scancel`` outside the hub, a node failure, the time limit) is noticed within one
   interval of the scheduler saying so, and its follower is called once with the final
   status. Still one query per system per interval, shared by all jobs.
+- :meth:`StatusCache.get_fresh` is the one exception: a spawner whose server reported
+  its address before any query saw the job run asks once for an answer begun after the
+  report (to name the node); concurrent askers share it, a backoff is respected.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ class StatusCache:
         self._watched: dict[str, JobHandle] = {}
         self._statuses: dict[str, JobStatus] = {}
         self._refreshed_at: float | None = None
+        #: when the last query began (get_fresh: an answer from a query begun later)
+        self._query_began: float | None = None
         self._failures = 0
         self._not_before = 0.0
         #: Number of backend queries made (for tests and benchmarks).
@@ -181,9 +186,31 @@ class StatusCache:
                         await self._refresh()
         return self._statuses.get(handle.job_id, JobStatus(JobState.UNKNOWN, "not asked yet"))
 
+    async def get_fresh(self, handle: JobHandle) -> JobStatus:
+        """The status of ``handle`` from a query that began after this call.
+
+        For a caller that knows the cached answer is stale (a server reported its address
+        before any query saw its job run): :meth:`get` with ``max_age=0`` may answer from
+        a query begun earlier, or skip the query during the jitter after the last one.
+        Concurrent callers share one query; during a failure backoff the last answer
+        (UNKNOWN) is returned without a query. A job already reported DONE is answered
+        from memory.
+        """
+        known = self._statuses.get(handle.job_id)
+        if known is not None and known.state is JobState.DONE:
+            return known
+        asked = self._clock()
+        self.watch(handle)
+        async with self._lock:
+            began = self._query_began
+            if self._failures == 0 and (began is None or began < asked):
+                await self._refresh()
+        return self._statuses.get(handle.job_id, JobStatus(JobState.UNKNOWN, "not asked yet"))
+
     async def _refresh(self) -> None:
         # let callers that arrive in the same tick join this query instead of the next
         await asyncio.sleep(0)
+        self._query_began = self._clock()
         handles = list(self._watched.values())
         if not handles:
             self._refreshed_at = self._clock()

@@ -8,6 +8,9 @@ Pieces, from the bottom up:
   re-opened after it dropped, with keepalive, a cap on concurrent sessions (OpenSSH
   refuses more than ``MaxSessions``, 10 by default, on one connection) and idle
   eviction (a connection unused for ``idle_timeout`` seconds is closed).
+- :class:`~hpcgate.remote.certs.CertificateLogin` on a target (mode ``certificate``):
+  a fresh key and a certificate from the hub's SSH CA at every connection
+  (:mod:`hpcgate.remote.certs`).
 - :func:`describe_error`: the short cause of a connection error, for a sentence.
 - :func:`run_local`: the same call for the hub host itself.
 
@@ -35,6 +38,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import asyncssh
+
+from .certs import CAError, CertificateLogin
 
 log = logging.getLogger("hpcgate.remote")
 
@@ -81,20 +86,29 @@ class SSHTarget:
     #: keepalives without answer before the connection counts as dead
     keepalive_count_max: int = 3
     connect_timeout: float = 10.0
+    #: Mode ``certificate``: a fresh key and certificate at every connection (``key_path``
+    #: and ``cert_path`` unused).
+    certificate: CertificateLogin | None = None
 
     @property
     def where(self) -> str:
         return f"{self.host}:{self.port}"
 
     def connect_options(self) -> dict:
-        """Keyword arguments for :func:`asyncssh.connect` (keys are read here)."""
+        """Keyword arguments for :func:`asyncssh.connect` (keys are read or made here)."""
+        if self.certificate is not None:
+            try:
+                client_key: object = self.certificate.credentials(self.username)
+            except CAError as exc:
+                raise RemoteError(f"cannot sign a certificate for {self.username}@{self.host}: {exc}") from exc
+            return self._options(client_key)
         try:
             key = asyncssh.read_private_key(self.key_path)
         except (OSError, asyncssh.KeyImportError) as exc:
             raise RemoteError(
                 f"cannot use the SSH key {self.key_path} for {self.username}@{self.host}: {describe_error(exc)}"
             ) from exc
-        client_key: object = key
+        client_key = key
         if self.cert_path:
             try:
                 client_key = (key, asyncssh.read_certificate(self.cert_path))
@@ -103,6 +117,9 @@ class SSHTarget:
                     f"cannot use the SSH certificate {self.cert_path} for "
                     f"{self.username}@{self.host}: {describe_error(exc)}"
                 ) from exc
+        return self._options(client_key)
+
+    def _options(self, client_key: object) -> dict:
         return {
             "host": self.host,
             "port": self.port,

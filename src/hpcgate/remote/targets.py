@@ -9,8 +9,9 @@
   :class:`~hpcgate.remote.pool.SSHTarget`: the user's own key (``user_key``) or a
   service account whose key the hub holds and which switches to the user's account with
   ``switch_user`` (``runuser -u`` or ``sudo -u``) before running the command
-  (``service_account``). :meth:`SystemRemote.tunnel_target` is the login of the
-  system's tunnel connection.
+  (``service_account``), or a certificate from the hub's SSH CA for the user's account,
+  made fresh for each connection (``certificate``, :mod:`hpcgate.remote.certs`).
+  :meth:`SystemRemote.tunnel_target` is the login of the system's tunnel connection.
 
 Contracts:
 
@@ -27,10 +28,11 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from ..catalog import System
+from .certs import CertificateLogin
 from .pool import CommandFailed, CommandResult, RemoteError, SSHPool, SSHTarget
 
 #: Account names that may be put into a path or a command line.
@@ -86,6 +88,9 @@ class SystemRemote:
     pool: SSHPool | None
     #: values a path template of the catalog may use besides ``{account}``
     template_values: dict[str, str] = field(default_factory=dict)
+    #: (system, account) -> the hub users known to use that account: named in the key
+    #: id of certificates (mode ``certificate``)
+    hub_users_of: Callable[[str, str], Sequence[str]] | None = None
 
     def __post_init__(self) -> None:
         if self.system.ssh is None:
@@ -109,11 +114,38 @@ class SystemRemote:
                 self._path(identity.service_key or "", account, "identity.service_key"),
                 None,
             )
+        if identity.mode == "certificate":
+            owners = self.hub_users_of
+            return self._target(
+                host,
+                account,
+                "",
+                None,
+                self._certificate(
+                    hub_users=(lambda: owners(self.system_name, account)) if owners else None
+                ),
+            )
         key = self._path(identity.key_path or "", account, "identity.key_path")
         cert = self._path(identity.cert_path, account, "identity.cert_path") if identity.cert_path else None
         return self._target(host, account, key, cert)
 
-    def _target(self, host: str, username: str, key: str, cert: str | None) -> SSHTarget:
+    def _certificate(self, **extra) -> CertificateLogin:
+        identity = self.ssh.identity
+        try:
+            ca_key = render_path(identity.ca_key, **self.template_values)
+        except ValueError as exc:
+            raise RemoteError(f"systems.{self.system_name}.ssh.identity.ca_key: {exc}") from exc
+        return CertificateLogin(
+            ca_key=ca_key,
+            system=self.system_name,
+            validity=identity.certificate_minutes * 60,
+            source_addresses=tuple(identity.source_addresses),
+            **extra,
+        )
+
+    def _target(
+        self, host: str, username: str, key: str, cert: str | None, certificate: CertificateLogin | None = None
+    ) -> SSHTarget:
         return SSHTarget(
             host=host,
             port=self.ssh.port,
@@ -123,17 +155,25 @@ class SystemRemote:
             known_hosts=self.ssh.known_hosts,
             keepalive_interval=self.ssh.keepalive_interval,
             connect_timeout=self.ssh.connect_timeout,
+            certificate=certificate,
         )
 
     def tunnel_target(self, host: str) -> SSHTarget:
         """The login of the tunnel connection (``ssh.tunnel_account``/``tunnel_key``).
 
-        Falls back to the service account of a ``service_account`` identity.
+        Falls back to the service account of a ``service_account`` identity. With a
+        ``certificate`` identity and no ``tunnel_key``, the tunnel account logs in with a
+        certificate too (key id ``hpcgate/tunnel@<system>``).
         """
         identity = self.ssh.identity
         account = self.ssh.tunnel_account or (
             identity.service_account if identity.mode == "service_account" else None
         )
+        if account and not self.ssh.tunnel_key and identity.mode == "certificate":
+            account = AccountName(account)
+            return self._target(
+                host, account, "", None, self._certificate(fixed_key_id=f"hpcgate/tunnel@{self.system_name}")
+            )
         key = self.ssh.tunnel_key or (identity.service_key if identity.mode == "service_account" else None)
         if not account or not key:
             raise RemoteError(

@@ -2,7 +2,9 @@
 
 Systems: ``login`` (kind ssh: labs run on the login node) and ``cluster`` (kind slurm:
 jobs submitted on the login node run on compute1), both reached at 10.250.1.2 with
-per-user keys, tunnels through ``hpcg-tunnel``, the hub API forwarded through the jump
+short-lived certificates of the sandbox's SSH CA (identity ``certificate``, only from
+the hub's address 10.250.1.1; ``identity="user_key"`` gives the per-user key files
+instead), tunnels through ``hpcg-tunnel``, the hub API forwarded through the jump
 host. Hub users ``alice``/``bob`` map to ``hpcg-alice``/``hpcg-bob`` through a YAML map
 file. One group grants both systems to every user; the groups ``ml-team``, ``physics``
 and ``astro`` are the sandbox directory's groups (the VOs of directory and IdP logins).
@@ -30,18 +32,37 @@ def _limits(cpus: int, memory: int, runtime: int) -> dict[str, Any]:
     }
 
 
-def _ssh(lay: L.Layout, hub_api_bind: str) -> dict[str, Any]:
+#: The catalog's identity modes the sandbox can write.
+IDENTITIES = ("certificate", "user_key")
+
+
+def _ssh(lay: L.Layout, hub_api_bind: str, identity: str) -> dict[str, Any]:
+    if identity == "certificate":
+        logins: dict[str, Any] = {
+            "identity": {
+                "mode": "certificate",
+                "ca_key": str(lay.ca_key),
+                "certificate_minutes": 5,
+                "source_addresses": [L.HUB_ADDR],
+            },
+        }
+    elif identity == "user_key":
+        logins = {
+            "identity": {"mode": "user_key", "key_path": lay.key_path_template},
+            "tunnel_key": str(lay.key_path(L.TUNNEL_ACCOUNT)),
+        }
+    else:
+        raise ValueError(f"identity {identity!r}: the sandbox writes one of {', '.join(IDENTITIES)}")
     return {
         "port": L.SSH_PORT,
         "known_hosts": str(lay.known_hosts),
-        "identity": {"mode": "user_key", "key_path": lay.key_path_template},
+        **logins,
         "tunnel_account": L.TUNNEL_ACCOUNT,
-        "tunnel_key": str(lay.key_path(L.TUNNEL_ACCOUNT)),
         "hub_api_bind": hub_api_bind,
     }
 
 
-def catalog_data(lay: L.Layout) -> dict[str, Any]:
+def catalog_data(lay: L.Layout, identity: str = "certificate") -> dict[str, Any]:
     """The catalog as plain data (what :func:`write_catalog` dumps as YAML).
 
     The hub API's remote forward listens on ``localhost`` of login1 for ``login`` (labs
@@ -74,7 +95,7 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
                 "kind": "ssh",
                 "description": f"The sandbox login node {L.LOGIN_HOST}",
                 **common,
-                "ssh": _ssh(lay, "localhost"),
+                "ssh": _ssh(lay, "localhost", identity),
                 "partitions": {
                     "interactive": {
                         "description": "A lab on the login node",
@@ -86,7 +107,7 @@ def catalog_data(lay: L.Layout) -> dict[str, Any]:
                 "kind": "slurm",
                 "description": f"The sandbox Slurm cluster ({L.COMPUTE_HOST})",
                 **common,
-                "ssh": _ssh(lay, L.LOGIN_INNER_ADDR),
+                "ssh": _ssh(lay, L.LOGIN_INNER_ADDR, identity),
                 "status_interval": 2,
                 "partitions": slurm_partitions,
             },

@@ -64,6 +64,7 @@ def _show_status(status: dict[str, Any]) -> str:
         + ", ".join(f"{u} -> {a}" for u, a in status["users"].items())
         + ")",
         f"  known_hosts: {status['known_hosts']}",
+        f"  SSH CA:      {status['ssh_ca']} (the catalog's certificates; hpcgate ca --dir {status['ssh_ca']} show)",
         "  keys:        " + "\n               ".join(f"{a}: {k}" for a, k in status["keys"].items()),
         f"  tunnel account: {status['tunnel_account']}",
         f"  job venv:    {status['venv']}",

@@ -2,7 +2,11 @@
 
 ``Sandbox().up()`` returns a :class:`SandboxInfo` (addresses, accounts, key paths,
 catalog, venv, daemon PIDs). It is idempotent: on a running sandbox it only restarts
-what is missing (say an sshd a test stopped) and reports. ``down()`` leaves no
+what is missing (say an sshd a test stopped), brings the sshd config (sshd re-reads a
+changed one) and the catalog up to date, and reports -- unless a test session that held
+it died without releasing it (killed) and nobody else holds it: then it starts clean
+(down, then a cold start), so no job, lab or session of the killed run is left in the
+queue or on the nodes for the next one. ``down()`` leaves no
 sandbox process, namespace, UTS handle, ``/etc/netns`` overlay, veth or route behind;
 accounts, keys, the sshd host key and the job venv stay (cached; see layout.py).
 
@@ -78,6 +82,8 @@ class SandboxInfo:
     #: account -> private key (root-owned, 0600)
     keys: dict[str, Path]
     known_hosts: Path
+    #: the SSH CA's private key (root-owned, 0600) the catalog's certificates come from
+    ca_key: Path
     catalog: Path
     account_map: Path
     venv: Path
@@ -144,8 +150,18 @@ class Sandbox:
         say = log or (lambda line: None)
         lay = self.layout
         with self._lock():
-            if self._network_complete():
+            live, dead = self._scan_holders()
+            killed_run = bool(dead) and not live
+            test_owned = lay.test_owned_marker.exists()
+            if killed_run and self._network_complete():
+                say(f"{dead} test session(s) ended without releasing the sandbox (killed?): starting it clean")
+            elif self._network_complete():
                 say("sandbox network is up; starting whatever is missing")
+                # a sandbox built by an older hpcgate: its sshd config and catalog follow this one
+                if ssh.setup_sshd(lay):
+                    say("the sshd config changed; sshd re-reads it")
+                    ssh.reload_sshd(lay)
+                write_catalog(lay)
                 timings = self._read_state().get("timings", {})
                 pids = self._start_daemons(lay, say, timings={})
                 return self._remember(pids, timings)
@@ -157,6 +173,8 @@ class Sandbox:
                 say("up failed; removing what was built")
                 self._down_locked()
                 raise
+            if killed_run and test_owned:  # still the test sessions' sandbox (release() removes it)
+                lay.test_owned_marker.touch()
             return self._remember(pids, timings)
 
     def _cold_up(
@@ -276,6 +294,7 @@ class Sandbox:
             tunnel_account=L.TUNNEL_ACCOUNT,
             keys={a: lay.key_path(a) for a in L.ACCOUNTS},
             known_hosts=lay.known_hosts,
+            ca_key=lay.ca_key,
             catalog=lay.catalog,
             account_map=lay.account_map,
             venv=lay.venv_dir,
@@ -322,6 +341,7 @@ class Sandbox:
             "tunnel_account": L.TUNNEL_ACCOUNT,
             "keys": {a: str(lay.key_path(a)) for a in L.ACCOUNTS},
             "known_hosts": str(lay.known_hosts),
+            "ssh_ca": str(lay.ca_dir),
             "catalog": str(lay.catalog),
             "account_map": str(lay.account_map),
             "venv": str(lay.venv_dir) + ("" if jobenv.venv_ready(lay) else " (not built)"),
@@ -421,15 +441,17 @@ class Sandbox:
         """
         require_root()
         lay = self.layout
-        was_up = self.is_up()
-        info = self.up()
         with self._lock():
-            if not was_up:
-                lay.test_owned_marker.touch()
+            was_up = self.is_up()
+            # registered before up(): a session starting meanwhile sees this one alive
             lay.holders_dir.mkdir(parents=True, exist_ok=True)
             if self._holder is None:
                 self._holder = lay.holders_dir / f"{os.getpid()}.{secrets.token_hex(4)}"
             self._holder.touch()
+        info = self.up()
+        if not was_up:
+            with self._lock():
+                lay.test_owned_marker.touch()
         return info
 
     def other_holders(self) -> list[int]:
@@ -441,7 +463,12 @@ class Sandbox:
 
     def _live_holders(self) -> list[int]:
         """PIDs of the live holders except this object; removes stale entries."""
-        found = []
+        return self._scan_holders()[0]
+
+    def _scan_holders(self) -> tuple[list[int], int]:
+        """(PIDs of the live holders except this object, number of stale entries: holders
+        that died without :meth:`release`); removes the stale entries."""
+        found, dead = [], 0
         for entry in self.layout.holders_dir.glob("*"):
             if entry == self._holder:
                 continue
@@ -450,7 +477,8 @@ class Sandbox:
                 found.append(int(pid))
             else:
                 entry.unlink(missing_ok=True)
-        return found
+                dead += 1
+        return found, dead
 
     def release(self, keep: bool = False) -> bool:
         """Unregister this holder; remove the sandbox if it was the last holder, a test

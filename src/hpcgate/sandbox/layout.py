@@ -2,8 +2,8 @@
 
 One sandbox per machine. Everything it writes lives in three places:
 
-- ``state_dir`` (default ``/var/lib/hpcgate-sandbox``): keys, sshd host key,
-  known_hosts, catalog, account map, Slurm/munge state and logs. Kept across ``down``
+- ``state_dir`` (default ``/var/lib/hpcgate-sandbox``): keys, the SSH CA, sshd host
+  key, known_hosts, catalog, account map, Slurm/munge state and logs. Kept across ``down``
   (the host key and user keys stay stable, so known_hosts stays valid).
 - ``run_dir`` (default ``/run/hpcgate-sandbox``): pid files, the munge socket, the UTS
   and mount namespace handles of the nodes. Removed by ``down``.
@@ -99,6 +99,20 @@ class Layout:
     @property
     def key_path_template(self) -> str:
         return str(self.keys_dir / "{account}" / "id_ed25519")
+
+    @property
+    def ca_dir(self) -> Path:
+        """The hub's SSH CA for the sandbox (``hpcgate ca init``'s layout), kept by ``down``."""
+        return self.state_dir / "ssh-ca"
+
+    @property
+    def ca_key(self) -> Path:
+        return self.ca_dir / "ca_key"
+
+    @property
+    def principals_dir(self) -> Path:
+        """sshd's ``AuthorizedPrincipalsFile`` per account (read as the account: 0755/0644)."""
+        return self.state_dir / "ssh-principals"
 
     @property
     def sshd_dir(self) -> Path:

@@ -5,13 +5,20 @@ sshd runs in the login namespace with an absolute ``-f`` config
 ``down`` so ``known_hosts`` stays valid), key-only auth, ``StrictModes yes``,
 ``AllowTcpForwarding yes`` and ``GatewayPorts clientspecified``, listening on
 10.250.1.2:22 (hub side) and 10.250.2.1:22 (compute side). Only the sandbox accounts
-may log in. Its pid file is ``<run_dir>/sshd.pid``; its log ``<state_dir>/log/sshd.log``.
+may log in, with their keys or with a certificate of the sandbox's SSH CA
+(``<state_dir>/ssh-ca``, made once by the code of ``hpcgate ca init``):
+``TrustedUserCAKeys``, ``AuthorizedPrincipalsFile`` (each account: its own name) and
+the CA's revocation list as ``RevokedKeys``. Its pid file is ``<run_dir>/sshd.pid``; its log ``<state_dir>/log/sshd.log``.
 """
 
 from __future__ import annotations
 
+import os
+import signal
+import time
 from pathlib import Path
 
+from ..remote import certs
 from . import layout as L
 from .daemons import daemon_pid, executable_of, stop_daemon
 from .network import ns_argv, ns_pids
@@ -46,6 +53,9 @@ def config_text(lay: L.Layout) -> str:
             f"HostKey {host_key(lay)}",
             f"PidFile {lay.pid_file('sshd')}",
             "AuthorizedKeysFile .ssh/authorized_keys",
+            f"TrustedUserCAKeys {lay.ca_dir / (certs.KEY_FILE + '.pub')}",
+            f"AuthorizedPrincipalsFile {lay.principals_dir}/%u",
+            f"RevokedKeys {lay.ca_dir / certs.KRL_FILE}",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
             "KbdInteractiveAuthentication no",
@@ -69,8 +79,9 @@ def config_text(lay: L.Layout) -> str:
     )
 
 
-def setup_sshd(lay: L.Layout) -> None:
-    """Write the config and host key (once) and the known_hosts file; check the config."""
+def setup_sshd(lay: L.Layout) -> bool:
+    """Write the config, host key and CA (both once) and the known_hosts file; check the
+    config. Returns whether the config changed (a running sshd must re-read it)."""
     make_dir(lay.sshd_dir, 0o700)
     key = host_key(lay)
     if not key.exists():
@@ -78,6 +89,15 @@ def setup_sshd(lay: L.Layout) -> None:
             ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "hpcgate-sandbox login1", "-f", str(key)],
             what="generating the sshd host key",
         )
+    if not lay.ca_key.exists():
+        certs.init_ca(lay.ca_dir, comment="hpcgate sandbox user CA")
+    make_dir(lay.principals_dir, 0o755)
+    for account in L.ACCOUNTS:
+        write_file(lay.principals_dir / account, f"{account}\n", 0o644)
+    try:
+        before = config_path(lay).read_text()
+    except OSError:
+        before = None
     write_file(config_path(lay), config_text(lay), 0o600)
     public = key.with_name(key.name + ".pub").read_text().split()
     names = ",".join([L.LOGIN_ADDR, L.LOGIN_INNER_ADDR, L.LOGIN_HOST])
@@ -85,6 +105,19 @@ def setup_sshd(lay: L.Layout) -> None:
     # sshd's privilege separation directory
     make_dir(lay.run_dir.parent / "sshd", 0o755)
     run([SSHD, "-t", "-f", str(config_path(lay))], what="checking the sshd config")
+    return before != config_text(lay)
+
+
+def reload_sshd(lay: L.Layout, timeout: float = 15) -> None:
+    """Make the running sshd read its config again (SIGHUP: it re-executes itself, same PID)."""
+    pid = sshd_pid(lay)
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGHUP)
+    time.sleep(0.2)
+    wait_until(
+        lambda: tcp_open(L.LOGIN_ADDR, L.SSH_PORT), f"sshd to listen again on {L.LOGIN_ADDR}:{L.SSH_PORT}", timeout
+    )
 
 
 def sshd_pid(lay: L.Layout) -> int | None:

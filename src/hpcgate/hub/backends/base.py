@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
@@ -169,6 +169,9 @@ class BackendContext:
     """Hub-wide facts a backend may need."""
 
     state_dir: str
+    #: (system, account) -> hub users known to use that account (for the key ids of
+    #: SSH certificates); None: unknown.
+    hub_users_of: Callable[[str, str], Sequence[str]] | None = None
 
 
 class Backend(ABC):

@@ -127,7 +127,9 @@ class LoginHosts:
         self.system = system
         self.pool = pool or SSHPool()
         self._own_pool = pool is None
-        self.remote = SystemRemote(name, system, self.pool, {"state_dir": context.state_dir})
+        self.remote = SystemRemote(
+            name, system, self.pool, {"state_dir": context.state_dir}, hub_users_of=context.hub_users_of
+        )
         self._next_host = 0
         self._unreachable: dict[str, float] = {}
 
