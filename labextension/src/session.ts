@@ -1,5 +1,6 @@
 /**
- * The session's status-bar item: system, node, job id and the time left of the job,
+ * The session's status-bar item: system, node, job id, the time left of the job and
+ * its energy so far (labelled as an estimate or as measured; the CO2 in the tooltip),
  * with notifications 10 and 2 minutes before the wall time ends ("save your work").
  *
  * The lab learns its session from the hub through its own server
@@ -14,6 +15,16 @@ import { ServerConnection } from '@jupyterlab/services';
 import { IStatusBar } from '@jupyterlab/statusbar';
 import { Widget } from '@lumino/widgets';
 
+/** The session's energy as the hub computes it (hpcgate.energy, SessionEnergy.as_json). */
+interface IEnergy {
+  energy_wh: number;
+  method: string; // "estimate" or "measured"
+  estimate: boolean;
+  co2_g: number | null;
+  intensity_g_per_kwh: number | null;
+  label: string;
+}
+
 interface ISession {
   name: string;
   system: string | null;
@@ -26,6 +37,7 @@ interface ISession {
   started: number | null;
   end_time: number | null;
   now: number;
+  energy?: IEnergy | null;
 }
 
 /** Minutes before the end at which the user is warned, largest first. */
@@ -48,6 +60,16 @@ function duration(seconds: number): string {
     return `${m} min`;
   }
   return m ? `${m} min ${String(s).padStart(2, '0')} s` : `${s} s`;
+}
+
+/** Wh or kWh with three significant digits, as the hub's session cards show them. */
+function energyText(wh: number): string {
+  return wh >= 1000 ? `${Number((wh / 1000).toPrecision(3))} kWh` : `${Number(wh.toPrecision(3))} Wh`;
+}
+
+/** The energy part of the item: "12.3 Wh (estimate)" or "12.3 Wh (measured)". */
+function energyPart(e: IEnergy): string {
+  return `${energyText(e.energy_wh)} (${e.estimate ? 'estimate' : 'measured'})`;
 }
 
 class SessionItem extends Widget {
@@ -111,7 +133,12 @@ class SessionItem extends Widget {
     }
     const left = this.left();
     parts.push(left === null ? 'no time limit' : `${duration(left)} left`);
+    const energy = s.energy || null;
+    if (energy) {
+      parts.push(energyPart(energy));
+    }
     this.node.textContent = parts.join(' · ');
+    this.node.dataset.energy = energy ? energy.method : '';
     this.node.dataset.left = left === null ? '' : String(Math.round(left));
     this.toggleClass('hpcgate-SessionItem-ending', left !== null && left < 600);
     const where = s.system_description ? `${s.system} (${s.system_description})` : s.system;
@@ -120,6 +147,10 @@ class SessionItem extends Widget {
       (s.partition ? `, partition ${s.partition}` : '') +
       (s.project ? `, project ${s.project}` : '') +
       (s.end_time ? `; ends at ${new Date((s.end_time - this.skew) * 1000).toLocaleTimeString()}` : '') +
+      (energy
+        ? `; energy so far ${energy.label}` +
+          (energy.estimate ? ' (estimated from the allocated CPUs and GPUs, not measured)' : ' (measured by the scheduler)')
+        : '') +
       (PageConfig.getOption('hubPrefix') ? '. Click for all your sessions.' : '');
     if (left !== null) {
       this.warn(left);

@@ -47,7 +47,10 @@ HOST_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9.:-]{0,252}$"
 Host = Annotated[str, Field(pattern=HOST_PATTERN)]
 
 RESOURCES = ("nodes", "cpus", "memory", "gpus", "runtime")
-OPTION_KEYS = ("system", "partition", "project", *RESOURCES)
+#: The options every launch has (a launch kept with all of them is complete).
+BASE_KEYS = ("system", "partition", "project", *RESOURCES)
+#: Every launch option: the base ones and the scheduler reservation to start in.
+OPTION_KEYS = (*BASE_KEYS, "reservation")
 UNITS = {"nodes": "", "cpus": "", "memory": " GiB", "gpus": "", "runtime": " min"}
 #: Anything above this is rejected before it is compared with a limit.
 ABSOLUTE_MAX = 10**7
@@ -605,6 +608,47 @@ class Charges:
     notice: str = ""
 
 
+def _utc(epoch: float, with_date: bool = True) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC" if with_date else "%H:%M UTC", time.gmtime(epoch))
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A scheduler reservation this user may start in (Slurm: ``scontrol show reservation``).
+
+    The hub hands the catalog only reservations whose users admit the user's account
+    on the system and whose time is now or soon (:mod:`hpcgate.hub.reservations`);
+    the catalog matches them with partitions and projects. ``partition`` None: any
+    partition of the system. ``accounts``: projects allowed (``-name`` entries: every
+    project but those); empty: any project.
+    """
+
+    name: str
+    start: float
+    end: float
+    partition: str | None = None
+    accounts: tuple[str, ...] = ()
+
+    def active(self, now: float) -> bool:
+        return self.start <= now < self.end
+
+    def allows_project(self, project: str | None) -> bool:
+        """Whether a job charged to ``project`` may use it (None: the user's default
+        account, unknown here: only a reservation without a positive account list)."""
+        if not self.accounts:
+            return True
+        if all(a.startswith("-") for a in self.accounts):
+            return project is None or f"-{project}" not in self.accounts
+        return project is not None and project in self.accounts
+
+    def when(self, now: float) -> str:
+        """``active until 17:40 UTC`` or ``from 2026-12-01 18:00 UTC to 19:00 UTC``."""
+        same_day = time.gmtime(self.start)[:3] == time.gmtime(self.end)[:3]
+        if self.active(now):
+            return f"active until {_utc(self.end, not same_day or time.gmtime(now)[:3] != time.gmtime(self.end)[:3])}"
+        return f"from {_utc(self.start)} to {_utc(self.end, not same_day)}"
+
+
 @dataclass(frozen=True)
 class PartitionOffer:
     name: str
@@ -636,8 +680,9 @@ class SystemOffer:
     sessions_per_user: int | None = None
     #: Hook for the system's health (up, draining, maintenance) from other work; None: not known.
     state: str | None = None
-    #: Hook for the reservations the user may use here (names); empty: none offered.
-    reservations: tuple[str, ...] = ()
+    #: The scheduler reservations this user may start in here, now or soon (each
+    #: usable in its partition, or any when None, with the projects it allows).
+    reservations: tuple[Reservation, ...] = ()
     #: The project preselected in the form and used when none is given (Slurm's
     #: default account of the user, if offered).
     default_project: str | None = None
@@ -646,6 +691,24 @@ class SystemOffer:
 
     def partition(self, name: str) -> PartitionOffer | None:
         return next((p for p in self.partitions if p.name == name), None)
+
+    def reservation(self, name: str) -> Reservation | None:
+        return next((r for r in self.reservations if r.name == name), None)
+
+    def reservation_json(self, r: Reservation, now: float | None = None) -> dict[str, Any]:
+        """A reservation as the form and the offer API show it: ``projects`` are the
+        offered projects a job in it may charge (None: any)."""
+        now = time.time() if now is None else now
+        names = [n for n, _ in self.projects]
+        return {
+            "name": r.name,
+            "start": r.start,
+            "end": r.end,
+            "active": r.active(now),
+            "when": r.when(now),
+            "partition": r.partition,
+            "projects": None if not r.accounts else [n for n in names if r.allows_project(n)],
+        }
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -656,7 +719,7 @@ class SystemOffer:
             "projects": [{"name": n, "description": d} for n, d in self.projects],
             "sessions_per_user": self.sessions_per_user,
             "state": self.state,
-            "reservations": list(self.reservations),
+            "reservations": [self.reservation_json(r) for r in self.reservations],
             "default_project": self.default_project,
             "notices": list(self.notices),
         }
@@ -731,6 +794,8 @@ class LaunchRequest:
     partition_config: Partition = field(repr=False, compare=False)
     #: The catalog's apps for this system, by name, in the catalog's short form.
     apps: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False, compare=False)
+    #: The scheduler reservation the job starts in (``sbatch --reservation``), or None.
+    reservation: str | None = None
 
     @property
     def kernels(self) -> dict[str, dict[str, Any]]:
@@ -770,6 +835,7 @@ class Catalog:
         user: UserInfo,
         context: LoginContext | None = None,
         charges: Mapping[str, Charges] | None = None,
+        reservations: Mapping[str, Iterable[Reservation]] | None = None,
     ) -> Offer:
         """What ``user`` may launch: the union over the user's catalog groups.
 
@@ -779,8 +845,12 @@ class Catalog:
         :attr:`Offer.withheld` (``context`` None: no second factor, address unknown).
         ``charges``: per system with ``projects: {source: slurm}``, the user's accounts
         from the accounting (missing: not known, no project can be offered there).
+        ``reservations``: per system, the scheduler reservations whose users admit this
+        user, now or soon (:mod:`hpcgate.hub.reservations`); offered where one of the
+        user's partitions and projects may use them.
         """
         context = context or LoginContext()
+        reservations = reservations or {}
         charges = charges or {}
         partitions: dict[str, dict[str, dict[str, int | None]]] = {}
         projects: dict[str, set[str]] = {}
@@ -851,6 +921,13 @@ class Catalog:
                     for p in self.model.projects
                     if p in projects.get(sname, ())
                 ]
+            names = {p.name for p in offers}
+            usable = tuple(
+                r
+                for r in reservations.get(sname, ())
+                if (r.partition is None or r.partition in names)
+                and (any(r.allows_project(n) for n, _ in offered) or (not offered and r.allows_project(None)))
+            )
             systems.append(
                 SystemOffer(
                     name=sname,
@@ -861,6 +938,7 @@ class Catalog:
                     default_project=default_project,
                     notices=notices,
                     sessions_per_user=system.sessions_per_user,
+                    reservations=usable,
                 )
             )
         # a withheld grant is only news if it would add a partition not offered anyway
@@ -922,13 +1000,17 @@ class Catalog:
         options: Mapping[str, Any] | None,
         context: LoginContext | None = None,
         charges: Mapping[str, Charges] | None = None,
+        reservations: Mapping[str, Iterable[Reservation]] | None = None,
+        now: float | None = None,
     ) -> LaunchRequest:
         """Turn raw options into a :class:`LaunchRequest` or raise :class:`LaunchError`.
 
         ``options`` may come from the form (strings, or lists of one string) or from the
         REST API (JSON values). Missing keys take the offer's defaults. ``context`` and
         ``charges`` as for :meth:`offer`: a partition withheld by a grant's condition is
-        refused with the condition's sentence.
+        refused with the condition's sentence. ``reservations`` as for :meth:`offer`: a
+        ``reservation`` must be one offered, fit the partition and project, and end
+        after the runtime asked for (from ``now`` or its start, whichever is later).
         """
         options = dict(options or {})
         unknown = sorted(k for k in options if k not in OPTION_KEYS)
@@ -937,7 +1019,7 @@ class Catalog:
             raise LaunchError(
                 f"Unknown option {shown}. Allowed options are: {', '.join(OPTION_KEYS)}."
             )
-        offer = self.offer(user, context, charges)
+        offer = self.offer(user, context, charges, reservations)
         if not offer.systems:
             if offer.withheld:
                 raise LaunchError(" ".join(w.sentence for w in offer.withheld))
@@ -983,6 +1065,8 @@ class Catalog:
             res: _bounded(res, options.get(res), partition.limits[res], partition.name)
             for res in RESOURCES
         }
+        reservation = _reservation(system, _text(options, "reservation"), partition.name, project,
+                                   values["runtime"], time.time() if now is None else now)
         full = self.systems[system.name]
         return LaunchRequest(
             system=system.name,
@@ -991,6 +1075,7 @@ class Catalog:
             system_config=full,
             partition_config=full.partitions[partition.name],
             apps=self.apps_for(system.name),
+            reservation=reservation,
             **values,
         )
 
@@ -1068,6 +1153,42 @@ def _only_group(catalog: Catalog, gname: str) -> Offer:
         update={"groups": {gname: group.model_copy(update={"all_users": True})}}
     )
     return Catalog(solo).offer(UserInfo(name="-"), LoginContext(unconditional=True))
+
+
+def _reservation(
+    system: SystemOffer, name: str | None, partition: str, project: str | None, runtime: int, now: float
+) -> str | None:
+    """The reservation ``name`` checked for this launch (None: none asked for); a
+    :class:`LaunchError` with what to change otherwise."""
+    if name is None:
+        return None
+    found = system.reservation(name)
+    if found is None:
+        # a reservation of someone else and one that does not exist read the same
+        yours = ", ".join(r.name for r in system.reservations)
+        raise LaunchError(
+            f"You may not use reservation {_show(name)} on {system.name}. "
+            + (f"Yours there, now or soon: {yours}." if yours else
+               "There is none you may use there now or soon; leave the reservation empty.")
+        )
+    if found.partition is not None and found.partition != partition:
+        raise LaunchError(
+            f"Reservation {name} is for partition {found.partition}; choose that partition or no reservation."
+        )
+    if not found.allows_project(project):
+        allowed = [n for n, _ in system.projects if found.allows_project(n)]
+        raise LaunchError(
+            f"Reservation {name} does not take project {_show(project or 'none')}; "
+            + (f"choose {' or '.join(allowed)}, or no reservation." if allowed else "choose no reservation.")
+        )
+    begins = max(now, found.start)
+    if begins + runtime * 60 > found.end:
+        fits = int((found.end - begins) // 60)
+        raise LaunchError(
+            f"Reservation {name} ends at {_utc(found.end)}; a runtime of {runtime} minutes "
+            + (f"does not fit in it: choose at most {fits} minutes." if fits > 0 else "does not fit: choose no reservation.")
+        )
+    return name
 
 
 def _show(value: object) -> str:

@@ -131,6 +131,10 @@ def test_session_cards_form_and_lab_status(browser, hub, artifacts_dir):
     assert text.startswith("login · ") and " · job " in text and re.search(r"4[45] min left", text), text
     title = item.get_attribute("title")
     assert "partition interactive" in title and "Click for all your sessions" in title, title
+    # its energy so far, from the hub, labelled as an estimate (no scheduler accounting here)
+    assert re.search(r" · [0-9.]+ Wh \(estimate\)$", text), text
+    assert item.get_attribute("data-energy") == "estimate"
+    assert "energy so far" in title and "estimated from the allocated CPUs and GPUs" in title, title
     page.screenshot(path=str(artifacts_dir / "browser-sessions-lab-statusbar.png"))
 
     # a second session on the GPU partition through the REST API (same options as the form)

@@ -145,7 +145,8 @@ def test_spawn_through_the_form(hub):
     assert r.status_code == 302, r.text[:500]
     server = hub.wait_ready("fiona")
     assert server["user_options"] == {"system": "local", "partition": "interactive", "project": None,
-                                      "nodes": 1, "cpus": 2, "memory": 3, "gpus": 0, "runtime": 30}
+                                      "nodes": 1, "cpus": 2, "memory": 3, "gpus": 0, "runtime": 30,
+                                      "reservation": None}
     status = hub.get("/user/fiona/api/status")
     assert status.status_code == 200 and "last_activity" in status.json()
     # the browser session reaches the lab through the proxy (OAuth with the hub)

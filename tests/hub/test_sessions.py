@@ -47,6 +47,18 @@ groups:
 defaults: {system: login}
 """
 
+#: A slow site hook (as an auth-state refresh or a directory lookup would be) for one
+#: user: two starts sent at once are then both pending before either checks the limit.
+SLOW_PRE_SPAWN = """
+import asyncio
+
+async def _slow_pre_spawn(spawner):
+    if spawner.user.name == "cory":
+        await asyncio.sleep(1)
+
+c.Spawner.pre_spawn_hook = _slow_pre_spawn
+"""
+
 PER_SYSTEM = "You have 1 session(s) starting or running on login, the most it allows per user (1)."
 TOTAL = "You have 2 session(s) starting or running, the most you may have at once (2)."
 
@@ -56,7 +68,7 @@ def hub(tmp_path_factory):
     state = tmp_path_factory.mktemp("sessions-hub")
     catalog = state / "catalog.yaml"
     catalog.write_text(CATALOG)
-    hub = Hub(state / "hub", catalog=str(catalog)).start()
+    hub = Hub(state / "hub", catalog=str(catalog), extra=SLOW_PRE_SPAWN).start()
     yield hub
     for name in ("a", "b", "c"):
         hub.request("DELETE", f"/hub/api/users/sam/servers/{name}")
@@ -167,3 +179,41 @@ def test_a_local_session_ends_at_its_runtime(hub):
     assert card["state"] == "stopped"
     assert "its runtime of 1 minutes was over" in card["stop_reason"]
     assert time.time() - card["last_activity"] < 600
+
+
+def test_two_starts_at_once_pass_the_limit_once(hub):
+    """Two REST starts sent at the same moment on a system that allows one session per
+    user: exactly one runs, the other is refused with the limit's sentence (the check
+    and the reservation of the slot are one step per user, not two)."""
+    import threading
+
+    hub.create_user("cory")
+    barrier = threading.Barrier(2)
+    answers: dict[str, object] = {}
+
+    def send(name: str) -> None:
+        barrier.wait()
+        answers[name] = hub.request(
+            "POST", f"/hub/api/users/cory/servers/{name}",
+            json={"user_options": {"system": "login"}}, timeout=60,
+        )
+
+    threads = [threading.Thread(target=send, args=(n,)) for n in ("x", "y")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(90)
+    try:
+        codes = {name: r.status_code for name, r in answers.items()}
+        ok = [n for n, c in codes.items() if c in (201, 202)]
+        refused = [n for n, c in codes.items() if c == 400]
+        assert len(ok) == 1 and len(refused) == 1, (codes, {n: r.text for n, r in answers.items()})
+        assert PER_SYSTEM in answers[refused[0]].json()["message"]
+        server = wait_for(
+            lambda: (hub.user_model("cory")["servers"].get(ok[0]) or {}).get("ready") and True, 120, "the one session"
+        )
+        assert server
+        assert refused[0] not in {n for n, s in hub.user_model("cory")["servers"].items() if s.get("ready")}
+    finally:
+        for name in ("x", "y"):
+            hub.request("DELETE", f"/hub/api/users/cory/servers/{name}")

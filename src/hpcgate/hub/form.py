@@ -4,7 +4,9 @@ The page is rendered server-side for the current choice (so it works without
 JavaScript) and carries the whole offer as JSON; a small script re-renders the dependent
 fields when the system or partition changes: the system's description, the partition's
 limits, the GPU field only where the partition has GPUs, the project, the cost of the
-launch in core-hours, and (per system) the user's last choice there. Every field says
+launch in core-hours, the scheduler reservations the user may start in (only where
+there are any for the partition and project), and (per system) the user's last choice
+there. Every field says
 what it is for. Every catalog value is HTML-escaped; the JSON is escaped for a
 ``<script>`` element. The form posts the same option names the REST API takes, and
 both go through :meth:`Catalog.validate` (same checks, same sentences).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import html
 import json
+import time
 from typing import Any
 
 from ..catalog import RESOURCES, UNITS, Offer, PartitionOffer, Range, SystemOffer, core_hours
@@ -32,6 +35,9 @@ HELP = {
     "partition": "A group of nodes with the same hardware and limits. Login-node partitions start at "
     "once; compute partitions may wait in the queue.",
     "project": "The compute budget charged for this session.",
+    "reservation": "Nodes the centre set aside for you or your project for a time (a course, a deadline). "
+    "In one, the session starts when the reservation begins, on its nodes, and must end before it ends. "
+    "Leave it at 'No reservation' for the normal queue.",
     "nodes": "Whole nodes reserved for the session; more than one only helps code that runs across nodes (MPI, Dask).",
     "cpus": "CPU cores on each node for your kernels and apps.",
     "memory": "Memory on each node; a kernel that needs more is stopped by the system.",
@@ -50,10 +56,23 @@ _SCRIPT = r"""
   const partSel = root.querySelector("select[name=partition]");
   const projSel = root.querySelector("select[name=project]");
   const projRow = root.querySelector(".hpcgate-project");
+  const resSel = root.querySelector("select[name=reservation]");
+  const resRow = root.querySelector(".hpcgate-reservation");
   const option = (value, text) => { const o = document.createElement("option"); o.value = value; o.textContent = text; return o; };
   const label = (x) => x.description ? x.name + " - " + x.description : x.name;
   const system = () => offer.systems.find(s => s.name === sysSel.value) || offer.systems[0];
   const partition = () => system().partitions.find(p => p.name === partSel.value);
+  function fillReservations(wanted) {
+    const s = system();
+    const keep = wanted !== undefined ? wanted : resSel.value;
+    const project = projSel.disabled ? null : projSel.value;
+    const fits = (s.reservations || []).filter(r => (r.partition === null || r.partition === partSel.value)
+      && (r.projects === null || (project !== null && r.projects.includes(project))));
+    resSel.replaceChildren(option("", "No reservation (the normal queue)"),
+      ...fits.map(r => option(r.name, r.name + " - " + r.when)));
+    if (fits.some(r => r.name === keep)) resSel.value = keep;
+    resRow.hidden = fits.length === 0; resSel.disabled = fits.length === 0;
+  }
   function fillSystem(useRemembered) {
     const s = system();
     const last = useRemembered ? remembered[s.name] : null;
@@ -70,6 +89,7 @@ _SCRIPT = r"""
     const note = root.querySelector(".hpcgate-remembered-note");
     note.hidden = !last;
     fillLimits(last);
+    fillReservations(last && last.reservation ? last.reservation : "");
   }
   function limitText(res, lim) {
     return lim.min === lim.max ? "fixed at " + lim.max + units[res]
@@ -106,8 +126,8 @@ _SCRIPT = r"""
     root.querySelector(".hpcgate-cost").textContent = text + ".";
   }
   sysSel.addEventListener("change", () => fillSystem(true));
-  partSel.addEventListener("change", () => fillLimits(null));
-  projSel.addEventListener("change", cost);
+  partSel.addEventListener("change", () => { fillLimits(null); fillReservations(); });
+  projSel.addEventListener("change", () => { cost(); fillReservations(); });
   root.querySelectorAll("input[type=number]").forEach(i => i.addEventListener("input", cost));
   fillLimits(null);
 })();
@@ -205,6 +225,30 @@ def _sessions_note(offer: Offer, system: SystemOffer, active: list[str]) -> str:
     return f'<p class="hpcgate-sessions {cls}">{html.escape("; ".join(parts) + "." + tail)}</p>'
 
 
+def _reservation_row(system: SystemOffer, partition: str, project: str | None, chosen: str | None) -> str:
+    """The reservation field: the system's reservations that fit the partition and
+    project shown (the script keeps it in step); hidden where there are none."""
+    if project not in {n for n, _ in system.projects}:
+        project = system.projects[0][0] if system.projects else None
+    fits = [
+        r for r in system.reservations
+        if (r.partition is None or r.partition == partition) and (r.allows_project(project) if project else not r.accounts)
+    ]
+    now = time.time()
+    items = [("", "No reservation (the normal queue)")] + [(r.name, f"{r.name} - {r.when(now)}") for r in fits]
+    options = "".join(
+        f'<option value="{html.escape(name)}"{" selected" if name and name == chosen else ""}>{html.escape(text)}</option>'
+        for name, text in items
+    )
+    off = "" if fits else " hidden"
+    return (
+        f'<div class="form-group hpcgate-reservation"{off}><label for="hpcgate-reservation">Reservation</label>'
+        '<select class="form-select form-control" id="hpcgate-reservation" name="reservation" '
+        f'aria-describedby="hpcgate-reservation-help"{"" if fits else " disabled"}>{options}</select>'
+        f"{_help('reservation')}</div>"
+    )
+
+
 def _offer_json(offer: Offer) -> dict[str, Any]:
     """The offer for the script, each partition with its :func:`limits_summary`."""
     data = offer.as_json()
@@ -270,6 +314,7 @@ def render_form(
         f'<select class="form-select form-control" id="hpcgate-project" name="project" aria-describedby="hpcgate-project-help"'
         f'{"" if system.projects else " disabled"}>'
         f"{_options(system.projects, project)}</select>{_help('project')}</div>",
+        _reservation_row(system, partition.name, project, _choice(previous, "reservation")),
         '<div class="hpcgate-resources">',
     ]
     values: dict[str, int] = {}

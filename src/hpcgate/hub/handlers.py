@@ -60,7 +60,10 @@ class OfferHandler(APIHandler):
         gate = spawner.hpcgate
         catalog = gate.catalog()
         # the same conditions as the form: this request's client address, the login's factors
-        offer = catalog.offer(spawner.user_info(), await spawner.login_context(self), await spawner.charges())
+        offer = catalog.offer(
+            spawner.user_info(), await spawner.login_context(self), await spawner.charges(),
+            await spawner.reservations(),
+        )
         health = await gate.health([s.name for s in offer.systems])
         body = offer.as_json()
         body["status"] = offer_status(catalog, offer, health.get)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 import weakref
 from pathlib import Path
 from typing import Any
@@ -23,7 +24,7 @@ from typing import Any
 from traitlets import Float, Integer, List, TraitError, Unicode, default, validate
 from traitlets.config import SingletonConfigurable
 
-from ..catalog import Catalog, CatalogStore, Charges, System, UserInfo
+from ..catalog import Catalog, CatalogStore, Charges, Reservation, System, UserInfo
 from ..energy import IntensityCache
 from ..files import private_dir
 from ..remote.pool import SSHPool
@@ -36,6 +37,7 @@ from .file_sd import FileSDWriter
 from .health import HealthCache, SystemHealth
 from .identity.accounts import AccountError, AccountResolver
 from .metrics import register_hub_collector
+from .reservations import ReservationCache, usable
 from .status import StatusCache
 
 
@@ -88,6 +90,20 @@ class HPCGate(SingletonConfigurable):
         grants with ``networks``). Default: loopback, where configurable-http-proxy runs. Add
         the address of a load balancer or nginx in front only if it sets the header itself;
         a request from any other peer is judged by its own address, whatever it sends.""",
+    ).tag(config=True)
+
+    reservations_interval = Float(
+        60.0,
+        help="""Seconds a system's list of scheduler reservations (Slurm: ``scontrol show
+        reservation``) is used before it is read again; one read per system per interval
+        serves every user's form and launch.""",
+    ).tag(config=True)
+
+    reservations_ahead = Float(
+        12 * 3600.0,
+        help="""Seconds ahead in which a reservation that has not begun yet is offered
+        (with its start and end); reservations under way are always offered until they
+        end.""",
     ).tag(config=True)
 
     @validate("trusted_proxies")
@@ -155,6 +171,7 @@ class HPCGate(SingletonConfigurable):
         self._backends: dict[str, tuple[System, Backend, StatusCache]] = {}
         self._accounts: dict[str, AccountResolver] = {}
         self._accounting: dict[str, tuple[System, AccountingCache]] = {}
+        self._reservations: dict[str, tuple[System, ReservationCache]] = {}
         #: (system, account) -> hub users whose servers use it: the key ids of SSH
         #: certificates name them (noted by the spawners, see note_account)
         self._account_users: dict[tuple[str, str], set[str]] = {}
@@ -175,7 +192,20 @@ class HPCGate(SingletonConfigurable):
             )
         self._file_sd_task: asyncio.Task | None = None
         self._closer: asyncio.Task | None = None
+        #: user name -> the lock of their session-limit check (session_lock); weak: a
+        #: lock nobody holds or waits for goes away with its last user
+        self._session_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._close_at_shutdown()
+
+    def session_lock(self, user_name: str) -> asyncio.Lock:
+        """The lock that makes one user's session-limit check and the admission of the
+        new server one step (``HPCSpawner.start``); the same lock for every call with
+        the same name while anyone holds or waits for it."""
+        lock = self._session_locks.get(user_name)
+        if lock is None:
+            lock = asyncio.Lock()
+            self._session_locks[user_name] = lock
+        return lock
 
     def _close_at_shutdown(self) -> None:
         """Start (once, in the hub's event loop) the task that closes all at shutdown,
@@ -302,21 +332,25 @@ class HPCGate(SingletonConfigurable):
         """The system's definition (the last known one if it left the catalog)."""
         return self._entry(system_name)[0]
 
+    def _per_system(self, caches: dict[str, tuple[System, Any]], system_name: str, build: Any) -> Any:
+        """The cache of ``system_name`` in ``caches``, built by ``build(system, backend,
+        query_timeout)`` when missing or when the system's definition changed."""
+        system, backend, _ = self._entry(system_name)
+        entry = caches.get(system_name)
+        if entry is None or entry[0] != system:
+            # a form render waits for it: shorter than a command's usual timeout
+            timeout = min(system.ssh.command_timeout if system.ssh else 10.0, 10.0)
+            entry = caches[system_name] = (system, build(system, backend, timeout))
+        return entry[1]
+
     def accounting(self, system_name: str) -> AccountingCache:
         """The association cache of a system (re-built, empty, when the system changes)."""
-        system, backend, _ = self._entry(system_name)
-        entry = self._accounting.get(system_name)
-        if entry is None or entry[0] != system:
-            cache = AccountingCache(
-                system_name,
-                backend.associations,
-                system.projects.ttl,
-                # a form render waits for it: shorter than a command's usual timeout
-                query_timeout=min(system.ssh.command_timeout if system.ssh else 10.0, 10.0),
-                logger=self.log,
-            )
-            entry = self._accounting[system_name] = (system, cache)
-        return entry[1]
+        return self._per_system(
+            self._accounting, system_name,
+            lambda system, backend, timeout: AccountingCache(
+                system_name, backend.associations, system.projects.ttl, query_timeout=timeout, logger=self.log
+            ),
+        )
 
     async def charges_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, Charges]:
         """The user's charges on every system granted to them that takes projects from
@@ -337,6 +371,36 @@ class HPCGate(SingletonConfigurable):
                 out[name] = Charges(None, None, f"Your account on {name} is not known: {exc}")
                 continue
             out[name] = await self.accounting(name).charges(account)
+        return out
+
+    def reservation_cache(self, system_name: str) -> ReservationCache:
+        """The reservation list of a system (re-built, empty, when the system changes)."""
+        return self._per_system(
+            self._reservations, system_name,
+            lambda system, backend, timeout: ReservationCache(
+                system_name, backend.reservations, self.reservations_interval, query_timeout=timeout, logger=self.log
+            ),
+        )
+
+    async def reservations_for(self, user: UserInfo, get_auth_state: Any) -> dict[str, tuple[Reservation, ...]]:
+        """The reservations ``user`` may start in on every Slurm system granted to them,
+        now or within :attr:`reservations_ahead` (:func:`~.reservations.usable`); the
+        catalog matches them with partitions and projects. ``get_auth_state`` as for
+        :meth:`charges_for`."""
+        catalog = self.catalog()
+        granted = {g.system for _, group in catalog.groups_of(user) for g in group.grants}
+        out: dict[str, tuple[Reservation, ...]] = {}
+        for name in sorted(granted):
+            if catalog.systems[name].kind != "slurm":
+                continue
+            resolver = self.accounts(name)
+            auth_state = await get_auth_state() if resolver.needs_auth_state else None
+            try:
+                account = resolver.account(user.name, auth_state)
+            except AccountError:
+                continue  # the form says so through the projects (charges_for)
+            found = await self.reservation_cache(name).get(account)
+            out[name] = usable(found, account, time.time(), self.reservations_ahead)
         return out
 
     async def carbon_intensity(self, system_name: str) -> tuple[float | None, str | None]:

@@ -25,7 +25,7 @@ import datetime
 import time
 from typing import Any
 
-from ..catalog import OPTION_KEYS, core_hours
+from ..catalog import BASE_KEYS, OPTION_KEYS, core_hours
 from .backends.base import JobState, JobStatus
 
 #: Session states a card shows (``state`` of :func:`session_card`).
@@ -48,13 +48,20 @@ def options_of(spawner: Any) -> dict[str, Any]:
 
 
 def active_systems(user: Any, exclude: str | None = None) -> list[str]:
-    """Systems of ``user``'s active (starting, running, stopping) sessions but ``exclude``."""
+    """Systems of ``user``'s active (starting, running, stopping) sessions but ``exclude``.
+
+    A start that has not passed the session-limit check yet (``admitted`` False, see
+    ``HPCSpawner.start``) does not count: of two starts at once, the first to pass the
+    check counts for the second, never both for each other.
+    """
     found = []
     for name in list(user.orm_spawners):
         if name == exclude:
             continue
         spawner = user.spawners[name]
         if not spawner.active:
+            continue
+        if spawner.pending == "spawn" and not getattr(spawner, "admitted", True):
             continue
         system = getattr(spawner, "system", None) or options_of(spawner).get("system") or ""
         found.append(str(system))
@@ -70,7 +77,7 @@ def last_choices(user: Any) -> dict[str, dict[str, Any]]:
     dated = []
     for name, orm_spawner in list(user.orm_spawners.items()):
         options = options_of(user.spawners[name])
-        if not isinstance(options.get("system"), str) or len(options) != len(OPTION_KEYS):
+        if not isinstance(options.get("system"), str) or not all(k in options for k in BASE_KEYS):
             continue  # never launched: a start refused before its options were kept complete
         when = orm_spawner.started or orm_spawner.last_activity
         dated.append((_epoch(when) or 0.0, options))
@@ -111,6 +118,7 @@ async def session_card(spawner: Any, status: JobStatus | None) -> dict[str, Any]
         "system_description": "",
         "partition": options.get("partition"),
         "project": options.get("project"),
+        "reservation": options.get("reservation"),
         "resources": {k: options[k] for k in ("nodes", "cpus", "memory", "gpus", "runtime") if k in options},
         "core_hours": None,
         "job_id": job.job_id if job else None,

@@ -21,7 +21,7 @@ from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
 from .. import protocol
-from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, UserInfo
+from ..catalog import Charges, LaunchError, LaunchRequest, LoginContext, Reservation, UserInfo
 from ..logs import watch_start
 from ..remote import AccountName
 from ..remote.tunnels import TunnelError
@@ -162,6 +162,10 @@ class HPCSpawner(Spawner):
         self._timer: SpawnTimer | None = None
         #: the idle culler's limits for this server, seconds (hpcgate.hub.culling)
         self.cull_limits: dict[str, float] = {}
+        #: this server counts against the user's session limits: True for a server
+        #: restored from the database; a new start sets it only once it passed the
+        #: check (:meth:`start`, :func:`~.sessions.active_systems`)
+        self.admitted = True
 
     # --- shared objects -------------------------------------------------------------
 
@@ -189,6 +193,11 @@ class HPCSpawner(Spawner):
         for all users: :class:`~.accounting.AccountingCache`; never a query per call)."""
         return await self.hpcgate.charges_for(self.user_info(), self.user.get_auth_state)
 
+    async def reservations(self) -> dict[str, tuple[Reservation, ...]]:
+        """The scheduler reservations this user may start in, per system (read once per
+        interval for all users: :class:`~.reservations.ReservationCache`)."""
+        return await self.hpcgate.reservations_for(self.user_info(), self.user.get_auth_state)
+
     # --- form -----------------------------------------------------------------------
 
     async def _render_options_form(self, spawner: Spawner) -> str:
@@ -197,7 +206,9 @@ class HPCSpawner(Spawner):
         system's state (maintenance, degraded) above it."""
         gate = self.hpcgate
         catalog = gate.catalog()
-        offer = catalog.offer(self.user_info(), await self.login_context(), await self.charges())
+        offer = catalog.offer(
+            self.user_info(), await self.login_context(), await self.charges(), await self.reservations()
+        )
         health = await gate.health([s.name for s in offer.systems])
         status = status_html(offer_status(catalog, offer, health.get))
         remembered = last_choices(self.user)
@@ -226,7 +237,8 @@ class HPCSpawner(Spawner):
         try:
             catalog = self.hpcgate.catalog()
             request = catalog.validate(
-                self.user_info(), options, LoginContext(unconditional=True), await self.charges()
+                self.user_info(), options, LoginContext(unconditional=True), await self.charges(),
+                await self.reservations(),
             )
             self.check_sessions(request)
             # the last known scheduler state: this is a synchronous hook (start() asks afresh)
@@ -271,10 +283,15 @@ class HPCSpawner(Spawner):
             context = LoginContext(unconditional=True)
             project = options.get("project") if isinstance(options.get("project"), str) else None
             charges = {str(options.get("system")): Charges((project,) if project else (), project)}
+            # the job was submitted in its reservation already: it counts as usable
+            name = options.get("reservation")
+            reservations: dict[str, tuple[Reservation, ...]] = (
+                {str(options.get("system")): (Reservation(name, 0.0, float("inf")),)} if isinstance(name, str) else {}
+            )
         else:
-            context, charges = await self.login_context(), await self.charges()
+            context, charges, reservations = await self.login_context(), await self.charges(), await self.reservations()
         try:
-            request = self.hpcgate.catalog().validate(self.user_info(), options, context, charges)
+            request = self.hpcgate.catalog().validate(self.user_info(), options, context, charges, reservations)
         except LaunchError as exc:
             raise _bad_request(str(exc)) from exc
         self.validated_system = request.system
@@ -332,6 +349,10 @@ class HPCSpawner(Spawner):
 
     def clear_state(self) -> None:
         super().clear_state()
+        # JupyterHub clears the state before every start, before the start counts as
+        # pending: from here until start() passed the session-limit check this server
+        # does not count against the user's limits
+        self.admitted = False
         self.system = None
         self.partition = ""
         self.job = None
@@ -457,11 +478,17 @@ class HPCSpawner(Spawner):
         self.last_log = ""
         self.stop_reason = ""
         request = await self.validated_request()
-        try:
-            # the same limits and sentence as the form (a REST start, a relaunch)
-            self.check_sessions(request)
-        except LaunchError as exc:
-            raise _bad_request(str(exc)) from exc
+        # One lock per user, held from the limit check until this server counts as
+        # admitted (active_systems counts it from then on): two starts at once (two
+        # REST calls, two browser tabs) must not both pass a limit that has room for one.
+        # Nothing may await between the check and the admission without this lock.
+        async with self.hpcgate.session_lock(self.user.name):
+            try:
+                # the same limits and sentence as the form (a REST start, a relaunch)
+                self.check_sessions(request)
+            except LaunchError as exc:
+                raise _bad_request(str(exc)) from exc
+            self.admitted = True
         await self._refuse_if_closed(request)
         self._keep_options(request)
         partition = request.partition_config
@@ -499,7 +526,8 @@ class HPCSpawner(Spawner):
             workdir=request.system_config.workdir,
         )
         where = request.system_config.description or request.system
-        self._emit(5, f"Submitting to {where}, partition {request.partition}")
+        in_reservation = f", reservation {request.reservation}" if request.reservation else ""
+        self._emit(5, f"Submitting to {where}, partition {request.partition}{in_reservation}")
         submitting = asyncio.ensure_future(backend.submit(spec))
         try:
             handle = await asyncio.shield(submitting)

@@ -30,7 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ...catalog import LaunchRequest, System
+from ...catalog import LaunchRequest, Reservation, System
 from ...remote import AccountName
 
 if TYPE_CHECKING:
@@ -94,6 +94,39 @@ class Association:
     user: str
     account: str
     default: str = ""
+
+
+@dataclass(frozen=True)
+class SchedulerReservation:
+    """A reservation as the scheduler describes it (a backend's answer).
+
+    ``users``: accounts admitted (``-name``: every account but those); empty: the
+    accounts decide. ``accounts``: as in :class:`~hpcgate.catalog.Reservation`.
+    ``groups``: the reservation also names Unix groups. ``flags``: the scheduler's flags
+    (``MAINT`` marks maintenance).
+    """
+
+    name: str
+    start: float
+    end: float
+    partition: str | None = None
+    users: tuple[str, ...] = ()
+    accounts: tuple[str, ...] = ()
+    groups: bool = False
+    flags: tuple[str, ...] = ()
+
+    def admits(self, account: str) -> bool:
+        """Whether the reservation's users (or, without users, its accounts) admit ``account``."""
+        if "MAINT" in self.flags:
+            return False
+        if not self.users:
+            return bool(self.accounts) and not self.groups
+        if all(u.startswith("-") for u in self.users):
+            return f"-{account}" not in self.users
+        return account in self.users
+
+    def for_catalog(self) -> Reservation:
+        return Reservation(self.name, self.start, self.end, self.partition, self.accounts)
 
 
 @dataclass
@@ -180,6 +213,12 @@ class Backend(ABC):
         ``asking`` (the account of the user who needs the answer). Only schedulers with
         accounting have them."""
         raise AccountingUnavailable(f"system {self.name} ({self.system.kind}) keeps no accounting")
+
+    async def reservations(self, asking: str) -> list[SchedulerReservation]:
+        """Every scheduler reservation of this system, for all users (``asking``: the
+        account whose request needs them, where the backend reads as the user). May
+        raise :class:`StatusUnavailable`. Default: a system without reservations."""
+        return []
 
     async def log_tail(self, handle: JobHandle, nbytes: int = 4096) -> str:
         return ""

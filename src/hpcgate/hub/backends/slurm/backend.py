@@ -52,6 +52,14 @@ Accounting (projects from Slurm)
     ports (``restrict``/``nologin`` in a sound set-up). ``projects.cluster`` limits the
     answer to one cluster of a slurmdbd that serves several.
 
+Reservations
+    ``env SLURM_TIME_FORMAT=%s scontrol show reservation -o`` -- every reservation of
+    the system, in one call -- once per ``HPCGate.reservations_interval`` for all users
+    (:class:`~hpcgate.hub.reservations.ReservationCache`), read by the same account as
+    the associations. A launch in one is submitted with ``sbatch --reservation=<name>``
+    (a name the catalog validated against the user's reservations, passed as a
+    positional parameter, never into the job script).
+
 Pending reasons
     A pending job whose reason can never clear by waiting (:data:`STUCK_REASONS`, e.g.
     ``PartitionConfig`` for more CPUs than any node of the partition has) is reported
@@ -84,6 +92,7 @@ from ..base import (
     JobHandle,
     JobSpec,
     JobStatus,
+    SchedulerReservation,
     StatusUnavailable,
     SubmitError,
 )
@@ -101,6 +110,7 @@ from .parse import (
     parse_associations,
     parse_sacct,
     parse_squeue,
+    reservations_from,
 )
 from .template import render_job_script, template_values
 
@@ -108,8 +118,9 @@ log = logging.getLogger("hpcgate.backends.slurm")
 
 # The scripts below are constants; every value reaches them as a positional parameter.
 
-#: $1 run id, $2 separator line. stdin: ``export NAME='value'`` lines, the separator, the
-#: job script. Prints the job id; sbatch's error goes to stderr.
+#: $1 run id, $2 separator line, $3 the reservation (validated by the catalog) or "".
+#: stdin: ``export NAME='value'`` lines, the separator, the job script. Prints the job
+#: id; sbatch's error goes to stderr.
 SUBMIT_SCRIPT = PRIVATE_DIRS + r"""
 envfile="$base/run/$1.env"
 script="$base/run/$1.sh"
@@ -123,7 +134,7 @@ awk -v sep="$2" -v envfile="$envfile" -v script="$script" '
   body { print > script; next }
   $0 == sep { body = 1; next }
   { print > envfile }'
-if out=$(sbatch --parsable "--output=$base/logs/slurm-%j.log" < "$script"); then
+if out=$(sbatch --parsable "--output=$base/logs/slurm-%j.log" ${3:+"--reservation=$3"} < "$script"); then
   rm -f "$script"
   echo "$out"
 else
@@ -225,7 +236,7 @@ class SlurmBackend(Backend):
                 host,
                 spec.account,
                 SUBMIT_SCRIPT,
-                [run_id, separator],
+                [run_id, separator, spec.request.reservation or ""],
                 name="sbatch",
                 input=env_lines(env) + separator + "\n" + script,
                 check=True,
@@ -300,17 +311,33 @@ class SlurmBackend(Backend):
 
     async def associations(self, asking: str) -> list[Association]:
         """All users' associations from one ``sacctmgr`` (see the module doc, Accounting)."""
-        assert self.system.ssh is not None
         argv = ["sacctmgr", "-n", "-P", "show", "user", "withassoc", "format=User,DefaultAccount,Account"]
         if self.system.projects.cluster:
             argv.append(f"cluster={self.system.projects.cluster}")
+        return parse_associations(await self._read_table(asking, argv, AccountingUnavailable))
+
+    async def reservations(self, asking: str) -> list[SchedulerReservation]:
+        """Every reservation of the system from one ``scontrol show reservation -o``
+        (times as epoch seconds; see the module doc, Reservations). Without
+        ``PrivateData=reservations`` every account sees them all; with it, only those
+        the reading account may use."""
+        argv = [*SQUEUE_ENV, "scontrol", "show", "reservation", "-o"]
+        return reservations_from(await self._read_table(asking, argv, StatusUnavailable))
+
+    async def _read_table(self, asking: str, argv: list[str], failed: type[BackendError]) -> str:
+        """The output of a system-wide query (associations, reservations) on the first
+        login host that answers, run as ``projects.query_as``, else the service
+        account, else ``asking`` (the user who needs it); ``failed`` when none answers
+        or the command fails."""
+        assert self.system.ssh is not None
         identity = self.system.ssh.identity
         service = identity.service_account if identity.mode == "service_account" else None
         login = self.system.projects.query_as or service or asking
-        host, (result,) = await self._on_a_login(login, [("sacctmgr", argv)], AccountingUnavailable)
+        command = next(a for a in argv if not a.startswith(("env", "SLURM_")))
+        host, (result,) = await self._on_a_login(login, [(command, argv)], failed)
         if result.returncode != 0:
-            raise AccountingUnavailable(f"sacctmgr on {host}: {controller_error(result.stderr, result.returncode)}")
-        return parse_associations(result.stdout)
+            raise failed(f"{command} on {host}: {controller_error(result.stderr, result.returncode)}")
+        return result.stdout
 
     # --- health -----------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Slurm's words, read: job states, pending reasons, squeue and sacct output, and
-the system's health (sinfo, scontrol show reservation).
+"""Slurm's words, read: job states, pending reasons, squeue, sacct and scontrol output,
+and the system's health (sinfo, scontrol show reservation).
 
 :data:`SLURM_STATES` is the one table of Slurm job states in hpcgate: what each means
 for a server (:class:`~hpcgate.hub.backends.base.JobState`) and whether the job's
@@ -10,10 +10,12 @@ status parser, the cancel script and the tests' sandbox helpers all read it.
 from __future__ import annotations
 
 import re
+import time
 from typing import Any, NamedTuple
 
+from ....catalog import NAME_PATTERN
 from ...health import PartitionHealth, SystemHealth
-from ..base import Association, JobState, JobStatus, StatusUnavailable
+from ..base import Association, JobState, JobStatus, SchedulerReservation, StatusUnavailable
 
 
 class SlurmState(NamedTuple):
@@ -205,6 +207,62 @@ def parse_associations(stdout: str) -> list[Association]:
     return out
 
 
+def parse_reservations(stdout: str) -> list[dict[str, str]]:
+    """``scontrol show reservation -o`` -> one dict of its ``Key=Value`` fields per reservation."""
+    found = []
+    for line in stdout.splitlines():
+        if "ReservationName=" not in line:
+            continue
+        found.append(dict(re.findall(r"(\w+)=(\S*)", line)))
+    return found
+
+
+def _names(raw: str | None) -> tuple[str, ...]:
+    """A reservation's list field (``a,b``, ``-a,-b``; ``(null)``: none)."""
+    if not raw or raw in ("(null)", "N/A"):
+        return ()
+    return tuple(n for n in raw.split(",") if n)
+
+
+def _reservation_time(raw: str | None) -> float | None:
+    """StartTime/EndTime: epoch seconds (:data:`SQUEUE_ENV`), else Slurm's local
+    ``YYYY-MM-DDTHH:MM:SS`` read in the hub's time zone."""
+    if raw and raw.isdigit():
+        return float(raw)
+    try:
+        return time.mktime(time.strptime(raw or "", "%Y-%m-%dT%H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def reservations_from(stdout: str) -> list[SchedulerReservation]:
+    """``env SLURM_TIME_FORMAT=%s scontrol show reservation -o`` -> reservations.
+
+    Names a launch option could not carry (:data:`~hpcgate.catalog.NAME_PATTERN`) and
+    entries without readable times are left out.
+    """
+    out = []
+    for fields in parse_reservations(stdout):
+        name = fields.get("ReservationName", "")
+        start, end = _reservation_time(fields.get("StartTime")), _reservation_time(fields.get("EndTime"))
+        if not re.fullmatch(NAME_PATTERN, name) or start is None or end is None:
+            continue
+        partition = fields.get("PartitionName") or None
+        out.append(
+            SchedulerReservation(
+                name=name,
+                start=start,
+                end=end,
+                partition=None if partition == "(null)" else partition,
+                users=_names(fields.get("Users")),
+                accounts=_names(fields.get("Accounts")),
+                groups=bool(_names(fields.get("Groups"))),
+                flags=_names(fields.get("Flags")),
+            )
+        )
+    return out
+
+
 def controller_error(stderr: str, code: int) -> str:
     lines = [ln.strip() for ln in stderr.strip().splitlines() if ln.strip()]
     return lines[-1] if lines else f"exit status {code}"
@@ -263,16 +321,6 @@ def parse_sinfo(stdout: str) -> dict[str, dict[str, Any]]:
             p["free"] += int(count)
         p["nodes"] |= expand_hostlist(nodes)
     return parts
-
-
-def parse_reservations(stdout: str) -> list[dict[str, str]]:
-    """``scontrol show reservation -o`` -> one dict of its ``Key=Value`` fields per reservation."""
-    found = []
-    for line in stdout.splitlines():
-        if "ReservationName=" not in line:
-            continue
-        found.append(dict(re.findall(r"(\w+)=(\S*)", line)))
-    return found
 
 
 def health_from(sinfo: str, reservations: str) -> SystemHealth:
