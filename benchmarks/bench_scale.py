@@ -52,6 +52,7 @@ SINGLES = int(os.environ.get("HPCGATE_BENCH_SCALE_SINGLES", "4"))
 BATCH = int(os.environ.get("HPCGATE_BENCH_SCALE_BATCH", "10"))
 STEADY = float(os.environ.get("HPCGATE_BENCH_SCALE_STEADY", "60"))
 BUDGET = float(os.environ.get("HPCGATE_BENCH_SCALE_BUDGET", "600"))
+STORM_PROFILE = float(os.environ.get("HPCGATE_BENCH_SCALE_STORM_PROFILE", "60"))  # seconds of py-spy from the storm's start
 LIGHT = {
     "jupyterlab": False, "jupyter_lsp": False, "jupyter_server_terminals": False,
     "jupyterlmod": False, "jupyter_resource_usage": False, "notebook_shim": False, "hpcgate.lab": True,
@@ -363,7 +364,7 @@ def run() -> None:
         print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s, MemAvailable "
               f"{mem_available_mib():.0f} MiB; storm of {STORM} next) {stopped_early}", flush=True)
         storm_profile: list = []
-        spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, 20, tmp / "storm.raw")))
+        spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, STORM_PROFILE, tmp / "storm.raw")))
         spy.start()
         c_storm0, t_storm0 = cpu_seconds(hub_pid), time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(STORM) as pool:
