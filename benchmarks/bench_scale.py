@@ -348,6 +348,7 @@ def run() -> None:
         hub_pid = int((tmp / "hub" / "jupyterhub.pid").read_text())
         rss_idle = rss_mib(hub_pid)
         deadline = time.monotonic() + BUDGET
+        avail_start = mem_available_mib()
         i = 0
         for _ in range(SINGLES):
             spawn(i, "single")
@@ -355,12 +356,19 @@ def run() -> None:
         target = max(SERVERS - STORM, i)
         with concurrent.futures.ThreadPoolExecutor(BATCH) as pool:
             while i < target and time.monotonic() < deadline:
-                if mem_available_mib() < MIN_FREE_MIB + STORM * 100:
-                    stopped_early = f"filling stopped at {i}: MemAvailable {mem_available_mib():.0f} MiB"
+                # what one running server costs the machine so far (lab, job, sshd/slurmstepd)
+                per_server = max(100.0, (avail_start - mem_available_mib()) / max(i, 1))
+                if mem_available_mib() < MIN_FREE_MIB + (STORM + BATCH) * per_server:
+                    stopped_early = (
+                        f"filling stopped at {i}: MemAvailable {mem_available_mib():.0f} MiB, "
+                        f"{per_server:.0f} MiB per server, the storm's {STORM} kept within {MIN_FREE_MIB} MiB free"
+                    )
                     break
                 n = min(BATCH, target - i)
                 list(pool.map(lambda k: spawn(k, "fill"), range(i, i + n)))
                 i += n
+        per_server = (avail_start - mem_available_mib()) / max(i, 1)
+        print(f"(machine memory per running server: {per_server:.0f} MiB)", flush=True)
         print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s, MemAvailable "
               f"{mem_available_mib():.0f} MiB; storm of {STORM} next) {stopped_early}", flush=True)
         storm_profile: list = []
