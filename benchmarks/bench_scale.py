@@ -63,7 +63,7 @@ c.HPCSpawner.default_url = "/api/status"
 c.JupyterHub.concurrent_spawn_limit = 0
 c.JupyterHub.active_server_limit = 0
 # the spawn POST answers when the server is ready (201): no polling of the hub needed
-c.JupyterHub.tornado_settings = {"slow_spawn_timeout": 300}
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 300}}
 """
 #: MiB of MemAvailable below which the benchmark stops starting servers (the machine is shared)
 MIN_FREE_MIB = int(os.environ.get("HPCGATE_BENCH_SCALE_MIN_FREE_MIB", "3072"))
