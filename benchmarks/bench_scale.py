@@ -325,10 +325,10 @@ def run() -> None:
     cluster = Sandbox(lay)
     if cluster.is_up():
         print(f"scale: the sandbox is already up (not rebuilt); compute1 keeps its CPUs. Take it down first for {SERVERS} Slurm-capable CPUs.")
-    info = cluster.hold()
     tmp = Path(tempfile.mkdtemp(prefix="hpcgate-bench-scale-"))
     catalog = write_catalog(lay, tmp)
     hub = Hub(tmp / "hub", catalog=str(catalog), extra=EXTRA.format(light=light_arg()), keep_servers=False)
+    cluster.hold()  # released in the finally below, whatever happens after this line
     raw: dict[str, float] = {}  # user -> POST -> ready, seconds
     phase: dict[str, list[str]] = {"single": [], "fill": [], "storm": []}
     lost: list[str] = []
