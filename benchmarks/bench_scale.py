@@ -2,7 +2,9 @@
 
 Runs in the sandbox (root), brought up cold with enough Slurm capacity for one-CPU jobs
 (compute1 declares ``SERVERS`` + 4 CPUs, ``SlurmdParameters=config_overrides``); a
-sandbox that is already up is not rebuilt and the benchmark says so. Wrap the run in
+sandbox that another session holds is waited for to go down (``HPCGATE_BENCH_SCALE_WAIT_DOWN``
+s), never measured with too few CPUs. ``SIGTERM`` ends a run cleanly (the hub stops its
+servers, the sandbox is released). Wrap the run in
 ``flock /tmp/hpcgate-sandbox.lock``; it is bounded by ``HPCGATE_BENCH_SCALE_BUDGET``
 seconds of spawning.
 
@@ -29,6 +31,7 @@ import concurrent.futures
 import datetime
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -352,6 +355,13 @@ def run() -> None:
             raw[user(k)] = t
             phase[where].append(user(k))
 
+    # SIGTERM (a background job ignores SIGINT) ends the run through the finally below:
+    # the hub stops every server it started, the sandbox is released
+    def _interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    pools: list[concurrent.futures.ThreadPoolExecutor] = []
     try:
         hub.start()
         watch = ReadyWatch(hub)
@@ -364,19 +374,20 @@ def run() -> None:
             spawn(i, "single")
             i += 1
         target = max(SERVERS - STORM, i)
-        with concurrent.futures.ThreadPoolExecutor(BATCH) as pool:
-            while i < target and time.monotonic() < deadline:
-                # what one running server costs the machine so far (lab, job, sshd/slurmstepd)
-                per_server = max(100.0, (avail_start - mem_available_mib()) / max(i, 1))
-                if mem_available_mib() < MIN_FREE_MIB + (STORM + BATCH) * per_server:
-                    stopped_early = (
-                        f"filling stopped at {i}: MemAvailable {mem_available_mib():.0f} MiB, "
-                        f"{per_server:.0f} MiB per server, the storm's {STORM} kept within {MIN_FREE_MIB} MiB free"
-                    )
-                    break
-                n = min(BATCH, target - i)
-                list(pool.map(lambda k: spawn(k, "fill"), range(i, i + n)))
-                i += n
+        pool = concurrent.futures.ThreadPoolExecutor(BATCH)
+        pools.append(pool)
+        while i < target and time.monotonic() < deadline:
+            # what one running server costs the machine so far (lab, job, sshd/slurmstepd)
+            per_server = max(100.0, (avail_start - mem_available_mib()) / max(i, 1))
+            if mem_available_mib() < MIN_FREE_MIB + (STORM + BATCH) * per_server:
+                stopped_early = (
+                    f"filling stopped at {i}: MemAvailable {mem_available_mib():.0f} MiB, "
+                    f"{per_server:.0f} MiB per server, the storm's {STORM} kept within {MIN_FREE_MIB} MiB free"
+                )
+                break
+            n = min(BATCH, target - i)
+            list(pool.map(lambda k: spawn(k, "fill"), range(i, i + n)))
+            i += n
         per_server = (avail_start - mem_available_mib()) / max(i, 1)
         print(f"(machine memory per running server: {per_server:.0f} MiB)", flush=True)
         print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s, MemAvailable "
@@ -385,8 +396,9 @@ def run() -> None:
         spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, STORM_PROFILE, tmp / "storm.raw")))
         spy.start()
         c_storm0, t_storm0 = cpu_seconds(hub_pid), time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(STORM) as pool:
-            list(pool.map(lambda k: spawn(k, "storm"), range(i, i + STORM)))
+        pool = concurrent.futures.ThreadPoolExecutor(STORM)
+        pools.append(pool)
+        list(pool.map(lambda k: spawn(k, "storm"), range(i, i + STORM)))
         storm_cpu = 100 * (cpu_seconds(hub_pid) - c_storm0) / (time.monotonic() - t_storm0)
         storm_wall = time.monotonic() - t_storm0
         i += STORM
@@ -419,12 +431,16 @@ def run() -> None:
         chp = subprocess.run(check=False, args=["pgrep", "-P", str(hub_pid), "-f", "configurable-http-proxy"], capture_output=True, text=True).stdout.split()
         route_ms = route_add_ms(hub, int(chp[0])) if chp else float("nan")
     finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)  # their POSTs end when the hub stops
         if "watch" in locals():
             watch.stop()
         hub.stop(timeout=300)
-        # jobs the hub did not cancel (none expected) are cancelled here
-        for account in L.HUB_USERS.values():
-            cluster.run_in("login", ["scancel", "-u", account], check=False)
+        # jobs the hub did not cancel (none expected) are cancelled here: only this run's
+        # (the accounts may have other sessions' jobs in a shared sandbox)
+        ours = re.findall(r": Submitted: job (\d+)$", hub.log_tail(1 << 30), re.MULTILINE) if hub.log_path.exists() else []
+        if ours:
+            cluster.run_in("login", ["scancel", *ours], check=False)
         cluster.release()
     boot = lab_startups(hub.log_path)
     rows = []
