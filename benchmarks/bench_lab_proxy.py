@@ -4,7 +4,8 @@ One run starts: an upstream app (raw asyncio HTTP server + tornado websocket ech
 a Jupyter server with hpcgate.lab (jupyter_server_proxy disabled), and a Jupyter server
 with jupyter_server_proxy (hpcgate.lab disabled). Each row is measured against all
 three. Run: ``make bench ARGS=lab_proxy``; ``HPCGATE_BENCH_SECTIONS=small`` (a comma-separated
-subset of ``download,small,websocket``) runs only those tables. The machine's load average
+subset of ``download,small,websocket``) runs only those tables; ``HPCGATE_BENCH_BASELINE=DIR``
+adds a row for the hpcgate in ``DIR/src`` (before/after in one run). The machine's load average
 is printed beside the numbers: the machine may be shared.
 """
 
@@ -152,9 +153,10 @@ class Target:
 
 
 def _start_jupyter(
-    tmp: Path, name: str, extensions: dict[str, bool], token: str, extra_config: str = ""
+    tmp: Path, name: str, extensions: dict[str, bool], token: str, extra_config: str = "", pythonpath: str = ""
 ) -> tuple[subprocess.Popen, int]:
-    """A Jupyter server with ``extensions`` and the token ``token``; ``extra_config`` lines appended."""
+    """A Jupyter server with ``extensions`` and the token ``token``; ``extra_config`` lines
+    appended; ``pythonpath`` first on its module path (another checkout's ``src``)."""
     port = free_port()
     root = tmp / name
     root.mkdir()
@@ -165,6 +167,8 @@ def _start_jupyter(
         f"c.ServerApp.jpserver_extensions = {extensions!r}\n" + extra_config
     )
     env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(root / "cfg"), JUPYTER_RUNTIME_DIR=str(root / "rt"))
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [pythonpath, env.get("PYTHONPATH", "")]))
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "jupyter"), "server", f"--config={cfg}"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -237,6 +241,15 @@ def _small(t: Target, n: int, cookie: str | None = None, path: str | None = None
     return lat
 
 
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of process ``pid`` so far (0 without a pid). Unlike
+    req/s, CPU per request hardly moves when the machine is shared."""
+    if not pid:
+        return 0.0
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _load() -> str:
     return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -256,11 +269,14 @@ def small_requests(targets: list[Target], ceilings: dict[str, Target], rounds: i
         runs = [(t, None) for t in targets] + [(c, "/api/me") for c in ceilings.values()]
         rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
         lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+        cpu: dict[str, float] = {t.name: 0.0 for t, _ in runs}  # the server's CPU seconds
         for t, path in runs:  # warm up
             _small(t, 50, cookies[t.name] if client.startswith("browser") else None, path)
         for _ in range(rounds):
             for t, path in runs:
+                c0 = _cpu_seconds(t.pid)
                 lat = _small(t, n, cookies[t.name] if client.startswith("browser") else None, path)
+                cpu[t.name] += _cpu_seconds(t.pid) - c0
                 rates[t.name].append(n / sum(lat))
                 lats[t.name] += lat
         rate = {name: median(r) for name, r in rates.items()}
@@ -270,11 +286,13 @@ def small_requests(targets: list[Target], ceilings: dict[str, Target], rounds: i
                 t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
                 f"{percentile(lats[t.name], 99) * 1e3:.2f}",
                 ratio(rate[t.name], rate["jupyter-server-proxy"]) if t.token else "-",
+                f"{cpu[t.name] / (rounds * n) * 1e6:.0f}" if t.pid else "-",
+                ratio(cpu["jupyter-server-proxy"], cpu[t.name]) if t.pid and cpu[t.name] else "-",
             ])
         table(
             f"small requests, {client}: one keep-alive connection, {rounds} interleaved rounds of {n} GETs "
             f"(req/s: median of rounds; {_load()})",
-            ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy"], rows,
+            ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy", "server CPU us/req", "jsp CPU / this"], rows,
         )
 
 
@@ -314,9 +332,24 @@ def run() -> None:
         common = {"jupyterlab": False, "jupyter_lsp": False, "notebook_shim": False, "jupyter_server_terminals": False}
         ours, ours_port = _start_jupyter(tmp, "hpcgate", {**common, "hpcgate.lab": True, "jupyter_server_proxy": False}, token)
         jsp, jsp_port = _start_jupyter(tmp, "jsp", {**common, "hpcgate.lab": False, "jupyter_server_proxy": True}, token)
+        # the same lab without the auth cache (hpcgate.lab.authcache): before/after in one run
+        uncached, uncached_port = _start_jupyter(
+            tmp, "hpcgate-nocache", {**common, "hpcgate.lab": True, "jupyter_server_proxy": False}, token,
+            "c.HPCGateLab.auth_cache_ttl = 0\n",
+        )
         relay_port = free_port()
         relay = subprocess.Popen([sys.executable, "-c", BARE_RELAY, str(relay_port), str(http_port)])
-        procs += [ours, jsp, relay]
+        procs += [ours, jsp, uncached, relay]
+        extra_targets = [Target("hpcgate, auth cache off", uncached_port, f"/proxy/{http_port}", token, uncached.pid)]
+        baseline = os.environ.get("HPCGATE_BENCH_BASELINE", "")
+        if baseline:
+            # another checkout of hpcgate (e.g. `git archive main src | tar -x -C DIR`): before/after in one run
+            old, old_port = _start_jupyter(
+                tmp, "hpcgate-baseline", {**common, "hpcgate.lab": True, "jupyter_server_proxy": False}, token,
+                pythonpath=str(Path(baseline) / "src"),
+            )
+            procs.append(old)
+            extra_targets.append(Target(f"hpcgate from {baseline}", old_port, f"/proxy/{http_port}", token, old.pid))
         _wait_port(relay_port)
         targets = [
             Target("direct", http_port, "", None, None),
@@ -368,9 +401,9 @@ def run() -> None:
             )
 
         if "small" in sections:
-            small_requests(targets, {
-                "hpcgate": Target("(ceiling) hpcgate's Jupyter server /api/me", ours_port, "", token, None),
-                "jsp": Target("(ceiling) jsp's Jupyter server /api/me", jsp_port, "", token, None),
+            small_requests([*targets, *extra_targets], {
+                "hpcgate": Target("(ceiling) hpcgate's Jupyter server /api/me", ours_port, "", token, ours.pid),
+                "jsp": Target("(ceiling) jsp's Jupyter server /api/me", jsp_port, "", token, jsp.pid),
             })
 
         rows = []

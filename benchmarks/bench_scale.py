@@ -2,7 +2,9 @@
 
 Runs in the sandbox (root), brought up cold with enough Slurm capacity for one-CPU jobs
 (compute1 declares ``SERVERS`` + 4 CPUs, ``SlurmdParameters=config_overrides``); a
-sandbox that is already up is not rebuilt and the benchmark says so. Wrap the run in
+sandbox that another session holds is waited for to go down (``HPCGATE_BENCH_SCALE_WAIT_DOWN``
+s), never measured with too few CPUs. ``SIGTERM`` ends a run cleanly (the hub stops its
+servers, the sandbox is released). Wrap the run in
 ``flock /tmp/hpcgate-sandbox.lock``; it is bounded by ``HPCGATE_BENCH_SCALE_BUDGET``
 seconds of spawning.
 
@@ -26,7 +28,10 @@ Reported side by side:
 from __future__ import annotations
 
 import concurrent.futures
+import datetime
 import os
+import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -50,6 +55,7 @@ SINGLES = int(os.environ.get("HPCGATE_BENCH_SCALE_SINGLES", "4"))
 BATCH = int(os.environ.get("HPCGATE_BENCH_SCALE_BATCH", "10"))
 STEADY = float(os.environ.get("HPCGATE_BENCH_SCALE_STEADY", "60"))
 BUDGET = float(os.environ.get("HPCGATE_BENCH_SCALE_BUDGET", "600"))
+STORM_PROFILE = float(os.environ.get("HPCGATE_BENCH_SCALE_STORM_PROFILE", "60"))  # seconds of py-spy from the storm's start
 LIGHT = {
     "jupyterlab": False, "jupyter_lsp": False, "jupyter_server_terminals": False,
     "jupyterlmod": False, "jupyter_resource_usage": False, "notebook_shim": False, "hpcgate.lab": True,
@@ -59,7 +65,13 @@ c.HPCSpawner.args = [{light!r}]
 c.HPCSpawner.default_url = "/api/status"
 c.JupyterHub.concurrent_spawn_limit = 0
 c.JupyterHub.active_server_limit = 0
+# the spawn POST answers when the server is ready (201): no polling of the hub needed
+c.JupyterHub.tornado_settings = {{"slow_spawn_timeout": 300}}
 """
+#: MiB of MemAvailable below which the benchmark stops starting servers (the machine is shared)
+#: seconds to wait for a sandbox that another session holds to go down
+WAIT_DOWN = float(os.environ.get("HPCGATE_BENCH_SCALE_WAIT_DOWN", "1200"))
+MIN_FREE_MIB = int(os.environ.get("HPCGATE_BENCH_SCALE_MIN_FREE_MIB", "3072"))
 
 
 def light_arg() -> str:
@@ -143,19 +155,60 @@ class ReadyWatch:
 
 
 def timed_spawn(hub: Hub, i: int, watch: ReadyWatch) -> tuple[float, str]:
-    """POST -> ready in seconds, or (nan, why)."""
+    """POST -> ready in seconds, or (nan, why). The POST answers 201 once the server is
+    ready (``slow_spawn_timeout`` above); only a 202 falls back to the shared poller."""
     name = user(i)
     hub.create_user(name)
-    watch.waiting.add(name)
     started = time.perf_counter()
-    r = hub.request("POST", f"/hub/api/users/{name}/server", json={"user_options": options(i)}, timeout=120)
-    if r.status_code not in (201, 202):
-        watch.waiting.discard(name)
+    r = hub.request("POST", f"/hub/api/users/{name}/server", json={"user_options": options(i)}, timeout=400)
+    if r.status_code == 201:
+        return time.perf_counter() - started, ""
+    if r.status_code != 202:
         return float("nan"), f"{name}: {r.status_code} {r.text[:200]}"
+    watch.waiting.add(name)
     ready = watch.wait(name, 300)
     if ready is None:
         return float("nan"), f"{name}: not ready after 300 s"
     return ready - started, ""
+
+
+_LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) JupyterHub [^\]]*\] (.*)$")
+
+
+def lab_startups(log: Path) -> dict[str, float]:
+    """Seconds each server's lab took to start on its node, from the hub's log.
+
+    From the moment the lab's wrapper reported its address (``<user>: Server started on``,
+    the job is running there) to the lab's first activity report
+    (``POST /hub/api/users/<user>/activity``, sent once its Jupyter server runs): the
+    lab's own start-up, which hpcgate does not control. A spawn's overhead is its
+    POST -> ready time minus this: submission, scheduling, the tunnel and its probe, the
+    hub's own checks and the proxy route.
+    """
+    started: dict[str, float] = {}
+    up: dict[str, float] = {}
+    activity = re.compile(r"POST /hub/api/users/(u\d+)/activity ")
+    for line in log.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        text = m.group(2)
+        name, sep, rest = text.partition(": ")
+        if sep and rest.startswith("Server started on") and name not in started:
+            started[name] = when
+            continue
+        a = activity.search(text)
+        if a and a.group(1) in started and a.group(1) not in up:
+            up[a.group(1)] = when
+    return {name: up[name] - started[name] for name in up}
+
+
+def mem_available_mib() -> float:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) / 1024
+    return float("inf")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -253,6 +306,17 @@ def batchspawner_rpcs_per_min(sandbox: Sandbox, jobs: list[tuple[str, str]], int
     return sum(by_user.get(a, 0) for a in L.HUB_USERS.values()) * 60 / max(interval, time.monotonic() - started)
 
 
+def hub_ssh_children(pid: int) -> tuple[int, float]:
+    """The hub's ssh child processes (OpenSSH tunnel masters, if any) and their RSS in MiB."""
+    out = subprocess.run(check=False, args=["pgrep", "-P", str(pid), "-x", "ssh"], capture_output=True, text=True).stdout.split()
+    return len(out), sum(rss_mib(int(p)) for p in out if Path(f"/proc/{p}").exists())
+
+
+def _stats(values: list[float]) -> tuple[float, float]:
+    nan = float("nan")
+    return (median(values), percentile(values, 99)) if values else (nan, nan)
+
+
 def run() -> None:
     from hpcgate.sandbox import packages
 
@@ -264,43 +328,83 @@ def run() -> None:
         return
     lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024)
     cluster = Sandbox(lay)
+    waited = time.monotonic()
+    while cluster.is_up() and time.monotonic() - waited < WAIT_DOWN:
+        # another session holds it, with compute1's usual CPUs: wait for it to go down
+        time.sleep(10)
     if cluster.is_up():
-        print(f"scale: the sandbox is already up (not rebuilt); compute1 keeps its CPUs. Take it down first for {SERVERS} Slurm-capable CPUs.")
-    info = cluster.hold()
+        print(f"scale not measured: the sandbox stayed up (held by another session) for {WAIT_DOWN:.0f} s; "
+              f"compute1 needs {SERVERS + 4} CPUs, declared only when the sandbox comes up")
+        return
+    if time.monotonic() - waited > 1:
+        print(f"(waited {time.monotonic() - waited:.0f} s for the sandbox to go down)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix="hpcgate-bench-scale-"))
     catalog = write_catalog(lay, tmp)
     hub = Hub(tmp / "hub", catalog=str(catalog), extra=EXTRA.format(light=light_arg()), keep_servers=False)
-    single: list[float] = []
-    storm: list[float] = []
-    fill: list[float] = []
+    cluster.hold()  # released in the finally below, whatever happens after this line
+    raw: dict[str, float] = {}  # user -> POST -> ready, seconds
+    phase: dict[str, list[str]] = {"single": [], "fill": [], "storm": []}
     lost: list[str] = []
+    stopped_early = ""
+
+    def spawn(k: int, where: str) -> None:
+        t, err = timed_spawn(hub, k, watch)
+        if err:
+            lost.append(err)
+        else:
+            raw[user(k)] = t
+            phase[where].append(user(k))
+
+    # SIGTERM (a background job ignores SIGINT) ends the run through the finally below:
+    # the hub stops every server it started, the sandbox is released
+    def _interrupted(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, _interrupted)
+    pools: list[concurrent.futures.ThreadPoolExecutor] = []
     try:
         hub.start()
         watch = ReadyWatch(hub)
         hub_pid = int((tmp / "hub" / "jupyterhub.pid").read_text())
+        rss_idle = rss_mib(hub_pid)
         deadline = time.monotonic() + BUDGET
+        avail_start = mem_available_mib()
         i = 0
         for _ in range(SINGLES):
-            t, err = timed_spawn(hub, i, watch)
-            (lost.append(err) if err else single.append(t))
+            spawn(i, "single")
             i += 1
         target = max(SERVERS - STORM, i)
-        with concurrent.futures.ThreadPoolExecutor(BATCH) as pool:
-            while i < target and time.monotonic() < deadline:
-                n = min(BATCH, target - i)
-                for t, err in pool.map(lambda k: timed_spawn(hub, k, watch), range(i, i + n)):
-                    (lost.append(err) if err else fill.append(t))
-                i += n
-        print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s; storm of {STORM} next)", flush=True)
+        pool = concurrent.futures.ThreadPoolExecutor(BATCH)
+        pools.append(pool)
+        while i < target and time.monotonic() < deadline:
+            # what one running server costs the machine so far (lab, job, sshd/slurmstepd)
+            per_server = max(100.0, (avail_start - mem_available_mib()) / max(i, 1))
+            if mem_available_mib() < MIN_FREE_MIB + (STORM + BATCH) * per_server:
+                stopped_early = (
+                    f"filling stopped at {i}: MemAvailable {mem_available_mib():.0f} MiB, "
+                    f"{per_server:.0f} MiB per server, the storm's {STORM} kept within {MIN_FREE_MIB} MiB free"
+                )
+                break
+            n = min(BATCH, target - i)
+            list(pool.map(lambda k: spawn(k, "fill"), range(i, i + n)))
+            i += n
+        per_server = (avail_start - mem_available_mib()) / max(i, 1)
+        print(f"(machine memory per running server: {per_server:.0f} MiB)", flush=True)
+        print(f"(filled to {i} running in {BUDGET - (deadline - time.monotonic()):.0f} s, MemAvailable "
+              f"{mem_available_mib():.0f} MiB; storm of {STORM} next) {stopped_early}", flush=True)
         storm_profile: list = []
-        spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, 20, tmp / "storm.raw")))
+        spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, STORM_PROFILE, tmp / "storm.raw")))
         spy.start()
-        with concurrent.futures.ThreadPoolExecutor(STORM) as pool:
-            for t, err in pool.map(lambda k: timed_spawn(hub, k, watch), range(i, i + STORM)):
-                (lost.append(err) if err else storm.append(t))
+        c_storm0, t_storm0 = cpu_seconds(hub_pid), time.monotonic()
+        pool = concurrent.futures.ThreadPoolExecutor(STORM)
+        pools.append(pool)
+        list(pool.map(lambda k: spawn(k, "storm"), range(i, i + STORM)))
+        storm_cpu = 100 * (cpu_seconds(hub_pid) - c_storm0) / (time.monotonic() - t_storm0)
+        storm_wall = time.monotonic() - t_storm0
         i += STORM
         spy.join()
         running = sum(1 for k in range(i) if hub.user_model(user(k))["servers"].get("", {}).get("ready"))
+        print(f"({running} running, MemAvailable {mem_available_mib():.0f} MiB; steady state next)", flush=True)
 
         # steady state: nothing spawns; the hub polls, routes, keeps tunnels
         time.sleep(10)
@@ -314,6 +418,7 @@ def run() -> None:
         cpu_pct = 100 * (c1 - c0) / (t1 - t0)
         rss = rss_mib(hub_pid)
         conns = hub_ssh_connections(hub_pid)
+        ssh_procs, ssh_rss = hub_ssh_children(hub_pid)
         slurm_jobs = [
             tuple(line.split())
             for line in cluster.run_in("login", ["squeue", "-h", "-t", "R", "-o", "%i %u"]).stdout.splitlines()
@@ -326,34 +431,52 @@ def run() -> None:
         chp = subprocess.run(check=False, args=["pgrep", "-P", str(hub_pid), "-f", "configurable-http-proxy"], capture_output=True, text=True).stdout.split()
         route_ms = route_add_ms(hub, int(chp[0])) if chp else float("nan")
     finally:
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)  # their POSTs end when the hub stops
         if "watch" in locals():
             watch.stop()
         hub.stop(timeout=300)
-        # jobs the hub did not cancel (none expected) are cancelled here
-        for account in L.HUB_USERS.values():
-            cluster.run_in("login", ["scancel", "-u", account], check=False)
+        # jobs the hub did not cancel (none expected) are cancelled here: only this run's
+        # (the accounts may have other sessions' jobs in a shared sandbox)
+        ours = re.findall(r": Submitted: job (\d+)$", hub.log_tail(1 << 30), re.MULTILINE) if hub.log_path.exists() else []
+        if ours:
+            cluster.run_in("login", ["scancel", *ours], check=False)
         cluster.release()
-    nan = float("nan")
+    boot = lab_startups(hub.log_path)
+    rows = []
+    single_raw = _stats([raw[u] for u in phase["single"]])
+    single_over = _stats([raw[u] - boot[u] for u in phase["single"] if u in boot])
+    for where, label in (("single", "single (one at a time)"), ("fill", f"fill ({BATCH} at a time)"), ("storm", f"storm ({STORM} at once)")):
+        names = phase[where]
+        r50, r99 = _stats([raw[u] for u in names])
+        o = [raw[u] - boot[u] for u in names if u in boot]
+        o50, o99 = _stats(o)
+        b50, b99 = _stats([boot[u] for u in names if u in boot])
+        rows.append([
+            label, len(names), r50, r99, ratio(r99, single_raw[0]) if names else "n/a",
+            b50, b99, o50, o99, ratio(o99, single_over[0]) if o else "n/a",
+        ])
     table(
-        f"Spawn POST -> ready (s): {len(single)} single vs a storm of {STORM} concurrent, {running} of {SERVERS} running in the end",
-        ["spawns", "n", "p50", "p99", "p99 / single p50"],
-        [
-            ["single (one at a time)", len(single), median(single) if single else nan, percentile(single, 99) if single else nan, "1.00x"],
-            [f"fill ({BATCH} at a time)", len(fill), median(fill) if fill else nan, percentile(fill, 99) if fill else nan,
-             ratio(percentile(fill, 99), median(single)) if fill and single else "n/a"],
-            [f"storm ({STORM} at once)", len(storm), median(storm) if storm else nan, percentile(storm, 99) if storm else nan,
-             ratio(percentile(storm, 99), median(single)) if storm and single else "n/a"],
-        ],
+        f"Spawn POST -> ready (s), raw and overhead (raw minus the lab's own start-up on its node, "
+        f"from the hub's log: address reported -> the lab's first activity report); {running} of {SERVERS} running in the end",
+        ["spawns", "n", "raw p50", "raw p99", "raw p99 / single p50", "lab start p50", "lab start p99",
+         "overhead p50", "overhead p99", "overhead p99 / single p50"],
+        rows,
     )
+    print(f"(storm: {storm_wall:.1f} s wall, hub CPU {storm_cpu:.0f}% of one core during it)")
     if lost:
         print(f"LOST {len(lost)}: " + "; ".join(lost[:5]))
+    if stopped_early:
+        print(f"NOTE {stopped_early}")
     table(
         f"Hub at steady state with {running} running ({STEADY:.0f} s)",
         ["measure", "value", "target"],
         [
             ["hub CPU, % of one core", cpu_pct, "< 5"],
+            ["hub RSS MiB (before the first spawn)", rss_idle, ""],
             ["hub RSS MiB", rss, ""],
             ["SSH connections from the hub (tunnels + command pool)", conns, "2 tunnels + 1 per account"],
+            ["ssh processes of the hub (OpenSSH masters) and their RSS MiB", f"{ssh_procs} / {ssh_rss:.1f}", ""],
             ["CHP route add, ms (median of 20)", route_ms, ""],
         ],
     )
@@ -365,6 +488,6 @@ def run() -> None:
             ["batchspawner (squeue -j per server per interval)", theirs_rpm, theirs_rpm * interval / 60, "", ratio(theirs_rpm, ours_rpm)],
         ],
     )
-    for name, rows in (("storm", storm_profile), ("steady state", steady_profile)):
-        table(f"Hub profile ({name}, py-spy, % of samples)", ["frame", "%"], [[k, v] for k, v in rows])
-    print(f"(profiles in {tmp})")
+    for name, prows in (("storm", storm_profile), ("steady state", steady_profile)):
+        table(f"Hub profile ({name}, py-spy, % of samples)", ["frame", "%"], [[k, v] for k, v in prows])
+    print(f"(profiles and the hub's log in {tmp})")

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from hpcgate.database import DatabaseURLError, has_password, redacted, resolve_db_url
+from hpcgate.database import DatabaseURLError, has_password, redacted, resolve_db_url, use_wal
 
 SECRET = "s3cr3t-pw"
 URL = f"postgresql://hub:{SECRET}@db.example.org:5432/hpcgate"
@@ -105,3 +105,25 @@ def test_a_wrong_password_is_one_sentence_without_it(postgres):
         check_connection(wrong)
     assert "password authentication failed" in str(err.value)
     assert wrong_password not in str(err.value)
+
+
+def test_the_embedded_sqlite_runs_in_wal_mode_and_jupyterhub_builds_on_it(tmp_path):
+    """use_wal: a new file in WAL mode (persisted in the file), kept by JupyterHub's own
+    engine, which creates its tables in it and commits through the log."""
+    import sqlite3
+
+    from jupyterhub import orm
+
+    path = tmp_path / "jupyterhub.sqlite"
+    assert use_wal(path) == "wal"
+    assert use_wal(path) == "wal"  # idempotent
+    session = orm.new_session_factory("sqlite:///" + str(path))()
+    session.add(orm.User(name="ada"))
+    session.commit()
+    session.close()
+    conn = sqlite3.connect(path)
+    try:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("SELECT name FROM users").fetchall() == [("ada",)]
+    finally:
+        conn.close()

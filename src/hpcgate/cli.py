@@ -9,6 +9,7 @@ import os
 import secrets
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 from . import __version__
 from .catalog import CatalogError, json_schema_text, load_catalog
 from .database import ENV_VAR as DB_URL_ENV
-from .database import DatabaseURLError, check_connection, redacted, resolve_db_url
+from .database import DatabaseURLError, check_connection, redacted, resolve_db_url, use_wal
 from .files import private_dir, write_atomic
 from .net import free_port
 
@@ -217,6 +218,13 @@ def cmd_up(args: argparse.Namespace) -> int:
     except DatabaseURLError as exc:
         print(f"hpcgate up: {exc}", file=sys.stderr)
         return 2
+    if not db_url:
+        # the embedded SQLite: one sync per commit instead of several (database.use_wal)
+        try:
+            use_wal(state_dir / "jupyterhub.sqlite")
+        except sqlite3.Error as exc:
+            print(f"hpcgate up: the hub's database {state_dir / 'jupyterhub.sqlite'} cannot be opened: {exc}", file=sys.stderr)
+            return 2
     identity = ""
     if args.auth != "demo":
         identity_error = _check_identity(args, state_dir)

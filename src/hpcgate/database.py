@@ -16,12 +16,14 @@ raises only :class:`DatabaseURLError`, whose message is a sentence for the admin
 never contains the password. :func:`redacted` is the only form in which a URL is logged.
 :func:`check_connection` tries the URL before the hub starts, so that a wrong host or
 password is one sentence rather than JupyterHub's advice to upgrade its database.
+:func:`use_wal` puts the embedded SQLite database in write-ahead-log mode.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import sqlite3
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -156,3 +158,24 @@ def check_connection(url: str, timeout: int = 10) -> None:
         raise DatabaseURLError(f"Cannot connect to the database {redacted(url)}: {reason}") from None
     finally:
         engine.dispose()
+
+
+def use_wal(path: str | os.PathLike[str]) -> str:
+    """Put the SQLite database at ``path`` (created if missing) in write-ahead-log mode;
+    the journal mode it has now (``"wal"``, or what SQLite kept where WAL is impossible).
+
+    JupyterHub commits on the hub's event loop, several times per spawn (and hpcgate
+    saves a spawner's state mid-start, so that a hub restart loses no job). In SQLite's
+    default rollback-journal mode each commit writes and syncs a journal and the
+    database and deletes the journal; in WAL mode a commit appends to the log and syncs
+    it once, with the same durability (``synchronous`` stays FULL): under a storm of
+    spawns on a busy disk those syncs were most of the hub's time (issue 15). The mode
+    is stored in the database file, so JupyterHub's own connections use it too. WAL
+    needs a local file system (as SQLite's locking does in any mode).
+    """
+    conn = sqlite3.connect(os.fspath(path))
+    try:
+        row = conn.execute("PRAGMA journal_mode=WAL").fetchone()
+    finally:
+        conn.close()
+    return str(row[0]).lower() if row else ""

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from jupyter_server._tz import utcnow
 
 from .apps.manager import AppManager, AppState, ManagedApp
+from .authcache import AuthCache, provider_cache_age
 from .metrics import LabMetrics
 from .security import HostAllowlist, strip_token_query
 from .upstream import ConnectionPool, ForeignSocketError
@@ -49,6 +50,12 @@ class LabContext:
         self.websocket_max_message_size = ext.websocket_max_message_size
         self.rewrite_body_limit = ext.rewrite_body_limit
         self.allowed_ports = self._parse_ports(ext.allowed_ports)
+        ttl = ext.auth_cache_ttl
+        age = provider_cache_age(settings.get("identity_provider"))
+        if age is not None:
+            ttl = min(ttl, age)
+        #: identities the Jupyter server accepted a moment ago (:mod:`.authcache`)
+        self.auth_cache = AuthCache(ttl, ext.auth_cache_size)
         #: when (monotonic) the proxy last counted activity, per app name (None: proxy/<port>)
         self.activity_marks: dict[str | None, float] = {}
         #: the lab's Prometheus metrics (<base>/hpcgate/metrics)

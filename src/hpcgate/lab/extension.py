@@ -101,6 +101,24 @@ class HPCGateLab(ExtensionApp):
         login and XSRF cookies; the server's own ``cookie_name`` is always added.""",
     ).tag(config=True)
 
+    auth_cache_ttl = Float(
+        5.0,
+        help="""Seconds the proxy remembers the identity the Jupyter server's own
+        authentication accepted for a request's exact credentials (a keyed hash of its
+        ``Host``, ``Authorization`` and ``Cookie`` headers), for ``GET`` and ``HEAD``
+        requests to apps: the hundreds of small files of an app's page are then not each
+        authenticated from scratch. Refused credentials are never remembered; requests
+        with a ``token`` query parameter, other methods and websocket upgrades always take
+        the full path. Capped at HubAuth's ``cache_max_age`` (JupyterHub's own cache of
+        the hub's answers), so a revoked or expired token is refused no later than
+        HubAuth alone would refuse it. 0 turns it off (see :mod:`hpcgate.lab.authcache`).""",
+    ).tag(config=True)
+
+    auth_cache_size = Int(
+        1024,
+        help="""Most identities ``auth_cache_ttl`` keeps (least recently used dropped first).""",
+    ).tag(config=True)
+
     websocket_max_message_size = Int(
         256 * MiB,
         help="""Largest websocket message in bytes, in either direction. Larger messages

@@ -9,12 +9,17 @@ head with its forwarded and overridden headers).
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import JupyterHandler
+from jupyter_server.log import log_request as jupyter_log_request
+from jupyter_server.prometheus.log_functions import prometheus_log_method
 from tornado.websocket import WebSocketHandler
 
 from ...appspec import render
@@ -31,6 +36,22 @@ ACTIVITY_EVERY = 1.0  # seconds between activity updates of one stream, one app,
 _NEVER = float("-inf")
 #: Headers telling an app its mount point: set by the proxy only, never passed from the browser.
 CONTEXT_HEADERS = frozenset({"x-forwarded-context", "x-proxycontextpath", "x-forwarded-prefix"})
+
+
+def _shows_debug(logger: logging.Logger | logging.LoggerAdapter) -> bool:
+    """Whether a DEBUG record of ``logger`` would reach any handler that emits it."""
+    if isinstance(logger, logging.LoggerAdapter):
+        logger = logger.logger
+    if not logger.isEnabledFor(logging.DEBUG):
+        return False
+    current: logging.Logger | None = logger
+    while current is not None:
+        if any(h.level <= logging.DEBUG for h in current.handlers):
+            return True
+        if not current.propagate:
+            return False
+        current = current.parent
+    return False
 
 
 class ProxyBase(WebSocketHandler, JupyterHandler):
@@ -102,6 +123,31 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self.set_header("Connection", "close")
         self.finish(f"{status_code} {self._reason}\n")
 
+    def _log(self) -> None:
+        """The request's log line and metrics, as the Jupyter server records them.
+
+        The Jupyter server's ``log_request`` writes successes at DEBUG level, formatting
+        each line (and building a log record) even where no handler shows DEBUG. For a
+        proxied success that nobody would see, only the Prometheus metrics are recorded;
+        everything else (errors, a deployment's own ``log_function``, DEBUG logging on)
+        goes the usual way.
+        """
+        status = self.get_status()
+        log_function = self.settings.get("log_function")
+        if (
+            (status < 300 or status == 304)
+            and isinstance(log_function, functools.partial)
+            and log_function.func is jupyter_log_request
+            and not log_function.args
+            and set(log_function.keywords) <= {"record_prometheus_metrics"}
+            and not _shows_debug(self.log)
+        ):
+            # the Jupyter server's own setting: partial(log_request, record_prometheus_metrics=...)
+            if log_function.keywords.get("record_prometheus_metrics", True):
+                prometheus_log_method(self)
+            return
+        super()._log()
+
     def _early_redirect(self, url: str) -> None:
         # Answered in prepare(), before tornado read the (streamed) body: the
         # connection ends afterwards, so tell the client not to reuse it.
@@ -114,9 +160,21 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         Every request and every websocket upgrade needs it: a page load without it is
         redirected to the login page, anything else refused with 403.
         """
+        cache = self.lab.auth_cache
+        request = self.request
+        key = None if self._is_websocket() else cache.key(request.method, request.headers, request.query_arguments)
+        if key is not None:
+            remembered = cache.get(key)
+            if remembered is not None:
+                self._accept_remembered(*remembered)
+                return True
         await JupyterHandler.prepare(self)
         if self._finished:
             return False
+        if key is not None and self.current_user is not None and not getattr(self, "_new_cookie", None):
+            # an identity whose check set a cookie (a token signed into a login cookie)
+            # is not remembered: that answer needs the full path every time
+            cache.put(key, self.current_user, bool(getattr(self, "_token_authenticated", False)))
         if self.current_user is None:
             if self.request.method in ("GET", "HEAD") and not self._is_websocket():
                 url = self.get_login_url()
@@ -127,6 +185,21 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         with contextlib.suppress(AttributeError):
             self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
         return True
+
+    def _accept_remembered(self, user: Any, token_authenticated: bool) -> None:
+        """What ``JupyterHandler.prepare`` does for a GET whose credentials the identity
+        provider accepted a moment ago (:mod:`..authcache`): the Host check, the user,
+        the CORS headers. No XSRF check: ``prepare`` runs none for GET and HEAD."""
+        CallContext.set(CallContext.JUPYTER_HANDLER, self)
+        if not self.check_host():
+            self.current_user = self._jupyter_current_user = None
+            raise ProxyError(403)
+        self.current_user = self._jupyter_current_user = user
+        if token_authenticated:
+            self._token_authenticated = True
+        self.set_cors_headers()
+        with contextlib.suppress(AttributeError):
+            self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
 
     def _is_websocket(self) -> bool:
         if self._websocket is None:
