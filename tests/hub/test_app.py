@@ -1,0 +1,37 @@
+"""hpcgate.hub.app: the hub's entry point."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+
+CHILD = """
+import subprocess, sys
+from hpcgate.hub.app import default_sigint
+if sys.argv[1] == "restore":
+    default_sigint()
+status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+mask = int(next(l for l in status.splitlines() if l.startswith("SigIgn:")).split()[1], 16)
+print("ignored" if mask & (1 << (2 - 1)) else "default")
+"""
+
+
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def child_sigint(mode: str) -> str:
+    """How a process started by a hub that inherited SIGINT ignored sees SIGINT."""
+    run = subprocess.run(
+        [sys.executable, "-c", CHILD, mode], preexec_fn=ignore_sigint, capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    return run.stdout.strip()
+
+
+def test_processes_the_hub_starts_get_sigint_back():
+    # the idle culler and local servers are stopped with SIGINT first: a hub started in
+    # the background must not hand them SIGINT ignored
+    assert child_sigint("inherit") == "ignored"  # what happens without it
+    assert child_sigint("restore") == "default"
