@@ -71,7 +71,14 @@ def server(tmp_path_factory):
     wait_for(up, 60, "the jupyter server")
     yield type("Server", (), {"url": url, "session": session, "token": token, "log": root / "server.log"})
     proc.terminate()
-    proc.wait(30)
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        # seen once on a loaded machine: the server stuck in "Shutting down 10 extensions";
+        # the kernels' behaviour is what these tests judge, so end it and say so
+        print(f"jupyter_server did not stop within 60 s of SIGTERM; killed (log: {root / 'server.log'})")
+        proc.kill()
+        proc.wait(30)
     log.close()
 
 

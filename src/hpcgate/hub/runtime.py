@@ -370,6 +370,8 @@ class HPCGate(SingletonConfigurable):
             except AccountError as exc:
                 out[name] = Charges(None, None, f"Your account on {name} is not known: {exc}")
                 continue
+            # the query may run as this account: its certificate names this hub user
+            self.note_account(name, account, user.name)
             out[name] = await self.accounting(name).charges(account)
         return out
 
@@ -399,6 +401,8 @@ class HPCGate(SingletonConfigurable):
                 account = resolver.account(user.name, auth_state)
             except AccountError:
                 continue  # the form says so through the projects (charges_for)
+            # the query may run as this account: its certificate names this hub user
+            self.note_account(name, account, user.name)
             found = await self.reservation_cache(name).get(account)
             out[name] = usable(found, account, time.time(), self.reservations_ahead)
         return out

@@ -158,6 +158,8 @@ class HPCSpawner(Spawner):
         self._hub_api_restored = False
         #: the running (or last) session's allocation and times, for its energy
         self.usage: SessionUsage | None = None
+        #: a stop() is under way (its job's end is not one behind the hub's back)
+        self._stopping = False
         #: the phase clock of the start under way (hpcgate.hub.metrics)
         self._timer: SpawnTimer | None = None
         #: the idle culler's limits for this server, seconds (hpcgate.hub.culling)
@@ -738,7 +740,7 @@ class HPCSpawner(Spawner):
         the home page and JupyterHub's own stop path runs now (its poll callbacks: the
         route is removed and the server marked stopped) instead of at its next poll.
         """
-        if self._starting() or self.job is None:
+        if self._starting() or self._stopping or self.job is None:
             return
         self.stop_reason = self._ended_sentence(status)
         self.log.warning("%s: %s", self._log_name, self.stop_reason)
@@ -860,6 +862,16 @@ class HPCSpawner(Spawner):
         if stopped_by_someone_else(self.user.name):
             self.stop_reason = admin_stop_sentence()
             self.log.info("%s: stopped by an admin", self._log_name)
+        # while this stop runs, the status cache may see the job end (it is being
+        # cancelled): that end is this stop's, not one "without a stop from this hub"
+        self._stopping = True
+        try:
+            await self._stop()
+        finally:
+            self._stopping = False
+
+    async def _stop(self) -> None:
+        """:meth:`stop`'s work, while ``_stopping`` is set."""
         await self._end_start()
         ending = self._end_usage()
         if not self.job or not self.system:
