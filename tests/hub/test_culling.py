@@ -8,6 +8,8 @@ an app keep a server alive, the Running-apps panel's polling of the lab's API do
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 
@@ -126,3 +128,40 @@ def test_limits_are_kept_in_seconds_and_max_age_within_the_jobs_runtime():
     assert limits_state(None, 480, runtime_min=60) == {}
     assert "idle for 30 minutes" in stop_sentence("idle", {"idle_timeout": 1800})
     assert "maximum age of 8 hours" in stop_sentence("max_age", {"max_age": 28800})
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
+    return found
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def test_the_culler_ends_with_a_killed_hub(tmp_path):
+    # JupyterHub stops its services only on a clean shutdown; a culler left behind by a
+    # killed hub would poll a dead hub for ever (and a restarted hub starts another)
+    hub = Hub(tmp_path / "hub").start()
+    try:
+        (app,) = [p for p in children(hub.proc.pid) if "hpcgate.hub.app" in cmdline(p)]
+        culler = wait_for(
+            lambda: next((p for p in children(app) if "jupyterhub_idle_culler" in cmdline(p)), None),
+            60, "the hub's idle culler",
+        )
+        os.kill(app, signal.SIGKILL)
+        wait_for(lambda: "jupyterhub_idle_culler" not in cmdline(culler), 30, "the culler to end with the hub")
+    finally:
+        hub.stop()

@@ -43,6 +43,7 @@ import sys
 from typing import Any
 
 from ..logs import FORMAT_ENV
+from ..remote.sshmux import with_parent_death
 
 #: the managed service's name (and its role's)
 SERVICE_NAME = "hpcgate-idle-culler"
@@ -55,19 +56,28 @@ REASONS = ("idle", "max_age")
 
 def culler_service(cull_every: int = 60, json_logs: bool = False) -> dict[str, Any]:
     """The ``c.JupyterHub.services`` entry: jupyterhub-idle-culler with hpcgate's arbiter
-    (``json_logs``: it logs JSON lines like the hub, hpcgate.logs)."""
+    (``json_logs``: it logs JSON lines like the hub, hpcgate.logs).
+
+    The culler ends with the hub even when the hub is killed (SIGKILL, a crash):
+    JupyterHub stops its managed services only on a clean shutdown, and a hub started
+    again starts a new culler, so the old one would poll a dead hub for ever. Through
+    ``setpriv --pdeathsig`` (util-linux); where setpriv is missing, the culler is
+    started as it is (a service's command cannot carry a preexec function).
+    """
+    command = [
+        sys.executable,
+        "-m",
+        "jupyterhub_idle_culler",
+        f"--cull-every={max(int(cull_every), 1)}",
+        # not used by the arbiter (per-server limits); 0 would disable nothing here
+        "--timeout=31536000",
+        f"--config={os.path.join(os.path.dirname(__file__), 'idle_culler_config.py')}",
+    ]
+    wrapped, _preexec = with_parent_death(command)
     return {
         "environment": {FORMAT_ENV: "json"} if json_logs else {},
         "name": SERVICE_NAME,
-        "command": [
-            sys.executable,
-            "-m",
-            "jupyterhub_idle_culler",
-            f"--cull-every={max(int(cull_every), 1)}",
-            # not used by the arbiter (per-server limits); 0 would disable nothing here
-            "--timeout=31536000",
-            f"--config={os.path.join(os.path.dirname(__file__), 'idle_culler_config.py')}",
-        ],
+        "command": wrapped,
     }
 
 
