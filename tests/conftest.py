@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.missing import not_installed
 from harness.sandbox import sandbox_missing
 from harness.sshd import running_sshd
 from hpcgate.sandbox import Sandbox
@@ -41,7 +42,7 @@ def artifacts_dir() -> Path:
 def sandbox():
     why = sandbox_missing()
     if why:
-        pytest.skip(why)
+        not_installed(why)
     cluster = Sandbox()
     cluster.hold()
     yield cluster
@@ -61,6 +62,6 @@ def sshd():
     why = _sshd_missing()
     if why:
         print(f"skipping the remote tests: {why}")
-        pytest.skip(why)
+        not_installed(why)
     with running_sshd() as server:
         yield server

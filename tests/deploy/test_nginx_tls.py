@@ -21,6 +21,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from harness.hub import ROOT, Hub, execute_in_kernel, wait_for
+from harness.missing import not_installed
 from hpcgate.net import free_port
 from tests.deploy.tlstools import make_ca_and_server_cert
 
@@ -74,7 +75,7 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="module")
 def nginx(hub):
     if not os.path.exists(NGINX):
-        pytest.skip("nginx is not installed (scripts/install-system-deps.sh installs Debian's)")
+        not_installed("nginx is not installed (scripts/install-system-deps.sh installs Debian's)")
     base = Path(tempfile.mkdtemp(prefix="hpcgate-nginx-"))
     os.chmod(base, 0o755)
     tls = make_ca_and_server_cert(base)

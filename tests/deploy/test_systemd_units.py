@@ -9,6 +9,7 @@ import subprocess
 
 import pytest
 
+from harness.missing import not_installed
 from tests.deploy.unittools import UNITS, localized
 
 SYSTEMD_ANALYZE = shutil.which("systemd-analyze")
@@ -18,7 +19,7 @@ UNIT_NAMES = ["hpcgate-hub.service", "hpcgate-proxy.service"]
 @pytest.fixture(scope="module")
 def local_units(tmp_path_factory):
     if SYSTEMD_ANALYZE is None:
-        pytest.skip("systemd-analyze is missing (Debian package systemd; scripts/install-system-deps.sh)")
+        not_installed("systemd-analyze is missing (Debian package systemd; scripts/install-system-deps.sh)")
     directory = tmp_path_factory.mktemp("units")
     for name in UNIT_NAMES:
         (directory / name).write_text(localized((UNITS / name).read_text()))
@@ -54,7 +55,7 @@ def test_the_guides_recipe_for_a_second_hub_gives_valid_units(tmp_path):
     (into a temp dir instead of /etc/systemd/system), give units that verify and that
     point at the second hub's files, ports and proxy."""
     if SYSTEMD_ANALYZE is None:
-        pytest.skip("systemd-analyze is missing (Debian package systemd; scripts/install-system-deps.sh)")
+        not_installed("systemd-analyze is missing (Debian package systemd; scripts/install-system-deps.sh)")
     guide = (UNITS.parent / "deployment.md").read_text()
     block = guide.split("**Several hubs on one host**", 1)[1].split("```sh\n", 1)[1].split("```", 1)[0]
     assert block.count("/etc/systemd/system/") == 2

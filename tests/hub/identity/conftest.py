@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+from harness.missing import not_installed
 from hpcgate.net import free_port
 from hpcgate.sandbox.directory import SLAPD, Directory
 
@@ -15,7 +16,7 @@ from hpcgate.sandbox.directory import SLAPD, Directory
 def directory(tmp_path_factory):
     """slapd with alice (ml-team, physics), bob (physics), carol (astro); stopped by PID."""
     if not os.path.exists(SLAPD) or not shutil.which("ldapmodify"):
-        pytest.skip("slapd/ldap-utils are not installed (scripts/install-system-deps.sh installs them)")
+        not_installed("slapd/ldap-utils are not installed (scripts/install-system-deps.sh installs them)")
     d = Directory(tmp_path_factory.mktemp("slapd"), free_port())
     d.build()
     d.start()

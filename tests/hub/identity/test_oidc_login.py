@@ -18,6 +18,7 @@ import pyotp
 import pytest
 
 from harness.hub import Hub, chromium, wait_for
+from harness.missing import not_installed
 from hpcgate.net import free_port
 from hpcgate.sandbox.idp import GLEWLWYD, IdentityProvider
 from tests.hub.identity.idtools import assert_secrets_hidden, vo_catalog
@@ -41,7 +42,7 @@ assert "booster" in CATALOG and "mfa: true" in CATALOG
 @pytest.fixture(scope="module")
 def idp_hub(tmp_path_factory, directory):
     if not os.path.exists(GLEWLWYD):
-        pytest.skip("glewlwyd is not installed (scripts/install-system-deps.sh installs it)")
+        not_installed("glewlwyd is not installed (scripts/install-system-deps.sh installs it)")
     base = tmp_path_factory.mktemp("oidc")
     (base / "catalog.yaml").write_text(CATALOG)
     extra = textwrap.dedent(
