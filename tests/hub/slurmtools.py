@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import json
-import uuid
 from pathlib import Path
 
 import pytest
@@ -18,6 +16,7 @@ import yaml
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
+from harness.hub import execute_in_kernel
 from hpcgate.sandbox import layout as L
 from hpcgate.sandbox.catalog import catalog_data
 
@@ -65,38 +64,9 @@ async def _run_code(hub, user: str, code: str, timeout: float, kernel_name: str 
         url = hub.url.replace("http", "ws", 1) + f"/user/{user}/api/kernels/{kernel}/channels"
         request = HTTPRequest(url, headers={"Authorization": f"token {hub.token}"})
         ws = await asyncio.wait_for(websocket_connect(request), timeout)
-        msg_id = uuid.uuid4().hex
-        ws.write_message(
-            json.dumps(
-                {
-                    "header": {
-                        "msg_id": msg_id,
-                        "username": user,
-                        "session": uuid.uuid4().hex,
-                        "msg_type": "execute_request",
-                        "version": "5.3",
-                    },
-                    "parent_header": {},
-                    "metadata": {},
-                    "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
-                    "channel": "shell",
-                }
-            )
-        )
-        out = []
-        while True:
-            raw = await asyncio.wait_for(ws.read_message(), timeout)
-            assert raw is not None, "the kernel websocket closed"
-            msg = json.loads(raw)
-            if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                continue
-            kind = msg["msg_type"]
-            if kind == "stream":
-                out.append(msg["content"]["text"])
-            elif kind == "error":
-                raise AssertionError(f"the kernel raised: {msg['content']}")
-            elif kind == "status" and msg["content"]["execution_state"] == "idle":
-                ws.close()
-                return "".join(out)
+        try:
+            return await execute_in_kernel(ws, user, code, timeout)
+        finally:
+            ws.close()
     finally:
         hub.request("DELETE", f"/user/{user}/api/kernels/{kernel}", timeout=30)
