@@ -172,7 +172,7 @@ def timed_spawn(hub: Hub, i: int, watch: ReadyWatch) -> tuple[float, str]:
     return ready - started, ""
 
 
-_LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) JupyterHub [^\]]*\] (.*)$")
+_LOG_LINE = re.compile(r"^\[\w (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}) \w+ [^\]]*\] (.*)$")
 
 
 def lab_startups(log: Path) -> dict[str, float]:
