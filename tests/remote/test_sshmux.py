@@ -16,6 +16,7 @@ from harness.sshd import TUNNEL_USER
 from hpcgate.net import free_port
 from hpcgate.remote import sshmux
 from hpcgate.remote.pool import SSHTarget
+from tests.remote.halfclose import HALF_CLOSES, check_half_close
 from tests.remote.test_tunnels import process_ended
 
 
@@ -157,3 +158,27 @@ async def test_a_hub_host_without_openssh_is_told_so(sshd, tmp_path, monkeypatch
     monkeypatch.setenv("PATH", str(tmp_path))  # no ssh on it
     with pytest.raises(sshmux.MuxError, match=r"OpenSSH's client \(ssh\) is not installed"):
         await sshmux.ControlMaster(target(sshd), tmp_path, "n").start()
+
+
+
+@pytest.mark.parametrize("how", HALF_CLOSES)
+async def test_a_half_close_crosses_the_master(sshd, tmp_path, how):
+    """A side that shuts down only its write direction: the other side sees EOF at once
+    and, as through ``ssh -L``, the way back stays open (see APP_HALF_CLOSE_GAP for the
+    one way that does not)."""
+    master = sshmux.ControlMaster(target(sshd), tmp_path, "h")
+    await master.start()
+    held: list[asyncio.Future] = []
+    try:
+
+        async def open_client(host: str, port: int):
+            ours, theirs = socket.socketpair()
+            ctl = await sshmux.stdio_forward(master.control_path, theirs, host, port)
+            theirs.close()
+            held.append(asyncio.ensure_future(sshmux.hold(ctl)))
+            return await asyncio.open_connection(sock=ours)
+
+        await check_half_close(open_client, how)
+    finally:
+        await master.stop()
+        await asyncio.gather(*held)  # the master's end closed every control connection

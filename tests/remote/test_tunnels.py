@@ -18,6 +18,7 @@ from hpcgate.hub.backends.ssh import SSHBackend
 from hpcgate.net import free_port
 from hpcgate.remote import SSHPool
 from hpcgate.remote.tunnels import TunnelError, TunnelManager
+from tests.remote.halfclose import HALF_CLOSES, check_half_close
 
 
 async def http_get(port: int, path: str = "/", timeout: float = 10) -> bytes:
@@ -58,6 +59,24 @@ async def test_forward_survives_a_jump_host_restart_on_the_same_port(sshd, lab, 
         assert json.loads(await pending)["user"] == USERS[0]
         assert json.loads(await http_get(local))["user"] == USERS[0]
         assert tunnel.connects == 2 and manager.healthy("login", "ann/")
+    finally:
+        await manager.close()
+
+
+@pytest.mark.parametrize("how", [p for p in HALF_CLOSES if not p.marks])
+async def test_a_half_close_crosses_a_forward(sshd, tmp_path, how):
+    """Through the hub's port: a client that shuts down writing still gets the app's
+    answer; an app that does so is seen as EOF by the client at once (the channel
+    handed to the master, as every client is)."""
+    system = System.model_validate(sshd.system_data())
+    manager = manager_for(tmp_path)
+    try:
+
+        async def open_client(host: str, port: int):
+            local = await manager.open_forward("login", system, f"half/{host}:{port}", host, port, timeout=10)
+            return await asyncio.open_connection("127.0.0.1", local)
+
+        await check_half_close(open_client, how)
     finally:
         await manager.close()
 

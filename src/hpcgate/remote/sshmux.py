@@ -193,6 +193,13 @@ async def stdio_forward(control_path: str, client: socket.socket, host: str, por
     the server's channel-open confirmation), with the open control connection: keep it
     open while the channel lives; it reaches EOF when the master closes the channel.
     ``client`` may be closed by the caller afterwards (the master holds its own copy).
+
+    Half-close: a ``shutdown(SHUT_WR)`` of the client reaches ``host:port`` as EOF and
+    its answer still comes back. The master opens the channel with OpenSSH's "force
+    drain" (as for ``ssh -W``): an EOF from ``host:port`` ends the whole channel, so the
+    client sees EOF at once but cannot send any more (its socket is closed under it).
+    ``ssh -L`` keeps that way open; only a channel the master accepts itself does, which
+    would need the hub to relay every byte (``make bench ARGS=halfclose``).
     """
     what = where or control_path
     request = struct.pack(">II", MUX_C_NEW_STDIO_FWD, 1) + _string(b"") + _string(host.encode()) + struct.pack(">I", port)

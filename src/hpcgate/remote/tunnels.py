@@ -21,6 +21,9 @@ Unlike ``ssh -L``, the listening sockets stay with the hub: they stay bound whil
 connection is re-opened, so a forward keeps its local port through any number of
 reconnects and no other process can take the port in between. A client connecting
 while the connection is down waits up to ``reconnect_wait`` seconds for it.
+A client's half-close (``shutdown(SHUT_WR)``) reaches the server as EOF and the
+answer still comes back; a server's half-close ends the connection (OpenSSH's stdio
+forwards drain both ways on the server's EOF, see :func:`~hpcgate.remote.sshmux.stdio_forward`).
 
 Supervision: keepalive (the catalog's ``ssh.keepalive_interval``, ssh's
 ``ServerAliveInterval``) detects a dead peer and ends the master; a lost connection is
