@@ -74,8 +74,9 @@ def server(tmp_path_factory):
     try:
         proc.wait(60)
     except subprocess.TimeoutExpired:
-        # seen once on a loaded machine: the server stuck in "Shutting down 10 extensions";
-        # the kernels' behaviour is what these tests judge, so end it and say so
+        # the kernels' behaviour is what these tests judge: end it and say so. Seen on a
+        # loaded machine when a request was still in flight at SIGTERM: see
+        # settle_requests() in the browser test
         print(f"jupyter_server did not stop within 60 s of SIGTERM; killed (log: {root / 'server.log'})")
         proc.kill()
         proc.wait(30)
@@ -178,6 +179,35 @@ def test_kernels_are_checked_again_in_the_lab():
             kernels_from_env(json.dumps(bad))
 
 
+def track_requests(page) -> set:
+    """The page's HTTP requests not answered yet (kept up to date by Playwright's events)."""
+    in_flight: set = set()
+    page.on("request", lambda request: in_flight.add(request))
+    page.on("requestfinished", lambda request: in_flight.discard(request))
+    page.on("requestfailed", lambda request: in_flight.discard(request))
+    return in_flight
+
+
+def settle_requests(page, in_flight: set, timeout: float = 30) -> None:
+    """Wait (up to ``timeout`` s) until JupyterLab has no request in flight, before the
+    browser closes and the fixture stops the server.
+
+    Why: a request still running at SIGTERM can keep jupyter_server from exiting at all.
+    Handlers such as /api/nbconvert (which JupyterLab asks as a notebook opens) hop to
+    AnyIO worker threads; jupyter_server stops its loop with the request's task pending,
+    and AnyIO stops a worker thread (not a daemon) only when the task that started it
+    ends, so the interpreter waits for that thread forever at exit (upstream:
+    jupyterlab/jupyterlab#10442, agronholm/anyio#321; found with py-spy: the main thread
+    in threading._shutdown, an idle "AnyIO worker thread" whose task is the nbconvert
+    request)."""
+    for _ in range(int(timeout * 10)):
+        if not in_flight:
+            return
+        page.wait_for_timeout(100)
+    print(f"JupyterLab still had {len(in_flight)} request(s) in flight after {timeout:.0f} s: "
+          + ", ".join(sorted(r.url.split("?")[0] for r in in_flight)))
+
+
 def test_jupyterlab_shows_the_kernels_and_lmods_error(server, artifacts_dir):
     """In the browser: the launcher's cards for the module kernels, and Lmod's message
     in JupyterLab's dialog when one cannot start."""
@@ -185,6 +215,7 @@ def test_jupyterlab_shows_the_kernels_and_lmods_error(server, artifacts_dir):
 
     with chromium() as browser:
         page = browser.new_page(viewport={"width": 1400, "height": 900})
+        in_flight = track_requests(page)
         page.goto(f"{server.url}/lab?token={server.token}")
         card = page.locator(".jp-LauncherCard", has_text="Python (python-stack + hpcgate-demo)").first
         card.wait_for(timeout=60000)
@@ -195,3 +226,4 @@ def test_jupyterlab_shows_the_kernels_and_lmods_error(server, artifacts_dir):
         dialog.wait_for(timeout=60000)
         page.screenshot(path=str(artifacts_dir / "module-kernels-lmod-error.png"))
         assert "Lmod has detected the following error" in dialog.inner_text()
+        settle_requests(page, in_flight)
