@@ -55,6 +55,10 @@ SINGLES = int(os.environ.get("HPCGATE_BENCH_SCALE_SINGLES", "4"))
 BATCH = int(os.environ.get("HPCGATE_BENCH_SCALE_BATCH", "10"))
 STEADY = float(os.environ.get("HPCGATE_BENCH_SCALE_STEADY", "60"))
 BUDGET = float(os.environ.get("HPCGATE_BENCH_SCALE_BUDGET", "600"))
+#: nice value of the sandbox's node daemons (slurmd, the login node's sshd) and so of the
+#: labs, job steps and login sessions they start: models compute/login nodes that do not
+#: share the hub's cores (here all share 2); 0 runs them at the hub's priority
+NODE_NICE = int(os.environ.get("HPCGATE_BENCH_SCALE_NODE_NICE", "10"))
 STORM_PROFILE = float(os.environ.get("HPCGATE_BENCH_SCALE_STORM_PROFILE", "60"))  # seconds of py-spy from the storm's start
 LIGHT = {
     "jupyterlab": False, "jupyter_lsp": False, "jupyter_server_terminals": False,
@@ -204,6 +208,101 @@ def lab_startups(log: Path) -> dict[str, float]:
     return {name: up[name] - started[name] for name in up}
 
 
+def node_priority_line(cluster: Sandbox) -> str:
+    """What the node daemons run at (read from /proc: what their jobs and sessions inherit)."""
+    nices = {}
+    for daemon in ("slurmd", "sshd"):
+        pid = cluster.daemon_pids().get(daemon)
+        nices[daemon] = _nice(pid) if pid else "not running"
+    seen = ", ".join(f"{d} nice {n}" for d, n in nices.items())
+    if NODE_NICE:
+        return (f"(node processes run at nice {NODE_NICE} to model separate compute and login nodes: {seen}; "
+                "HPCGATE_BENCH_SCALE_NODE_NICE=0 runs them at the hub's priority)")
+    return f"(node processes run at the hub's priority, all on the same cores: {seen})"
+
+
+def _nice(pid: int) -> int | str:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[16])
+    except (OSError, IndexError, ValueError):
+        return "unknown"
+
+
+#: (event, what marks it in the hub's log) of one spawn, in order; the time of an HTTP
+#: request's log line minus its duration is when the request arrived
+_EVENTS = (
+    ("post", re.compile(r"^20[12] POST /hub/api/users/(u\d+)/server .* ([\d.]+)ms$")),
+    ("submitting", re.compile(r"^(u\d+): Submitting to ")),
+    ("submitted", re.compile(r"^(u\d+): Submitted: ")),
+    ("reported", re.compile(r"^204 POST /hub/api/hpcgate/ready \((u\d+)@.* ([\d.]+)ms$")),
+    ("started", re.compile(r"^(u\d+): Server started on ")),
+    ("activity", re.compile(r"^\d+ POST /hub/api/users/(u\d+)/activity ")),
+    ("tunnel", re.compile(r"^(u\d+): Tunnel up: ")),
+    ("took", re.compile(r"^User (u\d+) took [\d.]+ seconds to start")),
+    ("done", re.compile(r"^201 POST /hub/api/users/(u\d+)/server ")),
+)
+#: (from, to, what happens in between) as the phase table prints them
+PHASES = (
+    ("post", "submitting", "hub: checks, hub API forward"),
+    ("submitting", "submitted", "submission (sbatch / start over SSH)"),
+    ("submitted", "reported", "queue, job start, wrapper reports"),
+    ("reported", "started", "hub: report -> 'Server started'"),
+    ("started", "activity", "lab start-up (not overhead)"),
+    ("activity", "tunnel", "tunnel probe after the lab is up"),
+    ("tunnel", "took", "start() returns, JupyterHub's HTTP check"),
+    ("took", "done", "route add, answer"),
+)
+
+
+def spawn_events(log: Path) -> dict[str, dict[str, float]]:
+    """user -> event -> time (the first of each kind) of each spawn, from the hub's log."""
+    events: dict[str, dict[str, float]] = {}
+    for line in log.read_text(errors="replace").splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        text = m.group(2)
+        for event, pattern in _EVENTS:
+            e = pattern.match(text)
+            if e is None:
+                continue
+            when = datetime.datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+            if event in ("post", "reported"):
+                when -= float(e.group(2)) / 1000
+            events.setdefault(e.group(1), {}).setdefault(event, when)
+            if event == "post":
+                events[e.group(1)].setdefault("done", when + float(e.group(2)) / 1000)
+            break
+    return events
+
+
+def phase_sums(hub: Hub) -> dict[str, tuple[float, float]]:
+    """phase -> (sum of seconds, count) of hpcgate_spawn_phase_seconds over every system."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    sums: dict[str, list[float]] = {}
+    try:
+        text = hub.get("/hub/metrics").text
+    except OSError:
+        return {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in ("hpcgate_spawn_phase_seconds_sum", "hpcgate_spawn_phase_seconds_count"):
+                entry = sums.setdefault(sample.labels.get("phase", "?"), [0.0, 0.0])
+                entry[0 if sample.name.endswith("_sum") else 1] += sample.value
+    return {k: (v[0], v[1]) for k, v in sums.items()}
+
+
+def phase_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean seconds per phase of the spawns between two :func:`phase_sums`."""
+    means = {}
+    for phase, (total, count) in after.items():
+        total0, count0 = before.get(phase, (0.0, 0.0))
+        if count > count0:
+            means[phase] = (total - total0) / (count - count0)
+    return means
+
+
 def mem_available_mib() -> float:
     for line in Path("/proc/meminfo").read_text().splitlines():
         if line.startswith("MemAvailable:"):
@@ -326,7 +425,7 @@ def run() -> None:
     if why:
         print(f"scale not measured: {why}")
         return
-    lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024)
+    lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024, node_nice=NODE_NICE)
     cluster = Sandbox(lay)
     waited = time.monotonic()
     while cluster.is_up() and time.monotonic() - waited < WAIT_DOWN:
@@ -342,6 +441,7 @@ def run() -> None:
     catalog = write_catalog(lay, tmp)
     hub = Hub(tmp / "hub", catalog=str(catalog), extra=EXTRA.format(light=light_arg()), keep_servers=False)
     cluster.hold()  # released in the finally below, whatever happens after this line
+    print(node_priority_line(cluster), flush=True)
     raw: dict[str, float] = {}  # user -> POST -> ready, seconds
     phase: dict[str, list[str]] = {"single": [], "fill": [], "storm": []}
     lost: list[str] = []
@@ -370,9 +470,11 @@ def run() -> None:
         deadline = time.monotonic() + BUDGET
         avail_start = mem_available_mib()
         i = 0
+        metrics_start = phase_sums(hub)
         for _ in range(SINGLES):
             spawn(i, "single")
             i += 1
+        metrics_single = phase_sums(hub)
         target = max(SERVERS - STORM, i)
         pool = concurrent.futures.ThreadPoolExecutor(BATCH)
         pools.append(pool)
@@ -395,6 +497,7 @@ def run() -> None:
         storm_profile: list = []
         spy = threading.Thread(target=lambda: storm_profile.extend(profile(hub_pid, STORM_PROFILE, tmp / "storm.raw")))
         spy.start()
+        metrics_storm0 = phase_sums(hub)
         c_storm0, t_storm0 = cpu_seconds(hub_pid), time.monotonic()
         pool = concurrent.futures.ThreadPoolExecutor(STORM)
         pools.append(pool)
@@ -402,6 +505,7 @@ def run() -> None:
         storm_cpu = 100 * (cpu_seconds(hub_pid) - c_storm0) / (time.monotonic() - t_storm0)
         storm_wall = time.monotonic() - t_storm0
         i += STORM
+        metrics_storm = phase_sums(hub)
         spy.join()
         running = sum(1 for k in range(i) if hub.user_model(user(k))["servers"].get("", {}).get("ready"))
         print(f"({running} running, MemAvailable {mem_available_mib():.0f} MiB; steady state next)", flush=True)
@@ -464,6 +568,25 @@ def run() -> None:
         rows,
     )
     print(f"(storm: {storm_wall:.1f} s wall, hub CPU {storm_cpu:.0f}% of one core during it)")
+    events = spawn_events(hub.log_path)
+    prow = []
+    for a, b, what in PHASES:
+        row: list = [f"{a} -> {b}: {what}"]
+        for where in ("single", "storm"):
+            row += list(_stats([events[u][b] - events[u][a] for u in phase[where] if a in events.get(u, {}) and b in events.get(u, {})]))
+        prow.append(row + [ratio(row[4], row[1])])
+    table(
+        "Spawn phases from the hub's log (s): where single and storm spawns spend their time",
+        ["phase", "single p50", "single p99", "storm p50", "storm p99", "storm p99 / single p50"],
+        prow,
+    )
+    single_means, storm_means = phase_means(metrics_start, metrics_single), phase_means(metrics_storm0, metrics_storm)
+    table(
+        "hpcgate_spawn_phase_seconds (hub metrics): mean s per spawn",
+        ["phase", "single", "storm", "storm / single"],
+        [[k, single_means.get(k, float("nan")), storm_means.get(k, float("nan")), ratio(storm_means.get(k, float("nan")), single_means.get(k, float("nan")))]
+         for k in ("submit", "queue_wait", "lab_start", "tunnel", "routing")],
+    )
     if lost:
         print(f"LOST {len(lost)}: " + "; ".join(lost[:5]))
     if stopped_early:

@@ -73,6 +73,16 @@ class Layout:
     #: one-CPU jobs). Read by a cold ``up`` only; the defaults are what tests expect.
     node_cpus: int = NODE_CPUS
     node_memory_mb: int = NODE_MEMORY_MB
+    #: nice value the node daemons start with (slurmd on compute1, sshd on login1), so
+    #: every job step and login session (labs, the hub's commands) inherits it: a load
+    #: benchmark models compute and login nodes that do not share the hub's cores (in
+    #: the sandbox they all share the machine's). Read by a cold ``up`` only; 0: as
+    #: started (what tests expect).
+    node_nice: int = 0
+
+    def node_argv(self, argv: list[str]) -> list[str]:
+        """``argv`` of a node daemon, under ``nice`` when :attr:`node_nice` is set."""
+        return ["nice", "-n", str(self.node_nice), *argv] if self.node_nice else list(argv)
 
     @property
     def lock_file(self) -> Path:

@@ -178,7 +178,7 @@ def start_slurmd(lay: L.Layout, timeout: float = 30) -> int:
     pid = daemon_pid(lay, "slurmd")
     if pid is None:
         run(
-            ns_argv(lay, L.COMPUTE_NS, ["/usr/sbin/slurmd", "-N", L.COMPUTE_HOST]),
+            ns_argv(lay, L.COMPUTE_NS, lay.node_argv(["/usr/sbin/slurmd", "-N", L.COMPUTE_HOST])),
             what="starting slurmd in the compute namespace",
         )
         pid = wait_until(lambda: daemon_pid(lay, "slurmd"), "slurmd to write its pid file", timeout)

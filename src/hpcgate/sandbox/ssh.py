@@ -131,7 +131,7 @@ def start_sshd(lay: L.Layout, timeout: float = 15) -> int:
         make_dir(lay.log_dir, 0o755)
         run(
             ns_argv(
-                lay, L.LOGIN_NS, [SSHD, "-f", str(config_path(lay)), "-E", str(lay.log_dir / "sshd.log")]
+                lay, L.LOGIN_NS, lay.node_argv([SSHD, "-f", str(config_path(lay)), "-E", str(lay.log_dir / "sshd.log")])
             ),
             what="starting sshd in the login namespace",
         )
