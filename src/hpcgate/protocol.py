@@ -52,6 +52,16 @@ OFFER_PATH = "hpcgate/offer"
 SESSION_PATH = "hpcgate/session"
 
 
-def ready_payload(host: str, port: int, server_name: str) -> dict[str, Any]:
-    """The body of the address report (and, without ``server_name``, of the connection file)."""
-    return {"host": host, "port": port, "server_name": server_name}
+def ready_payload(host: str, port: int, server_name: str, node: str = "") -> dict[str, Any]:
+    """The body of the address report (and, without ``server_name``, of the connection file).
+
+    ``node``: the name of the node the server runs on (Slurm's ``SLURMD_NODENAME``, else
+    the host name), for the user's progress messages; the hub then needs no scheduler
+    query to say where the server runs. Left out when empty (a hub older than this key
+    refuses unknown keys: :func:`hpcgate.singleuser.report_to_hub` then reports again
+    without it).
+    """
+    payload: dict[str, Any] = {"host": host, "port": port, "server_name": server_name}
+    if node:
+        payload["node"] = node
+    return payload

@@ -2,7 +2,7 @@
 
 1. Pick a free port on the bind address (``HPCGATE_BIND_IP``, default: all interfaces
    of this node's host name).
-2. Report ``{host, port}``: to the hub API (``$JUPYTERHUB_API_URL/hpcgate/ready``,
+2. Report ``{host, port}`` (and the node's name, for the user's progress): to the hub API (``$JUPYTERHUB_API_URL/hpcgate/ready``,
    authenticated by this server's own token from the environment) and/or to a connection
    file (``HPCGATE_CONNECTION_FILE``, written 0600) that the hub reads over SSH where the
    node cannot reach the hub.
@@ -61,19 +61,33 @@ def report_timeout() -> float:
         return 300.0
 
 
+def node_name() -> str:
+    """The node this server runs on, as the scheduler names it (Slurm's
+    ``SLURMD_NODENAME``), else this host's name; empty if neither is known."""
+    try:
+        return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+    except OSError:
+        return ""
+
+
 def report_to_hub(host: str, port: int, timeout: float | None = None) -> bool:
     api = os.environ.get("JUPYTERHUB_API_URL")
     token = os.environ.get("JUPYTERHUB_API_TOKEN")
     if not api or not token:
         log("no JUPYTERHUB_API_URL/JUPYTERHUB_API_TOKEN: not reporting to the hub")
         return False
-    body = json.dumps(protocol.ready_payload(host, port, os.environ.get("JUPYTERHUB_SERVER_NAME", ""))).encode()
-    request = urllib.request.Request(
-        api.rstrip("/") + "/" + protocol.READY_PATH,
-        data=body,
-        method="POST",
-        headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
-    )
+    server_name = os.environ.get("JUPYTERHUB_SERVER_NAME", "")
+    node = node_name()
+
+    def request_for(payload: dict) -> urllib.request.Request:
+        return urllib.request.Request(
+            api.rstrip("/") + "/" + protocol.READY_PATH,
+            data=json.dumps(payload).encode(),
+            method="POST",
+            headers={"Authorization": f"token {token}", "Content-Type": "application/json"},
+        )
+
+    request = request_for(protocol.ready_payload(host, port, server_name, node))
     deadline = time.monotonic() + (report_timeout() if timeout is None else timeout)
     delay, attempt = 0.5, 0
     while True:
@@ -85,6 +99,11 @@ def report_to_hub(host: str, port: int, timeout: float | None = None) -> bool:
                     return True
         except urllib.error.HTTPError as exc:
             log(f"the hub refused the address report: HTTP {exc.code} {exc.reason}")
+            if exc.code == 400 and node:
+                # a hub older than the "node" key refuses it: the address alone will do
+                node = ""
+                request = request_for(protocol.ready_payload(host, port, server_name))
+                continue
             if exc.code in (400, 403, 404):
                 return False
         except (OSError, urllib.error.URLError) as exc:

@@ -6,7 +6,8 @@
   ``{"sessions": {server name: {energy_wh, method, estimate, co2_g, ...} | null}}``
   (``""`` is the default server; see :mod:`hpcgate.energy`).
 - ``GET  /hub/api/hpcgate/announcements``: the catalog's announcements (labs show them).
-- ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}``.
+- ``POST /hub/api/hpcgate/ready``: a starting server reports ``{"host", "port"}`` (and
+  optionally its ``node``'s name, shown in the progress).
   Only that server's own API token is accepted; the spawner never guesses the port.
   The whole body is checked before any spawner is looked up or told anything.
 - ``GET  /hub/api/hpcgate/users/<name>/sessions[/<server>]``: the user's sessions as the
@@ -118,12 +119,15 @@ class ReadyHandler(APIHandler):
             raise web.HTTPError(400, "Body must be JSON.") from None
         if not isinstance(body, dict):
             raise web.HTTPError(400, "Body must be a JSON object.")
-        unknown = sorted(set(body) - {"host", "port", "server_name"})
+        unknown = sorted(set(body) - {"host", "port", "server_name", "node"})
         if unknown:
-            raise web.HTTPError(400, f"Unknown key {unknown[0][:40]!r}: send only host, port and server_name.")
+            raise web.HTTPError(400, f"Unknown key {unknown[0][:40]!r}: send only host, port, server_name and node.")
         host, port, server_name = body.get("host"), body.get("port"), body.get("server_name", "")
+        node = body.get("node", "")
         if not isinstance(host, str) or not re.fullmatch(HOST_PATTERN, host):
             raise web.HTTPError(400, "host must be a host name or an IP address.")
+        if not isinstance(node, str) or (node and not re.fullmatch(HOST_PATTERN, node)):
+            raise web.HTTPError(400, "node must be a host name.")
         if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise web.HTTPError(400, "port must be a number from 1 to 65535.")
         if not isinstance(server_name, str):
@@ -140,7 +144,7 @@ class ReadyHandler(APIHandler):
             raise web.HTTPError(403, "This token does not belong to that server.")
         if not hasattr(spawner, "report_address"):
             raise web.HTTPError(400, "That server is not run by hpcgate.")
-        spawner.report_address(host, port)
+        spawner.report_address(host, port, node)
         self.set_status(204)
 
 

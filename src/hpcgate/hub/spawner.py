@@ -143,6 +143,8 @@ class HPCSpawner(Spawner):
         self._events: list[dict[str, Any]] = []
         self._event_added = asyncio.Event()
         self._address: asyncio.Future[tuple[str, int]] | None = None
+        #: the node's name the server reported with its address ("": it did not say)
+        self._reported_node = ""
         self._started_at = 0.0
         #: the task of a start (or of a start resumed after a hub restart) under way
         self._start_task: asyncio.Task | None = None
@@ -255,14 +257,17 @@ class HPCSpawner(Spawner):
 
     def _keep_options(self, request: LaunchRequest) -> None:
         """Keep the options this session launches with, complete (defaults filled in):
-        a relaunch (a start without options) and the home page's card use them."""
+        a relaunch (a start without options) and the home page's card use them.
+
+        Not committed here: the next commit carries them (the state saved once the
+        system accepted the job, :meth:`_adopt`, or JupyterHub's own when the start
+        fails), so a start costs one database sync less; before the job exists there
+        is nothing a hub restart could lose by it.
+        """
         self.user_options = request.as_options()
         orm = getattr(self, "orm_spawner", None)
         if orm is not None:
             orm.user_options = dict(self.user_options)
-            db = getattr(self, "db", None)
-            if db is not None:
-                db.commit()
 
     async def _refuse_if_closed(self, request: LaunchRequest) -> None:
         """A new server only where the system and partition take new ones (maintenance,
@@ -467,9 +472,11 @@ class HPCSpawner(Spawner):
             return hmac.compare_digest(self._api_token_sha256, _token_hash(token))
         return False
 
-    def report_address(self, host: str, port: int) -> None:
-        """Called by the ready handler when the server reported where it listens."""
+    def report_address(self, host: str, port: int, node: str = "") -> None:
+        """Called by the ready handler when the server reported where it listens (and
+        the name of its node, if it said)."""
         if self._address is not None and not self._address.done():
+            self._reported_node = node
             self._address.set_result((host, port))
 
     async def start(self) -> tuple[str, int]:
@@ -505,6 +512,7 @@ class HPCSpawner(Spawner):
             auth_state = await self.user.get_auth_state()
         account = self.account_for(request, auth_state)
         self._address = asyncio.get_running_loop().create_future()
+        self._reported_node = ""
         env = self.get_env()
         # the allocation, for the lab's resource display (hpcgate.lab.allocation)
         env["MEM_LIMIT"] = str(request.memory * 1024**3)
@@ -609,7 +617,8 @@ class HPCSpawner(Spawner):
             raise SpawnFailed(f"{_sentence(str(exc))} The server was stopped; start it again.", self.last_log) from exc
         self.tunnel = {"local_port": local_port, "host": host, "port": port}
         self._hub_api_restored = True  # opened by this start (_route_hub_api)
-        self._save_state()
+        # not saved here: JupyterHub saves the state as soon as start() returns, with
+        # no await in between (a hub restart cannot fall between the two)
         self._emit(85, f"Tunnel up: 127.0.0.1:{local_port} -> {host}:{port}")
         return "127.0.0.1", local_port
 
@@ -630,10 +639,14 @@ class HPCSpawner(Spawner):
             if found:
                 self._mark("running")
                 if last_shown is None or last_shown[0] is not JobState.RUNNING:
-                    # the server reported before a status query saw it run: say where
-                    # (the node, from a query begun after the report; else its address)
-                    status = await cache.get_fresh(handle)
-                    node = status.node if status.state is JobState.RUNNING and status.node else found[0]
+                    # the server reported before a status query saw it run: say where.
+                    # The node it named, else the node from a scheduler query begun
+                    # after the report (under a storm of spawns that query waits its
+                    # turn behind every submission: seconds), else its address.
+                    node = self._reported_node
+                    if not node:
+                        status = await cache.get_fresh(handle)
+                        node = status.node if status.state is JobState.RUNNING and status.node else found[0]
                     self._emit(50, f"Running on {node}")
                 return found
             status = await cache.get(handle, max_age=self.progress_poll_interval)
@@ -822,6 +835,7 @@ class HPCSpawner(Spawner):
         assert self.job and self.system
         self._started_at = time.monotonic()
         self._address = asyncio.get_running_loop().create_future()
+        self._reported_node = ""
         self.log.info("Resuming the start of %s (job %s) after a hub restart", self._log_name, self.job.job_id)
         try:
             request = await self.validated_request(resumed=True)
@@ -832,6 +846,8 @@ class HPCSpawner(Spawner):
                 await self.hpcgate.tunnels.hub_api_url(request.system, request.system_config, self.hub.api_url)
             host, port = await self._wait_for_address(self.job)
             host, port = await self._open_tunnel(request, host, port)
+            # JupyterHub saves no state after get_url(): the forward's port, for the next restart
+            self._save_state()
         except (SpawnFailed, TunnelError, web.HTTPError) as exc:
             self.log.error("Cannot resume the start of %s: %s", self._log_name, exc)
             await self._cancel_job()
