@@ -62,6 +62,9 @@ else:
 # the URL may hold a password: it comes in the environment, never in a file here, and
 # leaves the environment at once so that the proxy and servers do not inherit it
 c.JupyterHub.db_url = os.environ.pop("HPCGATE_DB_URL", "") or "sqlite:///" + str(here / "jupyterhub.sqlite")
+if c.JupyterHub.db_url == "sqlite:///" + str(here / "jupyterhub.sqlite"):
+    # the embedded SQLite (WAL): a commit does not wait for the disk (HubApp.sqlite_synchronous)
+    c.HubApp.sqlite_synchronous = "normal"
 c.JupyterHub.cookie_secret_file = str(here / "jupyterhub_cookie_secret")
 c.JupyterHub.pid_file = str(here / "jupyterhub.pid")
 c.JupyterHub.cleanup_servers = not settings["keep_servers"]

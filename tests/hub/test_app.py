@@ -35,3 +35,28 @@ def test_processes_the_hub_starts_get_sigint_back():
     # the background must not hand them SIGINT ignored
     assert child_sigint("inherit") == "ignored"  # what happens without it
     assert child_sigint("restore") == "default"
+
+
+def test_sqlite_synchronous_is_set_on_every_connection_of_the_hub(tmp_path):
+    # a real JupyterHub database set up by HubApp.init_db: the setting reaches the
+    # session's connection and connections opened later; unset, SQLite's default stays
+    from sqlalchemy import text
+
+    from hpcgate.hub.app import HubApp
+
+    levels = {}
+    for setting in ("normal", ""):
+        path = tmp_path / f"hub-{setting or 'default'}.sqlite"
+        app = HubApp(db_url=f"sqlite:///{path}", sqlite_synchronous=setting)
+        app.init_db()
+        try:
+            first = app.db.execute(text("PRAGMA synchronous")).scalar()
+            app.db.close()
+            app.db.get_bind().dispose()
+            again = app.db.execute(text("PRAGMA synchronous")).scalar()
+        finally:
+            app.db.close()
+            app.db.get_bind().dispose()
+        levels[setting] = (first, again)
+    assert levels["normal"] == (1, 1), levels  # NORMAL
+    assert levels[""] == (2, 2), levels  # FULL, SQLite's default

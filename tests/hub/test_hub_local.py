@@ -6,6 +6,7 @@ import os
 import pwd
 import re
 import signal
+import socket
 import subprocess
 import sys
 import textwrap
@@ -184,6 +185,9 @@ def test_rest_spawn_progress_status_and_stop(hub):
     assert re.search(r"\[\s*\d+\.\d s\] Submitting to This machine", text)
     assert re.search(r"Submitted: job \d+", text)
     assert "Server started on 127.0.0.1, port" in text
+    # the node the lab named in its address report (no status query; the local
+    # backend's own status would say "localhost")
+    assert f"Running on {socket.gethostname()}" in text, text
     assert events[-1].get("ready") is True
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress)

@@ -12,12 +12,47 @@ from __future__ import annotations
 import signal
 
 from jupyterhub.app import JupyterHub
+from sqlalchemy import event
+from traitlets import CaselessStrEnum
 
 from . import stops
 
 
 class HubApp(JupyterHub):
-    """JupyterHub with :mod:`hpcgate.hub.stops` in front of its server API."""
+    """JupyterHub with :mod:`hpcgate.hub.stops` in front of its server API, and the
+    SQLite database's ``synchronous`` setting on every connection (:attr:`sqlite_synchronous`)."""
+
+    sqlite_synchronous = CaselessStrEnum(
+        ["", "normal", "full", "extra"],
+        "",
+        help="""SQLite's ``PRAGMA synchronous`` on every connection of the hub to a SQLite
+        database ("": SQLite's default, FULL). JupyterHub commits on the hub's event loop,
+        several times per spawn; with FULL each commit waits for the disk (fsync), and
+        under a storm of spawns on a busy disk those waits blocked the event loop for
+        seconds (issue 15). In write-ahead-log mode (``hpcgate up`` puts its embedded
+        database in it) NORMAL syncs only at checkpoints: the database stays consistent
+        after any crash, a hub that is killed or restarted loses nothing, and only a
+        power loss or an operating-system crash may lose the last commits (SQLite's own
+        recommendation for WAL). ``hpcgate up`` sets NORMAL for its embedded database;
+        other databases ignore this.""",
+    ).tag(config=True)
+
+    def init_db(self) -> None:
+        super().init_db()
+        if not self.sqlite_synchronous or not self.db_url.startswith("sqlite"):
+            return
+        engine = self.db.get_bind()
+        pragma = f"PRAGMA synchronous={self.sqlite_synchronous.upper()}"
+
+        @event.listens_for(engine, "connect")
+        def _synchronous(dbapi_connection, connection_record) -> None:  # type: ignore[no-untyped-def]
+            cursor = dbapi_connection.cursor()
+            cursor.execute(pragma)
+            cursor.close()
+
+        # connections opened before the listener (schema checks) get it when reopened
+        self.db.close()
+        engine.dispose()
 
     def init_handlers(self) -> None:
         super().init_handlers()
