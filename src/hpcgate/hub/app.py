@@ -15,11 +15,12 @@ from jupyterhub.app import JupyterHub
 from sqlalchemy import event
 from traitlets import CaselessStrEnum
 
-from . import stops
+from . import activity, stops
 
 
 class HubApp(JupyterHub):
-    """JupyterHub with :mod:`hpcgate.hub.stops` in front of its server API, and the
+    """JupyterHub with :mod:`hpcgate.hub.stops` in front of its server API,
+    :mod:`hpcgate.hub.activity` in front of its activity API, and the
     SQLite database's ``synchronous`` setting on every connection (:attr:`sqlite_synchronous`)."""
 
     sqlite_synchronous = CaselessStrEnum(
@@ -56,7 +57,7 @@ class HubApp(JupyterHub):
 
     def init_handlers(self) -> None:
         super().init_handlers()
-        self.handlers[:0] = self.add_url_prefix(self.hub_prefix, stops.handlers())
+        self.handlers[:0] = self.add_url_prefix(self.hub_prefix, stops.handlers() + activity.handlers())
 
 
 def default_sigint() -> None:

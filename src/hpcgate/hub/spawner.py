@@ -12,9 +12,10 @@ import hashlib
 import hmac
 import html
 import json
+import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any, TypeVar
 
 from jupyterhub.spawner import Spawner
 from tornado import web
@@ -48,6 +49,8 @@ from .sessions import active_systems, last_choices
 from .sessions import end_time as session_end_time
 from .stops import admin_stop_sentence, stopped_by_someone_else
 from .usage import SessionUsage, usage_energy
+
+T = TypeVar("T")
 
 #: Version of the state layout written by :meth:`HPCSpawner.get_state`.
 STATE_VERSION = 1
@@ -145,6 +148,8 @@ class HPCSpawner(Spawner):
         self._address: asyncio.Future[tuple[str, int]] | None = None
         #: the node's name the server reported with its address ("": it did not say)
         self._reported_node = ""
+        #: set when the lab reports activity (it runs): its forward's probe tries at once
+        self._lab_running = asyncio.Event()
         self._started_at = 0.0
         #: the task of a start (or of a start resumed after a hub restart) under way
         self._start_task: asyncio.Task | None = None
@@ -479,8 +484,15 @@ class HPCSpawner(Spawner):
             self._reported_node = node
             self._address.set_result((host, port))
 
+    def lab_active(self) -> None:
+        """The lab reported activity to the hub (:mod:`hpcgate.hub.activity`): it runs, so
+        a start waiting for it to answer through its tunnel tries now, not at its next
+        probe."""
+        self._lab_running.set()
+
     async def start(self) -> tuple[str, int]:
         self._events = []
+        self._lab_running.clear()
         self._started_at = time.monotonic()
         self._start_task = asyncio.current_task()
         watch_start(self, self._start_task)  # one log line with the user's reason if this start fails
@@ -609,7 +621,13 @@ class HPCSpawner(Spawner):
         remaining = self.start_timeout - (time.monotonic() - self._started_at)
         try:
             local_port = await self.hpcgate.tunnels.open_forward(
-                request.system, request.system_config, self.tunnel_key, host, port, timeout=max(remaining - 5, 5)
+                request.system,
+                request.system_config,
+                self.tunnel_key,
+                host,
+                port,
+                timeout=max(remaining - 5, 5),
+                wake=self._lab_running,
             )
         except TunnelError as exc:
             self.last_log = await self.hpcgate.backend(request.system).log_tail(self.job, self.log_tail_bytes)
@@ -621,6 +639,23 @@ class HPCSpawner(Spawner):
         # no await in between (a hub restart cannot fall between the two)
         self._emit(85, f"Tunnel up: 127.0.0.1:{local_port} -> {host}:{port}")
         return "127.0.0.1", local_port
+
+    async def _unless_reported(self, step: Awaitable[T]) -> T | None:
+        """``step``'s result, or None as soon as the server reports its address first.
+
+        Under a storm of spawns a status query (or a connection file read) waits its turn
+        behind the submissions on the account's SSH connection for seconds; the report
+        must not wait for it. The step is not cancelled then: a status query is shared
+        with other spawners waiting for the same answer, and it ends by itself.
+        """
+        assert self._address is not None
+        task: asyncio.Future[Any] = asyncio.ensure_future(step)
+        address: asyncio.Future[Any] = self._address
+        await asyncio.wait({task, address}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.add_done_callback(_retrieved)
+        return None
 
     async def _wait_for_address(self, handle: JobHandle) -> tuple[str, int]:
         assert self.system and self._address is not None
@@ -635,7 +670,9 @@ class HPCSpawner(Spawner):
             try:
                 found = await asyncio.wait_for(asyncio.shield(self._address), self.progress_poll_interval)
             except TimeoutError:
-                found = await backend.read_connection_file(handle)
+                found = await self._unless_reported(backend.read_connection_file(handle))
+                if found is None and self._address.done():
+                    continue  # reported while the file was read: taken at the top
             if found:
                 self._mark("running")
                 if last_shown is None or last_shown[0] is not JobState.RUNNING:
@@ -649,7 +686,10 @@ class HPCSpawner(Spawner):
                         node = status.node if status.state is JobState.RUNNING and status.node else found[0]
                     self._emit(50, f"Running on {node}")
                 return found
-            status = await cache.get(handle, max_age=self.progress_poll_interval)
+            asked = await self._unless_reported(cache.get(handle, max_age=self.progress_poll_interval))
+            if asked is None:
+                continue  # reported while the status query ran (or waited its turn)
+            status = asked
             shown = (status.state, status.reason, status.node)
             if status.state is JobState.PENDING and status.stuck:
                 self.last_log = await backend.log_tail(handle, self.log_tail_bytes)
@@ -933,6 +973,12 @@ def ended_sentence(job_id: str, system: str, status: JobStatus, when: float | No
         f"Your server stopped: job {job_id} on {system} ended{with_code}{why}, "
         f"seen at {at}, without a stop from this hub. Start it again when you are ready."
     )
+
+
+def _retrieved(task: asyncio.Future) -> None:
+    """Done callback of a step nobody awaits any more: its failure is only logged."""
+    if not task.cancelled() and task.exception() is not None:
+        logging.getLogger("hpcgate.spawner").info("A step no longer awaited failed: %s", task.exception())
 
 
 def _token_hash(token: str) -> str:

@@ -524,13 +524,23 @@ class SystemTunnel:
     # --- local forwards ----------------------------------------------------------------
 
     async def add_forward(
-        self, key: str, dest_host: str, dest_port: int, local_port: int = 0, *, timeout: float, probe: bool = True
+        self,
+        key: str,
+        dest_host: str,
+        dest_port: int,
+        local_port: int = 0,
+        *,
+        timeout: float,
+        probe: bool = True,
+        wake: asyncio.Event | None = None,
     ) -> int:
         """Forward ``127.0.0.1:<local port>`` to ``dest_host:dest_port``; returns the port.
 
         ``local_port`` 0 picks a free port. With ``probe``, waits until the destination
         accepts a connection through the jump host (a lab that is still starting), up to
-        ``timeout`` s. An existing forward of ``key`` to the same destination is kept.
+        ``timeout`` s, trying every ``probe_interval`` s and at once whenever ``wake`` is
+        set (the lab said it runs). An existing forward of ``key`` to the same
+        destination is kept.
         """
         async with self._lock:
             existing = self.forwards.get(key)
@@ -550,14 +560,15 @@ class SystemTunnel:
         self.start()
         if probe:
             try:
-                await self._probe(dest_host, dest_port, timeout)
+                await self._probe(dest_host, dest_port, timeout, wake)
             except TunnelError:
                 await self.remove_forward(key)
                 raise
         return forward.local_port
 
-    async def _probe(self, dest_host: str, dest_port: int, timeout: float) -> None:
-        """Wait until ``dest_host:dest_port`` accepts a channel through the jump host."""
+    async def _probe(self, dest_host: str, dest_port: int, timeout: float, wake: asyncio.Event | None = None) -> None:
+        """Wait until ``dest_host:dest_port`` accepts a channel through the jump host; the
+        next try comes after ``probe_interval`` s, or as soon as ``wake`` is set."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         last = ""
@@ -581,7 +592,15 @@ class SystemTunnel:
                     f"Cannot open a tunnel through {self.target.host} to {dest_host}:{dest_port} "
                     f"within {timeout:.0f} s: {last}"
                 )
-            await asyncio.sleep(min(self.manager.probe_interval, max(deadline - loop.time(), 0)))
+            pause = min(self.manager.probe_interval, max(deadline - loop.time(), 0))
+            if wake is None:
+                await asyncio.sleep(pause)
+                continue
+            try:
+                await asyncio.wait_for(wake.wait(), pause)
+            except TimeoutError:
+                pass
+            wake.clear()
 
     async def remove_forward(self, key: str) -> None:
         async with self._lock:
@@ -813,11 +832,20 @@ class TunnelManager(LoggingConfigurable):
         return urlunparse(parsed._replace(netloc=netloc))
 
     async def open_forward(
-        self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, *, timeout: float
+        self,
+        system_name: str,
+        system: System,
+        key: str,
+        dest_host: str,
+        dest_port: int,
+        *,
+        timeout: float,
+        wake: asyncio.Event | None = None,
     ) -> int:
-        """Open (and probe) a forward for a new server; returns the local port."""
+        """Open (and probe) a forward for a new server; returns the local port. ``wake``:
+        set when the server says it runs, for a probe at once (see ``add_forward``)."""
         tunnel = self.tunnel(system_name, system)
-        return await tunnel.add_forward(key, dest_host, dest_port, timeout=timeout)
+        return await tunnel.add_forward(key, dest_host, dest_port, timeout=timeout, wake=wake)
 
     async def restore_forward(
         self, system_name: str, system: System, key: str, dest_host: str, dest_port: int, local_port: int
