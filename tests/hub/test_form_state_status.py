@@ -206,3 +206,38 @@ def test_the_home_pages_sentence_for_a_job_that_ended_names_a_walltime():
     cancelled = job_status("CANCELLED by 1001", "None", "compute1", "0:15")
     sentence = ended_sentence("43", "cluster", cancelled)
     assert "walltime" not in sentence and "(CANCELLED)" in sentence and "without a stop from this hub" in sentence
+
+
+async def test_an_address_report_is_taken_while_a_status_query_still_waits():
+    # a start waits for its server's address and asks the status cache meanwhile; under
+    # a storm that query waits its turn for seconds: the report must not wait for it,
+    # and the query goes on for the other spawners sharing it (it is not cancelled)
+    from hpcgate.hub.spawner import HPCSpawner
+
+    spawner = HPCSpawner()
+    spawner._address = asyncio.get_running_loop().create_future()
+    release, began = asyncio.Event(), asyncio.Event()
+    outcome = []
+
+    async def shared_query():
+        began.set()
+        await release.wait()
+        outcome.append("answered")
+        return JobStatus(JobState.RUNNING, node="compute1")
+
+    waiting = asyncio.ensure_future(spawner._unless_reported(shared_query()))
+    await began.wait()
+    spawner.report_address("10.250.2.2", 40000, "compute1")
+    assert await asyncio.wait_for(waiting, 5) is None
+    assert spawner._address.result() == ("10.250.2.2", 40000)
+    assert spawner._reported_node == "compute1"
+    release.set()
+    for _ in range(100):
+        if outcome:
+            break
+        await asyncio.sleep(0.01)
+    assert outcome == ["answered"]
+    # and without a report the step's own answer comes back
+    spawner._address = asyncio.get_running_loop().create_future()
+    status = await spawner._unless_reported(shared_query())
+    assert status is not None and status.node == "compute1"

@@ -189,6 +189,11 @@ def test_rest_spawn_progress_status_and_stop(hub):
     # backend's own status would say "localhost")
     assert f"Running on {socket.gethostname()}" in text, text
     assert events[-1].get("ready") is True
+    # the lab's activity report goes through hpcgate.hub.activity (JupyterHub's handler
+    # first, then a word to the start): it is recorded, never a server error
+    activity = re.compile(r"(\d{3}) POST /hub/api/users/alice/activity ")
+    answers = wait_for(lambda: activity.findall(hub.log_tail(1 << 20)), 60, "the lab's first activity report")
+    assert set(answers) == {"200"}, answers
     progress = [e["progress"] for e in events]
     assert progress == sorted(progress)
     assert hub.get("/user/alice/api/status").status_code == 200

@@ -15,6 +15,8 @@ before them by :class:`hpcgate.hub.app.HubApp` (:func:`handlers`); under plain
 
 from __future__ import annotations
 
+import inspect
+
 from jupyterhub.apihandlers.users import ActivityAPIHandler
 
 
@@ -22,7 +24,9 @@ class LabActivityAPIHandler(ActivityAPIHandler):
     """JupyterHub's activity API, then a word to the user's starting spawners."""
 
     async def post(self, user_name: str) -> None:
-        await super().post(user_name)
+        answer = super().post(user_name)
+        if inspect.isawaitable(answer):  # a plain method in JupyterHub 6, a coroutine elsewhere
+            await answer
         user = self.find_user(user_name)
         if user is None:
             return
