@@ -20,3 +20,11 @@ def test_a_layout_can_declare_capacity_for_200_one_cpu_jobs():
     assert "CPUs=204 " in node_line(text) and f"RealMemory={204 * 1024} " in node_line(text)
     # slurmd accepts a declaration above the machine's real CPUs only with this
     assert "SlurmdParameters=config_overrides" in text.splitlines()
+
+
+def test_node_daemons_start_at_the_layouts_nice():
+    # what the load benchmark uses to model nodes apart from the hub's cores; the bench
+    # reads the running daemons' nice back from /proc and prints it
+    argv = ["/usr/sbin/slurmd", "-N", "compute1"]
+    assert L.Layout().node_argv(argv) == argv
+    assert L.Layout(node_nice=10).node_argv(argv) == ["nice", "-n", "10", *argv]
