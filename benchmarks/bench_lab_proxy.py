@@ -4,7 +4,8 @@ One run starts: an upstream app (raw asyncio HTTP server + tornado websocket ech
 a Jupyter server with hpcgate.lab (jupyter_server_proxy disabled), and a Jupyter server
 with jupyter_server_proxy (hpcgate.lab disabled). Each row is measured against all
 three. Run: ``make bench ARGS=lab_proxy``; ``HPCGATE_BENCH_SECTIONS=small`` (a comma-separated
-subset of ``download,small,websocket``) runs only those tables; ``HPCGATE_BENCH_BASELINE=DIR``
+subset of ``download,small,websocket``) runs only those tables (``small`` measures with
+Python's http.client and, if Debian's ``wrk`` is installed, with that C client); ``HPCGATE_BENCH_BASELINE=DIR``
 adds a row for the hpcgate in ``DIR/src`` (before/after in one run). The machine's load average
 is printed beside the numbers: the machine may be shared.
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 import asyncio
 import http.client
 import os
+import re
 import secrets
+import shutil
 import socket
 import subprocess
 import sys
@@ -296,6 +299,93 @@ def small_requests(targets: list[Target], ceilings: dict[str, Target], rounds: i
         )
 
 
+# wrk's script: the cookie read from a file (never in argv: other users see argv), and
+# the time between consecutive answers on the one connection written per answer (wrk's
+# own percentiles "correct" for coordinated omission with made-up samples, wrong for a
+# closed loop). ffi.C.clock_gettime(CLOCK_MONOTONIC) is LuaJIT's, as wrk embeds it.
+WRK_SCRIPT = textwrap.dedent(
+    """
+    local ffi = require("ffi")
+    ffi.cdef[[
+    typedef struct { long tv_sec; long tv_nsec; } bench_timespec;
+    int clock_gettime(int clk_id, bench_timespec *tp);
+    ]]
+    local ts = ffi.new("bench_timespec")
+    local out, last
+    function init(args)
+      local f = assert(io.open(args[1]))
+      wrk.headers["Cookie"] = f:read("*l")
+      f:close()
+      out = assert(io.open(args[2], "w"))
+    end
+    function response(status, headers, body)
+      ffi.C.clock_gettime(1, ts)
+      local now = tonumber(ts.tv_sec) * 1000000 + tonumber(ts.tv_nsec) / 1000
+      if last then out:write(status, " ", string.format("%.1f", now - last), "\\n") end
+      last = now
+    end
+    """
+)
+
+
+def _wrk(t: Target, seconds: int, cookie: str, path: str | None = None) -> tuple[float, list[float]]:
+    """``wrk`` (C, Debian's package) on one keep-alive connection, one request at a time,
+    for ``seconds``: (req/s, per answer the seconds since the previous answer, i.e. the
+    request's latency plus the C client's own few microseconds). Raises on a non-2xx."""
+    with tempfile.TemporaryDirectory(prefix="bench-wrk-") as tmp:
+        script, secret, log = Path(tmp, "latency.lua"), Path(tmp, "cookie"), Path(tmp, "latency.log")
+        script.write_text(WRK_SCRIPT)
+        secret.touch(mode=0o600)
+        secret.write_text(cookie + "\n")
+        out = subprocess.run(
+            ["wrk", "-t1", "-c1", f"-d{seconds}s", "-s", str(script),
+             f"http://127.0.0.1:{t.port}{path or t.prefix + '/small'}", "--", str(secret), str(log)],
+            capture_output=True, text=True, check=True,
+        ).stdout
+        rows = [line.split() for line in log.read_text().splitlines() if line.strip()]
+    rate = re.search(r"^Requests/sec:\s+([\d.]+)", out, re.M)
+    if not rate or not rows or "Non-2xx" in out or "Socket errors" in out or any(not r[0].startswith("2") for r in rows):
+        raise RuntimeError(f"wrk: {out.strip().splitlines()[-4:]}")
+    return float(rate.group(1)), [float(r[1]) / 1e6 for r in rows]
+
+
+def small_requests_c(targets: list[Target], ceilings: dict[str, Target], rounds: int = 5, seconds: int = 2) -> None:
+    """The browser's small GETs (login cookie) with a C client, ``wrk``: the Python
+    client of :func:`small_requests` spends tens of microseconds per request itself,
+    on both sides of the ratio; a browser's own cost per request is far smaller.
+    Interleaved rounds; req/s the median of the rounds', p50/p99 over all answers."""
+    title = "small requests, browser (login cookie), C client (wrk -t1 -c1): one keep-alive connection"
+    if shutil.which("wrk") is None:
+        print(f"\n## {title}\nnot measured: wrk not installed (Debian package wrk; scripts/install-system-deps.sh)", flush=True)
+        return
+    runs = [(t, None) for t in targets if t.token] + [(c, "/api/me") for c in ceilings.values()]
+    cookies = {t.name: _login_cookie(t, path) for t, path in runs}
+    rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+    lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+    cpu: dict[str, float] = {t.name: 0.0 for t, _ in runs}
+    for t, path in runs:  # warm up
+        _wrk(t, 1, cookies[t.name], path)
+    for _ in range(rounds):
+        for t, path in runs:
+            c0 = _cpu_seconds(t.pid)
+            rate, lat = _wrk(t, seconds, cookies[t.name], path)
+            cpu[t.name] += _cpu_seconds(t.pid) - c0
+            rates[t.name].append(rate)
+            lats[t.name] += lat
+    rate = {name: median(r) for name, r in rates.items()}
+    rows = []
+    for t, _ in runs:
+        rows.append([
+            t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
+            f"{percentile(lats[t.name], 99) * 1e3:.2f}", ratio(rate[t.name], rate["jupyter-server-proxy"]),
+            f"{cpu[t.name] / len(lats[t.name]) * 1e6:.0f}", ratio(cpu["jupyter-server-proxy"], cpu[t.name]) if cpu[t.name] else "-",
+        ])
+    table(
+        f"{title}, {rounds} interleaved rounds of {seconds} s (req/s: median of rounds; latency: time between answers; {_load()})",
+        ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy", "server CPU us/req", "jsp CPU / this"], rows,
+    )
+
+
 async def _ws(t: Target, ws_prefix: str, small: int, big: int) -> tuple[list[float], float]:
     from tornado.httpclient import HTTPRequest
     from tornado.httputil import HTTPHeaders
@@ -401,10 +491,12 @@ def run() -> None:
             )
 
         if "small" in sections:
-            small_requests([*targets, *extra_targets], {
+            ceilings = {
                 "hpcgate": Target("(ceiling) hpcgate's Jupyter server /api/me", ours_port, "", token, ours.pid),
                 "jsp": Target("(ceiling) jsp's Jupyter server /api/me", jsp_port, "", token, jsp.pid),
-            })
+            }
+            small_requests([*targets, *extra_targets], ceilings)
+            small_requests_c([*targets, *extra_targets], ceilings)
 
         rows = []
         for t in targets if "websocket" in sections else []:

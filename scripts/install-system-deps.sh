@@ -18,6 +18,7 @@ pkgs=(
   slapd ldap-utils               # the directory (LDAP logins, sandbox)
   glewlwyd                       # the OIDC provider with TOTP (OIDC logins, sandbox)
   lmod                           # environment modules: kernels from module sets (sandbox)
+  wrk                            # benchmarks/bench_lab_proxy.py: small GETs with a C client (one keep-alive connection)
   prometheus                     # scrapes /hub/metrics and the lab's metrics in tests/hub/test_metrics.py (tests start their own server)
 )
 missing=()

@@ -58,6 +58,8 @@ class LabContext:
         self.auth_cache = AuthCache(ttl, ext.auth_cache_size)
         #: when (monotonic) the proxy last counted activity, per app name (None: proxy/<port>)
         self.activity_marks: dict[str | None, float] = {}
+        #: Host values the Jupyter server's check_host accepted (proxy.base.ProxyBase._host_allowed)
+        self.allowed_hosts: set[str] = set()
         #: the lab's Prometheus metrics (<base>/hpcgate/metrics)
         self.metrics = LabMetrics(lambda: [a.spec.name for a in manager.apps.values() if a.state == AppState.RUNNING])
         manager.metrics = self.metrics

@@ -26,7 +26,7 @@ from .apps.recipes.generic import command_app, load_apps_file
 from .context import LabContext
 from .kernels import kernels_from_env, write_kernelspecs
 from .metrics import metrics_handlers
-from .proxy import proxy_handlers
+from .proxy import PORT_ROUTES, proxy_handlers
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 from .serverproxy.api import serverproxy_api_handlers
 from .serverproxy.config import ServerProxy
@@ -360,10 +360,15 @@ class HPCGateLab(ExtensionApp):
         )
         settings["hpcgate_lab"] = self.lab
         atexit.register(manager.kill_all_now)
+        # tornado tries the patterns in order, for every request: the proxy/<port> routes
+        # (most requests; no other route starts with proxy/) first, the named apps after
+        # the lab's own API routes (an app may not shadow them)
+        routes = proxy_handlers(self.lab)
+        self.handlers.extend(routes[:PORT_ROUTES])
         self.handlers.extend(api_handlers(self.lab))
         self.handlers.extend(serverproxy_api_handlers(self.lab, self.serverproxy_launcher))
         self.handlers.extend(session_handlers())
-        self.handlers.extend(proxy_handlers(self.lab))
+        self.handlers.extend(routes[PORT_ROUTES:])
         self.handlers.extend(metrics_handlers(self.lab.metrics))
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
         self._install_kernels()

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from jupyter_server.base.handlers import APIHandler
+from jupyter_server.prometheus.metrics import HTTP_REQUEST_DURATION_SECONDS
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -27,6 +28,9 @@ from tornado import web
 
 #: label of proxied traffic that names no app (``proxy/<port>``)
 PORT_LABEL = "port"
+#: at most this many label combinations of the Jupyter server's request-duration
+#: histogram are remembered per lab (methods x statuses x handler classes: a few)
+_DURATION_CHILDREN_MAX = 256
 
 #: every metric name the lab exports (the Grafana dashboard may use only these)
 METRIC_NAMES = (
@@ -73,10 +77,34 @@ class LabMetrics:
             registry=self.registry,
         )
         self.registry.register(_RunningApps(running))
+        self._app_counters: dict[str, tuple[Callable[[], None], Callable[[float], None], Callable[[float], None]]] = {}
+        self._duration_children: dict[tuple[str, str, int], Any] = {}
 
     def byte_counters(self, app: str) -> tuple[Callable[[float], None], Callable[[float], None]]:
         """The ``inc`` of the app's ``in`` and ``out`` byte counters (cheap to call per chunk)."""
         return self.bytes.labels(app, "in").inc, self.bytes.labels(app, "out").inc
+
+    def app_counters(self, app: str) -> tuple[Callable[[], None], Callable[[float], None], Callable[[float], None]]:
+        """``(count a request, count bytes in, count bytes out)`` of ``app`` (a configured
+        app's name or :data:`PORT_LABEL`), looked up once per app: ``labels()`` takes a
+        lock and checks its values on every call, three times per proxied request."""
+        counters = self._app_counters.get(app)
+        if counters is None:
+            counters = (self.requests.labels(app).inc, *self.byte_counters(app))
+            self._app_counters[app] = counters
+        return counters
+
+    def observe_request_duration(self, handler: str, method: str, status: int, seconds: float) -> None:
+        """What the Jupyter server's ``prometheus_log_method`` records for a request:
+        ``http_request_duration_seconds{method, handler, status_code}``, the same histogram
+        and labels, with the labelled child looked up once per combination."""
+        key = (handler, method, status)
+        child = self._duration_children.get(key)
+        if child is None:
+            child = HTTP_REQUEST_DURATION_SECONDS.labels(method=method, handler=handler, status_code=status)
+            if len(self._duration_children) < _DURATION_CHILDREN_MAX:
+                self._duration_children[key] = child
+        child.observe(seconds)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

@@ -40,11 +40,16 @@ from .http import RewritableResponse
 if TYPE_CHECKING:
     from ..context import LabContext
 
-__all__ = ["ProxyError", "ProxyHandler", "RewritableResponse", "proxy_handlers"]
+__all__ = ["PORT_ROUTES", "ProxyError", "ProxyHandler", "RewritableResponse", "proxy_handlers"]
+
+
+#: the first PORT_ROUTES entries of proxy_handlers() are the proxy/<port> routes, the rest named apps
+PORT_ROUTES = 2
 
 
 def proxy_handlers(lab: LabContext) -> list[tuple[str, type, dict[str, Any]]]:
-    """Tornado routes for the proxy and every named app (patterns without base_url)."""
+    """Tornado routes for the proxy (the first :data:`PORT_ROUTES`) and every named app
+    (patterns without base_url)."""
     handlers: list[tuple[str, type, dict[str, Any]]] = [
         (r"proxy/absolute/([^/]+)(/.*)?", ProxyHandler, {"lab": lab, "mode": "absolute"}),
         (r"proxy/([^/]+)(/.*)?", ProxyHandler, {"lab": lab, "mode": "strip"}),

@@ -19,7 +19,6 @@ from urllib.parse import quote
 from jupyter_server.base.call_context import CallContext
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.log import log_request as jupyter_log_request
-from jupyter_server.prometheus.log_functions import prometheus_log_method
 from tornado.websocket import WebSocketHandler
 
 from ...appspec import render
@@ -34,6 +33,8 @@ if TYPE_CHECKING:
 
 ACTIVITY_EVERY = 1.0  # seconds between activity updates of one stream, one app, the proxy/<port> routes
 _NEVER = float("-inf")
+#: Host header values whose check_host acceptance a lab remembers (ProxyBase._host_allowed)
+HOSTS_REMEMBERED = 64
 #: Headers telling an app its mount point: set by the proxy only, never passed from the browser.
 CONTEXT_HEADERS = frozenset({"x-forwarded-context", "x-proxycontextpath", "x-forwarded-prefix"})
 
@@ -76,8 +77,8 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
     def _count_request(self) -> None:
         """One more request to this request's app (hpcgate.lab.metrics); its bytes from now on."""
         label = self.app.spec.name if self.app is not None else PORT_LABEL
-        self.lab.metrics.requests.labels(label).inc()
-        self._bytes_in, self._bytes_out = self.lab.metrics.byte_counters(label)
+        count, self._bytes_in, self._bytes_out = self.lab.metrics.app_counters(label)
+        count()
 
     # ------------------------------------------------------------ auth and errors
 
@@ -142,9 +143,13 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
             and set(log_function.keywords) <= {"record_prometheus_metrics"}
             and not _shows_debug(self.log)
         ):
-            # the Jupyter server's own setting: partial(log_request, record_prometheus_metrics=...)
+            # the Jupyter server's own setting: partial(log_request, record_prometheus_metrics=...);
+            # recorded as its prometheus_log_method does (same histogram, same labels)
             if log_function.keywords.get("record_prometheus_metrics", True):
-                prometheus_log_method(self)
+                self.lab.metrics.observe_request_duration(
+                    f"{type(self).__module__}.{type(self).__name__}", self.request.method or "", status,
+                    self.request.request_time(),
+                )
             return
         super()._log()
 
@@ -191,7 +196,7 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         provider accepted a moment ago (:mod:`..authcache`): the Host check, the user,
         the CORS headers. No XSRF check: ``prepare`` runs none for GET and HEAD."""
         CallContext.set(CallContext.JUPYTER_HANDLER, self)
-        if not self.check_host():
+        if not self._host_allowed():
             self.current_user = self._jupyter_current_user = None
             raise ProxyError(403)
         self.current_user = self._jupyter_current_user = user
@@ -200,6 +205,26 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self.set_cors_headers()
         with contextlib.suppress(AttributeError):
             self.request.connection.set_max_body_size(self.lab.max_body_size)  # type: ignore[union-attr]
+
+    def _host_allowed(self) -> bool:
+        """``JupyterHandler.check_host``, its acceptances remembered per ``Host`` value.
+
+        Its answer depends on the ``Host`` value and the server's settings
+        (``allow_remote_access``, ``local_hostnames``: fixed once the server runs) only,
+        except for a ``Host`` naming a unix socket (percent-encoded path, checked on the
+        filesystem): such Hosts, and every refusal (logged each time), are asked anew on
+        every request. At most ``HOSTS_REMEMBERED`` values are remembered (the header is
+        the client's to choose).
+        """
+        host = self.request.host
+        known = self.lab.allowed_hosts
+        if host in known:
+            return True
+        if not self.check_host():
+            return False
+        if "%" not in host and "/" not in host and len(known) < HOSTS_REMEMBERED:
+            known.add(host)
+        return True
 
     def _is_websocket(self) -> bool:
         if self._websocket is None:
