@@ -4,6 +4,7 @@ how long and how much it keeps, and that the real server still refuses what it m
 from __future__ import annotations
 
 import requests
+from prometheus_client.parser import text_string_to_metric_families
 from tornado.httputil import HTTPHeaders
 
 from hpcgate.lab.authcache import AuthCache, provider_cache_age
@@ -110,3 +111,35 @@ def test_a_token_is_still_signed_into_a_login_cookie_every_time(lab, upstream):
         r = requests.get(url, headers=lab.auth)
         assert r.status_code == 200
         assert any(c.startswith("username-") for c in r.raw.headers.getlist("Set-Cookie")), r.headers
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    """The value of the Prometheus sample ``name{labels}`` in ``text`` (0 if absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return sample.value
+    return 0.0
+
+
+def test_remembered_answers_carry_the_full_paths_headers_and_metrics(lab, upstream):
+    """A GET answered with a remembered identity has the same headers as one that took
+    the identity provider's full path (the Jupyter server's nosniff, the app's own), and
+    counts in the Jupyter server's request-duration histogram and the lab's request
+    counter exactly as many times as it was made."""
+    s = requests.Session()
+    s.get(lab.url(f"login?token={lab.token}"), allow_redirects=False)  # sets the login cookie
+    url = lab.url(f"proxy/{upstream}/x")
+    duration = {"handler": "hpcgate.lab.proxy.handler.ProxyHandler", "method": "GET", "status_code": "200"}
+    jupyter_before = _sample(requests.get(lab.url("metrics"), headers=lab.auth).text, "http_request_duration_seconds_count", **duration)
+    lab_before = _sample(requests.get(lab.url("hpcgate/metrics"), headers=lab.auth).text, "hpcgate_lab_proxy_requests_total", app="port")
+    answers = [s.get(url) for _ in range(4)]  # the first authenticated in full, the rest remembered
+    assert all(r.status_code == 200 for r in answers)
+    names = [{k.lower() for k in r.headers} - {"set-cookie"} for r in answers]
+    assert all(n == names[0] for n in names), names
+    assert all(r.headers["X-Content-Type-Options"] == "nosniff" for r in answers)
+    assert all("Content-Security-Policy" not in r.headers for r in answers)  # the app sent none; Jupyter's is not the app's
+    jupyter_after = _sample(requests.get(lab.url("metrics"), headers=lab.auth).text, "http_request_duration_seconds_count", **duration)
+    lab_after = _sample(requests.get(lab.url("hpcgate/metrics"), headers=lab.auth).text, "hpcgate_lab_proxy_requests_total", app="port")
+    assert jupyter_after - jupyter_before == len(answers)
+    assert lab_after - lab_before == len(answers)
