@@ -25,6 +25,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from benchmarks.report import median, percentile, ratio, table
@@ -270,33 +271,52 @@ def small_requests(targets: list[Target], ceilings: dict[str, Target], rounds: i
         cookies[t.name] = _login_cookie(t, "/api/me")
     for client in ("browser (login cookie)", "API client (token header)"):
         runs = [(t, None) for t in targets] + [(c, "/api/me") for c in ceilings.values()]
-        rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
-        lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
-        cpu: dict[str, float] = {t.name: 0.0 for t, _ in runs}  # the server's CPU seconds
+        def measure(t: Target, path: str | None, count: int = n, browser: bool = client.startswith("browser")) -> tuple[float, list[float]]:
+            lat = _small(t, count, cookies[t.name] if browser else None, path)
+            return count / sum(lat), lat
+
         for t, path in runs:  # warm up
-            _small(t, 50, cookies[t.name] if client.startswith("browser") else None, path)
-        for _ in range(rounds):
-            for t, path in runs:
-                c0 = _cpu_seconds(t.pid)
-                lat = _small(t, n, cookies[t.name] if client.startswith("browser") else None, path)
-                cpu[t.name] += _cpu_seconds(t.pid) - c0
-                rates[t.name].append(n / sum(lat))
-                lats[t.name] += lat
-        rate = {name: median(r) for name, r in rates.items()}
-        rows = []
-        for t, _ in runs:
-            rows.append([
-                t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
-                f"{percentile(lats[t.name], 99) * 1e3:.2f}",
-                ratio(rate[t.name], rate["jupyter-server-proxy"]) if t.token else "-",
-                f"{cpu[t.name] / (rounds * n) * 1e6:.0f}" if t.pid else "-",
-                ratio(cpu["jupyter-server-proxy"], cpu[t.name]) if t.pid and cpu[t.name] else "-",
-            ])
+            measure(t, path, 50)
         table(
             f"small requests, {client}: one keep-alive connection, {rounds} interleaved rounds of {n} GETs "
             f"(req/s: median of rounds; {_load()})",
-            ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy", "server CPU us/req", "jsp CPU / this"], rows,
+            SMALL_COLUMNS, _small_rows(runs, rounds, measure),
         )
+
+
+SMALL_COLUMNS = ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy", "server CPU us/req", "jsp CPU / this"]
+
+
+def _small_rows(
+    runs: list[tuple[Target, str | None]], rounds: int, measure: Callable[[Target, str | None], tuple[float, list[float]]]
+) -> list[list[str]]:
+    """Interleaved ``rounds`` of ``measure(target, path)`` (req/s, latencies in s) over
+    ``runs``: per run req/s (median of rounds), p50/p99 (over all latencies), req/s
+    against jupyter-server-proxy's, the server's CPU per request and jsp's against it."""
+    rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+    lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
+    cpu: dict[str, float] = {t.name: 0.0 for t, _ in runs}  # the server's CPU seconds
+    for _ in range(rounds):
+        for t, path in runs:
+            c0 = _cpu_seconds(t.pid)
+            rate, lat = measure(t, path)
+            cpu[t.name] += _cpu_seconds(t.pid) - c0
+            rates[t.name].append(rate)
+            lats[t.name] += lat
+    rate = {name: median(r) for name, r in rates.items()}
+    jsp = "jupyter-server-proxy"
+    jsp_per_request = cpu[jsp] / len(lats[jsp])
+    rows = []
+    for t, _ in runs:
+        per_request = cpu[t.name] / len(lats[t.name])
+        rows.append([
+            t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
+            f"{percentile(lats[t.name], 99) * 1e3:.2f}",
+            ratio(rate[t.name], rate[jsp]) if t.token else "-",
+            f"{per_request * 1e6:.0f}" if t.pid else "-",
+            ratio(jsp_per_request, per_request) if t.pid and per_request else "-",
+        ])
+    return rows
 
 
 # wrk's script: the cookie read from a file (never in argv: other users see argv), and
@@ -360,29 +380,12 @@ def small_requests_c(targets: list[Target], ceilings: dict[str, Target], rounds:
         return
     runs = [(t, None) for t in targets if t.token] + [(c, "/api/me") for c in ceilings.values()]
     cookies = {t.name: _login_cookie(t, path) for t, path in runs}
-    rates: dict[str, list[float]] = {t.name: [] for t, _ in runs}
-    lats: dict[str, list[float]] = {t.name: [] for t, _ in runs}
-    cpu: dict[str, float] = {t.name: 0.0 for t, _ in runs}
     for t, path in runs:  # warm up
         _wrk(t, 1, cookies[t.name], path)
-    for _ in range(rounds):
-        for t, path in runs:
-            c0 = _cpu_seconds(t.pid)
-            rate, lat = _wrk(t, seconds, cookies[t.name], path)
-            cpu[t.name] += _cpu_seconds(t.pid) - c0
-            rates[t.name].append(rate)
-            lats[t.name] += lat
-    rate = {name: median(r) for name, r in rates.items()}
-    rows = []
-    for t, _ in runs:
-        rows.append([
-            t.name, f"{rate[t.name]:.0f}", f"{percentile(lats[t.name], 50) * 1e3:.2f}",
-            f"{percentile(lats[t.name], 99) * 1e3:.2f}", ratio(rate[t.name], rate["jupyter-server-proxy"]),
-            f"{cpu[t.name] / len(lats[t.name]) * 1e6:.0f}", ratio(cpu["jupyter-server-proxy"], cpu[t.name]) if cpu[t.name] else "-",
-        ])
+    rows = _small_rows(runs, rounds, lambda t, path: _wrk(t, seconds, cookies[t.name], path))
     table(
         f"{title}, {rounds} interleaved rounds of {seconds} s (req/s: median of rounds; latency: time between answers; {_load()})",
-        ["via", "req/s", "p50 ms", "p99 ms", "vs jupyter-server-proxy", "server CPU us/req", "jsp CPU / this"], rows,
+        SMALL_COLUMNS, rows,
     )
 
 
