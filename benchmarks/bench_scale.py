@@ -58,7 +58,11 @@ BUDGET = float(os.environ.get("HPCGATE_BENCH_SCALE_BUDGET", "600"))
 #: nice value of the sandbox's node daemons (slurmd, the login node's sshd) and so of the
 #: labs, job steps and login sessions they start: models compute/login nodes that do not
 #: share the hub's cores (here all share 2); 0 runs them at the hub's priority
-NODE_NICE = int(os.environ.get("HPCGATE_BENCH_SCALE_NODE_NICE", "10"))
+NODE_NICE = int(os.environ.get("HPCGATE_BENCH_SCALE_NODE_NICE", "0"))
+#: cpu.shares of the cgroup all node processes share (a process at nice 0 weighs 1024): 0 = none
+NODE_CPU_SHARES = int(os.environ.get("HPCGATE_BENCH_SCALE_NODE_CPU_SHARES", "64"))
+#: HPCGATE_BENCH_SCALE_PROFILE_IDLE=1: profiles include waiting threads (py-spy --idle)
+PROFILE_IDLE = os.environ.get("HPCGATE_BENCH_SCALE_PROFILE_IDLE", "") == "1"
 STORM_PROFILE = float(os.environ.get("HPCGATE_BENCH_SCALE_STORM_PROFILE", "60"))  # seconds of py-spy from the storm's start
 LIGHT = {
     "jupyterlab": False, "jupyter_lsp": False, "jupyter_server_terminals": False,
@@ -210,15 +214,34 @@ def lab_startups(log: Path) -> dict[str, float]:
 
 def node_priority_line(cluster: Sandbox) -> str:
     """What the node daemons run at (read from /proc: what their jobs and sessions inherit)."""
-    nices = {}
+    seen = []
     for daemon in ("slurmd", "sshd"):
         pid = cluster.daemon_pids().get(daemon)
-        nices[daemon] = _nice(pid) if pid else "not running"
-    seen = ", ".join(f"{d} nice {n}" for d, n in nices.items())
-    if NODE_NICE:
-        return (f"(node processes run at nice {NODE_NICE} to model separate compute and login nodes: {seen}; "
-                "HPCGATE_BENCH_SCALE_NODE_NICE=0 runs them at the hub's priority)")
-    return f"(node processes run at the hub's priority, all on the same cores: {seen})"
+        seen.append(f"{daemon} nice {_nice(pid)}, {_cpu_group(pid)}" if pid else f"{daemon} not running")
+    what = "; ".join(seen)
+    if NODE_NICE or NODE_CPU_SHARES:
+        return (f"(node processes model separate compute and login nodes: {what}; the hub, its proxy and "
+                "its ssh masters at nice 0 outside that group; HPCGATE_BENCH_SCALE_NODE_CPU_SHARES=0 "
+                "HPCGATE_BENCH_SCALE_NODE_NICE=0 runs them all on the same cores at the same priority)")
+    return f"(node processes run at the hub's priority, all on the same cores: {what})"
+
+
+def _cpu_group(pid: int) -> str:
+    """The cgroup (cpu controller) of ``pid`` and its weight."""
+    try:
+        for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if "cpu" in controllers.split(",") or controllers == "":
+                if path == "/":
+                    return "cgroup /"
+                group = L.node_cgroup()
+                if group is None:
+                    return f"cgroup {path}"
+                weight = (group[0].parent / path.lstrip("/") / group[1]).read_text().strip()
+                return f"cgroup {path} {group[1]} {weight}"
+    except (OSError, ValueError):
+        pass
+    return "cgroup unknown"
 
 
 def _nice(pid: int) -> int | str:
@@ -334,7 +357,9 @@ def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, float]]:
         return [("py-spy not installed (pip install py-spy)", 0.0)]
     subprocess.run(
         [str(spy), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--format", "raw",
-         "--rate", "50", "--nonblocking", "--output", str(out)],
+         "--rate", "50", "--nonblocking", "--output", str(out),
+         # --idle: also the samples where a thread waits (a blocked event loop shows where)
+         *(["--idle"] if PROFILE_IDLE else [])],
         capture_output=True, text=True, timeout=seconds + 60,
     )
     own: dict[str, int] = {}
@@ -425,7 +450,8 @@ def run() -> None:
     if why:
         print(f"scale not measured: {why}")
         return
-    lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024, node_nice=NODE_NICE)
+    lay = L.Layout(node_cpus=SERVERS + 4, node_memory_mb=(SERVERS + 4) * 1024, node_nice=NODE_NICE,
+                      node_cpu_shares=NODE_CPU_SHARES)
     cluster = Sandbox(lay)
     waited = time.monotonic()
     while cluster.is_up() and time.monotonic() - waited < WAIT_DOWN:

@@ -1,7 +1,8 @@
 """hpcgate-singleuser: what a job runs on the node.
 
-1. Pick a free port on the bind address (``HPCGATE_BIND_IP``, default: all interfaces
-   of this node's host name).
+1. Reserve a port on the bind address (``HPCGATE_BIND_IP``, default: all interfaces
+   of this node's host name): :func:`hpcgate.net.reserved_port`, so no other process on
+   the node takes it before the Jupyter server binds it.
 2. Report ``{host, port}`` (and the node's name, for the user's progress): to the hub API (``$JUPYTERHUB_API_URL/hpcgate/ready``,
    authenticated by this server's own token from the environment) and/or to a connection
    file (``HPCGATE_CONNECTION_FILE``, written 0600) that the hub reads over SSH where the
@@ -27,7 +28,7 @@ from urllib.parse import urlparse, urlunparse
 
 from . import protocol
 from .files import write_atomic
-from .net import free_port
+from .net import reserved_port
 
 
 def log(message: str) -> None:
@@ -130,7 +131,7 @@ def service_url(ip: str, port: int) -> str:
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     ip = bind_address()
-    port = free_port(ip)
+    port = reserved_port(ip)
     host = os.environ.get(protocol.REPORT_HOST) or ip
     os.environ["JUPYTERHUB_SERVICE_URL"] = service_url(ip, port)
     connection_file = os.environ.get(protocol.CONNECTION_FILE)

@@ -28,3 +28,27 @@ def test_node_daemons_start_at_the_layouts_nice():
     argv = ["/usr/sbin/slurmd", "-N", "compute1"]
     assert L.Layout().node_argv(argv) == argv
     assert L.Layout(node_nice=10).node_argv(argv) == ["nice", "-n", "10", *argv]
+
+
+def test_node_daemons_start_in_the_layouts_cpu_group():
+    """The node cgroup: the command the layout builds joins it (with its weight) and
+    becomes the daemon, whose children inherit the group (run for real here)."""
+    import os
+    import subprocess
+
+    import pytest
+
+    argv = ["cat", "/proc/self/cgroup"]
+    assert L.Layout(node_nice=5).node_argv(argv) == ["nice", "-n", "5", *argv]
+    group = L.node_cgroup()
+    if group is None or os.geteuid() != 0:
+        pytest.skip("no cgroup cpu controller to write to here (needs root and cgroup v1 cpu or v2 with cpu)")
+    directory, weight_file, weight = group
+    existed = directory.exists()
+    try:
+        out = subprocess.run(L.Layout(node_cpu_shares=64).node_argv(argv), capture_output=True, text=True, check=True)
+        assert f"/{L.NODE_CGROUP}" in out.stdout  # the daemon (here: cat) runs inside the group
+        assert (directory / weight_file).read_text().strip() == str(weight(64))
+    finally:
+        if not existed:
+            directory.rmdir()

@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any, TypeVar
 
 from jupyterhub.spawner import Spawner
+from sqlalchemy.orm import object_session
 from tornado import web
 from traitlets import Float, Integer, Unicode, default
 
@@ -376,9 +377,11 @@ class HPCSpawner(Spawner):
         if orm is None:
             return
         orm.state = self.get_state()
-        db = getattr(self, "db", None)
-        if db is not None:
-            db.commit()
+        # the session the server's row belongs to (JupyterHub's own), not Spawner.db:
+        # that attribute is deprecated and logs a 7-line warning for every spawner
+        session = object_session(orm)
+        if session is not None:
+            session.commit()
 
     # --- progress -------------------------------------------------------------------
 

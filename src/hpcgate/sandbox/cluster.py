@@ -246,6 +246,12 @@ class Sandbox:
             kill_pids(left, "processes of sandbox accounts")
         network.network_down(lay)
         shutil.rmtree(lay.run_dir, ignore_errors=True)
+        group = L.node_cgroup()
+        if group is not None:
+            try:
+                group[0].rmdir()  # the node cgroup of a load benchmark, empty now
+            except OSError:
+                pass  # none was made (tests), or a process outlived the kill above
         self._info = None
 
     # --- state ------------------------------------------------------------------

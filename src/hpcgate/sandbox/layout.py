@@ -24,6 +24,7 @@ the catalog uses addresses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,10 +80,28 @@ class Layout:
     #: the sandbox they all share the machine's). Read by a cold ``up`` only; 0: as
     #: started (what tests expect).
     node_nice: int = 0
+    #: CPU weight of one cgroup that the node daemons start in (``cpu.shares`` of the
+    #: cgroup v1 cpu controller, where a process at nice 0 weighs 1024; the matching
+    #: ``cpu.weight`` under cgroup v2). Every job step and login session inherits the
+    #: group, so ALL node processes together weigh this much against each of the hub's
+    #: own (the hub, its proxy, its ssh masters): what separate compute and login nodes
+    #: are to a hub. ``nice`` alone cannot model that (fifty labs at nice 10 still
+    #: outweigh the hub five to one). Read by a cold ``up`` only; 0: no group (what tests
+    #: expect).
+    node_cpu_shares: int = 0
 
     def node_argv(self, argv: list[str]) -> list[str]:
-        """``argv`` of a node daemon, under ``nice`` when :attr:`node_nice` is set."""
-        return ["nice", "-n", str(self.node_nice), *argv] if self.node_nice else list(argv)
+        """``argv`` of a node daemon: under ``nice`` when :attr:`node_nice` is set, in the
+        node cgroup (:attr:`node_cpu_shares`, :func:`node_cgroup`) when that is set."""
+        argv = ["nice", "-n", str(self.node_nice), *argv] if self.node_nice else list(argv)
+        group = node_cgroup() if self.node_cpu_shares else None
+        if group is None:
+            return argv
+        directory, weight_file, weight = group[0], group[1], group[2](self.node_cpu_shares)
+        # the shell makes the group, sets its weight, joins it and becomes the daemon
+        # (all values are this module's own: no user input reaches the shell)
+        join = 'mkdir -p "$1" && echo "$2" > "$1/$3" && echo $$ > "$1/cgroup.procs" && shift 3 && exec "$@"'
+        return ["sh", "-c", join, "sh", str(directory), str(weight), weight_file, *argv]
 
     @property
     def lock_file(self) -> Path:
@@ -174,3 +193,23 @@ class Layout:
 
     def ns_etc(self, ns: str) -> Path:
         return self.netns_etc / ns
+
+
+#: the cgroup the node daemons of a sandbox with ``node_cpu_shares`` start in
+NODE_CGROUP = "hpcgate-sandbox-nodes"
+
+
+def node_cgroup(root: Path = Path("/sys/fs/cgroup")) -> tuple[Path, str, Callable[[int], int]] | None:
+    """Where the node cgroup lives on this machine: (directory, weight file, shares ->
+    weight), or None when neither a cgroup v1 cpu controller nor a cgroup v2 hierarchy
+    with the cpu controller enabled for its children is mounted at ``root``."""
+    if (root / "cpu" / "cpu.shares").exists():
+        return root / "cpu" / NODE_CGROUP, "cpu.shares", lambda shares: shares
+    try:
+        v2 = "cpu" in (root / "cgroup.subtree_control").read_text().split()
+    except OSError:
+        v2 = False
+    if v2:
+        # cgroup v2's weights: 100 is what 1024 shares are in v1, range 1..10000
+        return root / NODE_CGROUP, "cpu.weight", lambda shares: min(max(shares * 100 // 1024, 1), 10000)
+    return None

@@ -95,7 +95,8 @@ async def test_start_status_connection_file_log_and_stop(sshd, tmp_path):
             home = Path(f"/home/{user}/.hpcgate")
             # the environment file with the token is gone; the connection file was removed once read
             assert list((home / "run").iterdir()) == []
-            assert oct((home / "logs" / "default.log").stat().st_mode & 0o777) == "0o600"
+            # one log per hub user and server (here the hub user is the account's name)
+            assert oct((home / "logs" / f"{user}-default.log").stat().st_mode & 0o777) == "0o600"
             assert oct(home.stat().st_mode & 0o777) == "0o700"
             # the token never appeared on a command line
             assert not any(b"tok-" in c for c in cmdlines_of(user))

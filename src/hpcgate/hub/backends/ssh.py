@@ -14,7 +14,7 @@
   hub-side variables) come on top; no locale at all becomes ``LANG=C.UTF-8``. The
   server runs in its own session (``setsid``), detached from the SSH session, with
   stdin from /dev/null and its output in
-  ``~/.hpcgate/logs/<server>.log`` (0600). The job id is ``<pid>@<host>``; the handle
+  ``~/.hpcgate/logs/<hub user>-<server>.log`` (0600). The job id is ``<pid>@<host>``; the handle
   keeps the process start time so a recycled PID is never taken for the server.
 - Status: one ``ps -o pid=,stat=,lstart= -p pid1,pid2,...`` per host for every server there.
   A host that cannot be reached makes its servers UNKNOWN, never stopped.
@@ -140,7 +140,9 @@ class SSHBackend(Backend):
 
     async def _start_on(self, host: str, spec: JobSpec) -> JobHandle:
         assert self.system.ssh is not None
-        log_name = safe_name(spec.server_name)
+        # one log per hub user and server: several hub users may share one account (an
+        # account map), and one log for all of them mixed their servers' lines
+        log_name = safe_name(f"{spec.hub_user}-{spec.server_name or 'default'}")
         run_id = f"{log_name}-{secrets.token_hex(6)}"
         env = dict(spec.env)
         if host == self.system.tunnel_host:
