@@ -24,7 +24,7 @@ import threading
 from harness.sshd import TUNNEL_USER, LoopbackSSHD, running_sshd
 from hpcgate.net import free_port
 
-from .bench_tunnels import CIPHERS, MIB, BlobServer, TunnelProcess, cpu_seconds, curl_seconds, ssh_argv, wait_port
+from .bench_tunnels import CIPHERS, MIB, BlobServer, TunnelProcess, interleaved_downloads, ssh_argv, wait_port
 from .report import median, ratio, table
 
 ROUNDS = int(os.environ.get("HPCGATE_BENCH_HALFCLOSE_ROUNDS", "3"))
@@ -141,15 +141,7 @@ def run() -> None:
                         RELAY: (relay.proc.pid, relay.info["master"]),
                         SSH_L: (ssh.pid,),
                     }
-                    times: dict[str, list[float]] = {k: [] for k in ports}
-                    cpu: dict[str, list[float]] = {k: [] for k in ports}
-                    for port in ports.values():
-                        curl_seconds(port, 16)
-                    for _ in range(ROUNDS):
-                        for name, port in ports.items():
-                            before = cpu_seconds(*pids[name])
-                            times[name].append(curl_seconds(port, MIB))
-                            cpu[name].append(cpu_seconds(*pids[name]) - before)
+                    times, cpu = interleaved_downloads(ports, pids, ROUNDS)
                 finally:
                     ssh.kill()
                     ssh.wait()

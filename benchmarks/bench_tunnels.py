@@ -102,6 +102,24 @@ def cpu_seconds(*pids: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def interleaved_downloads(
+    ports: dict[str, int], pids: dict[str, tuple[int, ...]], rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """``rounds`` interleaved ``MIB`` downloads through each design's port (after a 16 MiB
+    warm-up each): seconds and the CPU seconds of that design's client-side ``pids``, per
+    download, by design."""
+    times: dict[str, list[float]] = {k: [] for k in ports}
+    cpu: dict[str, list[float]] = {k: [] for k in ports}
+    for port in ports.values():
+        curl_seconds(port, 16)
+    for _ in range(rounds):
+        for name, port in ports.items():
+            before = cpu_seconds(*pids[name])
+            times[name].append(curl_seconds(port, MIB))
+            cpu[name].append(cpu_seconds(*pids[name]) - before)
+    return times, cpu
+
+
 def ssh_argv(sshd: LoopbackSSHD, cipher: str, *extra: str) -> list[str]:
     return [
         "ssh", "-N", "-F", "/dev/null", "-c", cipher,
@@ -277,16 +295,8 @@ def throughput_by_design(sshd: LoopbackSSHD, tmp: str) -> None:
                 ports = {OURS: ours.info["ports"][0], ASYNCSSH: theirs.info["port"], SSH_L: ssh_port}
                 # the client-side processes of each design (sshd's side is the same for all)
                 pids = {OURS: (ours.proc.pid, ours.info["master"]), ASYNCSSH: (theirs.proc.pid,), SSH_L: (ssh.pid,)}
-                times: dict[str, list[float]] = {k: [] for k in ports}
-                cpu: dict[str, list[float]] = {k: [] for k in ports}
+                times, cpu = interleaved_downloads(ports, pids, rounds)
                 first: dict[str, float] = {}
-                for port in ports.values():
-                    curl_seconds(port, 16)
-                for _ in range(rounds):
-                    for name, port in ports.items():
-                        before = cpu_seconds(*pids[name])
-                        times[name].append(curl_seconds(port, MIB))
-                        cpu[name].append(cpu_seconds(*pids[name]) - before)
                 for name, port in ports.items():
                     first[name] = first_byte_ms(port)
                 direct = curl_seconds(dest, MIB)
