@@ -24,6 +24,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from harness.hub import LOGIN_SHARED, Hub, hub_leaks, process_environ, wait_for
+from harness.missing import unavailable
 
 USERS = ("alice", "bob")
 OPTIONS = {"system": "login", "partition": "interactive"}
@@ -192,8 +193,10 @@ def test_one_user_cannot_reach_the_others_lab(hub):
 
 def test_labs_answer_again_after_the_jump_host_restarts(hub, sandbox):
     if not exclusive_sandbox(sandbox):
-        print("skipping: other test sessions hold the sandbox; stopping its sshd would disturb them")
-        pytest.skip("other test sessions hold the sandbox")
+        unavailable(
+            "other test sessions hold the sandbox; stopping its sshd would disturb them",
+            "CI runs one test session, so a holder there is one left behind",
+        )
     lost_before = hub.log_tail(10**7).count("lost its connection to 10.250.1.2:22")
     sandbox.stop_sshd(sessions=True)
     try:

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness.missing import unavailable
 from hpcgate.net import free_port
 
 HERE = Path(__file__).parent
@@ -102,8 +103,7 @@ def upstream():
 def other_user():
     """A throwaway Unix user (removed afterwards); needs root."""
     if os.geteuid() != 0:
-        print("SKIP reason: creating a second Unix user needs root")
-        pytest.skip("creating a second Unix user needs root")
+        unavailable("creating a second Unix user needs root", "CI runs as root")
     name = "hgt" + secrets.token_hex(4)
     subprocess.run(["useradd", "-M", "-s", "/usr/sbin/nologin", name], check=True)
     subprocess.run(["usermod", "-p", "*", name], check=True)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.missing import not_installed
+
 
 def api(lab, method, path=""):
     return lab.s.request(method, lab.url("hpcgate/api/apps" + path))
@@ -169,8 +171,7 @@ def test_proxy_traffic_counts_as_server_activity(lab, upstream):
 
 def needs_bwrap() -> None:
     if not Path("/usr/bin/bwrap").exists():
-        print("SKIP reason: bubblewrap is not installed")
-        pytest.skip("bubblewrap is not installed")
+        not_installed("bubblewrap is not installed (scripts/install-system-deps.sh installs it)")
 
 
 def unix_connect(sock_path: Path, as_user: str | None = None) -> subprocess.CompletedProcess:

@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from harness.missing import not_installed
 from hpcgate.appspec import SpecError, make_spec
 from hpcgate.lab.apps.launch import ParameterError, resolve_parameters, with_setup
 from hpcgate.lab.apps.manager import AppManager
@@ -64,8 +65,7 @@ async def test_auto_isolation_where_bubblewrap_works_and_plain_tcp_elsewhere(tmp
     """``isolate_network: auto`` (TensorBoard, MLflow): behind a unix socket in its own
     namespace with bubblewrap; on 127.0.0.1, said in its log, without."""
     if bwrap == "/usr/bin/bwrap" and not os.path.exists(bwrap):
-        print("SKIP reason: bubblewrap is not installed")
-        pytest.skip("bubblewrap is not installed")
+        not_installed("bubblewrap is not installed (scripts/install-system-deps.sh installs it)")
     spec = make_spec("webfiles", {"command": [sys.executable, "-m", "http.server", "--bind", "127.0.0.1", "{port}"],
                                "isolate_network": "auto", "ready_check": {"path": "/", "status": 200}})
     sockets = tmp_path / "s"
