@@ -57,6 +57,9 @@ async def _slow_pre_spawn(spawner):
         await asyncio.sleep(1)
 
 c.Spawner.pre_spawn_hook = _slow_pre_spawn
+# JupyterHub polls each server every 30 s by default: a session's end at its runtime
+# (test_a_local_session_ends_at_its_runtime) is found by a poll, so poll often
+c.Spawner.poll_interval = 3
 """
 
 PER_SYSTEM = "You have 1 session(s) starting or running on login, the most it allows per user (1)."
@@ -173,7 +176,7 @@ def test_a_local_session_ends_at_its_runtime(hub):
     )
     assert r.status_code in (201, 202), r.text
     wait_for(lambda: hub.user_model("rita")["servers"].get("short", {}).get("ready"), 120, "rita's session")
-    # JupyterHub polls every 30 s; the hub ends the session once its minute is over
+    # a poll (every 3 s here) after its minute is over ends the session
     wait_for(lambda: "short" not in hub.user_model("rita")["servers"], 150, "the session to end at its runtime")
     card = {s["name"]: s for s in hub.get("/hub/api/hpcgate/users/rita/sessions").json()["sessions"]}["short"]
     assert card["state"] == "stopped"
