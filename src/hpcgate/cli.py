@@ -271,7 +271,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     if db_url:
         env[DB_URL_ENV] = db_url
     hub = subprocess.Popen(
-        [sys.executable, "-m", "hpcgate.hub.app", "-f", str(config), f"--log-level={args.log_level}"],
+        [sys.executable, "-m", "hpcgate.launch", "-f", str(config), f"--log-level={args.log_level}"],
         cwd=state_dir,
         env=env,
     )

@@ -7,8 +7,10 @@
    authenticated by this server's own token from the environment) and/or to a connection
    file (``HPCGATE_CONNECTION_FILE``, written 0600) that the hub reads over SSH where the
    node cannot reach the hub.
-3. Exec the Jupyter single-user server on that address (``JUPYTERHUB_SERVICE_URL`` is
-   rewritten to it), passing the remaining arguments through.
+3. Start the Jupyter single-user server on that address (``JUPYTERHUB_SERVICE_URL`` is
+   rewritten to it), passing the remaining arguments through: in this process when it is
+   a console script of this installation (its start-up trimmed first:
+   :mod:`hpcgate.launch`), else by exec.
 
 The token is read from the environment only; it never appears in argv or a URL.
 """
@@ -23,11 +25,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from importlib.metadata import EntryPoint, entry_points
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
 from . import protocol
 from .files import write_atomic
+from .launch import defer_rfc3987_syntax
 from .net import reserved_port
 
 
@@ -158,7 +162,25 @@ def main(argv: list[str] | None = None) -> None:
         log(f"cannot find {program} on PATH")
         sys.exit(127)
     log(f"starting {program} on {ip}:{port}")
-    os.execv(executable, [executable, *argv])
+    entry = own_entry_point(program, executable)
+    if entry is None:
+        os.execv(executable, [executable, *argv])
+    # the program is a console script of this very installation: run it in this
+    # process (as exec would, with the same argv[0]) so its start-up is trimmed first
+    sys.argv = [executable, *argv]
+    defer_rfc3987_syntax()
+    sys.exit(entry.load()())
+
+
+def own_entry_point(program: str, executable: str) -> EntryPoint | None:
+    """The console-script entry point ``program`` names when ``executable`` is this
+    installation's own script for it (next to ``sys.executable``), else None (a program
+    from another environment, or not a console script: it is exec'd)."""
+    here = os.path.dirname(os.path.abspath(sys.executable))
+    if os.path.dirname(os.path.abspath(executable)) != here:
+        return None
+    found = entry_points(group="console_scripts", name=os.path.basename(executable))
+    return next(iter(found), None)
 
 
 if __name__ == "__main__":

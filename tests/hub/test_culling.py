@@ -158,7 +158,7 @@ def test_the_culler_ends_with_a_killed_hub(tmp_path):
     # killed hub would poll a dead hub for ever (and a restarted hub starts another)
     hub = Hub(tmp_path / "hub").start()
     try:
-        (app,) = [p for p in children(hub.proc.pid) if "hpcgate.hub.app" in cmdline(p)]
+        (app,) = [p for p in children(hub.proc.pid) if "hpcgate.launch" in cmdline(p)]
         culler = wait_for(
             lambda: next((p for p in children(app) if "jupyterhub_idle_culler" in cmdline(p)), None),
             60, "the hub's idle culler",

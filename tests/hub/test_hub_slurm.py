@@ -166,7 +166,7 @@ def test_spawns_log_in_with_certificates_and_write_no_user_key(hub, sandbox):
         private_key_lines(sandbox.info.ca_key),
         "".join(path.read_bytes().decode(errors="replace") for path in logs),
         [hub.state_dir, sandbox.layout.ca_dir],
-        running=[str(hub.state_dir), "jupyterhub-singleuser"],
+        running=[str(hub.state_dir), "hpcgate-singleuser"],
     )
     assert stat.S_IMODE(sandbox.layout.ca_dir.stat().st_mode) == 0o700
     hub.stop_server("alice")
