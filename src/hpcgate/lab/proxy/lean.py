@@ -32,7 +32,8 @@ Contracts:
   failed (the handler tries a fresh connection, as after its own first attempt, and
   answers 502 or 403 as always).
 * Activity, the lab's request and byte counters and the Jupyter server's
-  request-duration histogram are recorded as the handler records them.
+  request-duration histogram are recorded as the handler records them; lean answers
+  are counted besides (``hpcgate_lab_proxy_lean_answers_total``).
 * ``HPCGateLab.lean_answers = False`` sends every request through the handler.
 """
 
@@ -51,6 +52,7 @@ from tornado.routing import AnyMatches, Router, Rule
 from tornado.web import RequestHandler
 
 from ..apps.manager import AppState
+from ..metrics import PORT_LABEL
 from ..upstream import Connection, UpstreamError, UpstreamResponse, read_response_head
 from .base import HANDLER_LABEL, metrics_only
 from .errors import ProxyError
@@ -146,8 +148,11 @@ class LeanRouter(Router):
             application.transforms
             or provider is None
             or type(provider).is_token_authenticated is not IdentityProvider.is_token_authenticated
-            or metrics_only(settings.get("log_function"), 200, jupyter_log()) is None
         ):
+            return None
+        # the same for every status a lean answer sends (2xx, 304)
+        record_duration = metrics_only(settings.get("log_function"), 200, jupyter_log())
+        if record_duration is None:
             return None
         name = kwargs.get("app")
         app = lab.manager.get(name) if name else None
@@ -165,7 +170,7 @@ class LeanRouter(Router):
             return None
         if route.redirect:
             return None
-        return LeanAnswer(self, regular, request, kwargs["mode"], app, route, remembered[0])
+        return LeanAnswer(self, regular, request, kwargs["mode"], app, route, remembered[0], record_duration)
 
     def defaults(self, answer: LeanAnswer) -> httputil.HTTPHeaders:
         """The headers a new proxy handler starts with (tornado's and the Jupyter server's
@@ -199,7 +204,15 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
     token_authenticated = JupyterHandler.token_authenticated
 
     def __init__(
-        self, router: LeanRouter, regular: Any, request: HTTPServerRequest, mode: str, app: ManagedApp | None, route: Route, user: Any
+        self,
+        router: LeanRouter,
+        regular: Any,
+        request: HTTPServerRequest,
+        mode: str,
+        app: ManagedApp | None,
+        route: Route,
+        user: Any,
+        record_duration: bool,
     ):
         self.router = router
         self.regular = regular  # tornado's delegate for the handler: the way to hand over
@@ -215,7 +228,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         self._last_touch = 0.0
         self._bytes_in = self._bytes_out = no_count
         self._client_gone = False
-        self._record_duration = False
+        self._record_duration = record_duration  # metrics_only() for a 2xx or 304
         self._start_line: httputil.RequestStartLine | None = None
         self._request_headers: httputil.HTTPHeaders | None = None
 
@@ -272,13 +285,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         status = resp.status
         if self._client_gone or not (200 <= status < 300 or status == 304):
             return False
-        if resp.framing != "none" and not (resp.framing == "length" and (resp.length or 0) <= SMALL_BODY):
-            return False
-        record = metrics_only(self.settings.get("log_function"), status, jupyter_log())
-        if record is None:
-            return False
-        self._record_duration = record
-        return True
+        return resp.framing == "none" or (resp.framing == "length" and (resp.length or 0) <= SMALL_BODY)
 
     def _compose(self, resp: UpstreamResponse) -> None:
         """The response head as the handler makes it: defaults, CORS, the app's head."""
@@ -292,6 +299,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
     async def _send(self, resp: UpstreamResponse) -> None:
         conn = resp.conn
         self._count_request()
+        self.lab.metrics.lean_counter(self.app.spec.name if self.app is not None else PORT_LABEL)()
         self._touch()
         body = b""
         if resp.framing == "length":
