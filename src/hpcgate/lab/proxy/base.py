@@ -181,6 +181,7 @@ class ProxyBase(WebSocketHandler, JupyterHandler, ProxiedRequest):
             # an identity whose check set a cookie (a token signed into a login cookie)
             # is not remembered: that answer needs the full path every time
             cache.put(key, self.current_user, bool(getattr(self, "_token_authenticated", False)))
+            self._remember_host()  # prepare() ran check_host and it accepted
         if self.current_user is None:
             if self.request.method in ("GET", "HEAD") and not self._is_websocket():
                 url = self.get_login_url()
@@ -217,15 +218,19 @@ class ProxyBase(WebSocketHandler, JupyterHandler, ProxiedRequest):
         every request. At most ``HOSTS_REMEMBERED`` values are remembered (the header is
         the client's to choose).
         """
-        host = self.request.host
-        known = self.lab.allowed_hosts
-        if host in known:
+        if self.request.host in self.lab.allowed_hosts:
             return True
         if not self.check_host():
             return False
+        self._remember_host()
+        return True
+
+    def _remember_host(self) -> None:
+        """Remember that check_host accepted this request's ``Host`` (see :meth:`_host_allowed`)."""
+        host = self.request.host
+        known = self.lab.allowed_hosts
         if "%" not in host and "/" not in host and len(known) < HOSTS_REMEMBERED:
             known.add(host)
-        return True
 
     def _is_websocket(self) -> bool:
         if self._websocket is None:

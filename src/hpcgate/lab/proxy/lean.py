@@ -58,7 +58,7 @@ from .base import HANDLER_LABEL, metrics_only
 from .errors import ProxyError
 from .handler import ProxyHandler
 from .http import SMALL_BODY
-from .proxied import Handover, ProxiedRequest, no_count
+from .proxied import REPLACED_DEFAULTS, Handover, ProxiedRequest, no_count
 from .routing import Route, resolve_route
 
 if TYPE_CHECKING:
@@ -174,12 +174,18 @@ class LeanRouter(Router):
 
     def defaults(self, answer: LeanAnswer) -> httputil.HTTPHeaders:
         """The headers a new proxy handler starts with (tornado's and the Jupyter server's
-        defaults: they depend on the server's settings only), taken once from a real one."""
+        defaults: they depend on the server's settings only), taken once from a real one,
+        without those every proxied answer drops (``REPLACED_DEFAULTS``: removing them
+        first or later leaves the same headers in the same order)."""
         if self._defaults is None:
             regular = answer.regular
             handler = ProxyHandler(self.application, answer.request, **regular.handler_kwargs)
             answer.request.connection.set_close_callback(None)  # type: ignore[union-attr]
-            self._defaults = handler._headers
+            defaults = httputil.HTTPHeaders(handler._headers)
+            for name in REPLACED_DEFAULTS:
+                if name in defaults:
+                    del defaults[name]
+            self._defaults = defaults
         return self._defaults
 
 
