@@ -265,14 +265,14 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         try:
             head = self._request_head(chunked=False)
             conn, _ = await self.lab.pool.acquire(self.target)
-        except (ValueError, UpstreamError):
-            self._hand_over(Handover())  # the handler answers as it does (500, 502, 403)
+        except Exception:  # refused, another user's port, a head encode_head refuses...
+            self._hand_over(Handover())  # the handler answers as it does (502, 403, 500)
             return
         self.conn = conn
         try:
             conn.writer.write(head)
             resp = await read_response_head(conn, self.request.method or "GET")
-        except (UpstreamError, ConnectionError):
+        except Exception:
             conn.close()
             self._hand_over(Handover())  # the handler tries a fresh connection
             return
@@ -284,7 +284,14 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         except Exception:  # e.g. a header value tornado refuses: the handler's own error answer
             self._hand_over(Handover(resp))
             return
-        await self._send(resp)
+        try:
+            await self._send(resp)
+        except Exception:
+            # not expected; never leave the browser waiting
+            conn.close()
+            if not self._client_gone:
+                self.request.connection.close()  # type: ignore[union-attr]
+            raise
 
     def _answerable(self, resp: UpstreamResponse) -> bool:
         """Whether this answer is one a lean answer sends (module docstring)."""
