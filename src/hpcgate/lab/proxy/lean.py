@@ -170,23 +170,22 @@ class LeanRouter(Router):
             return None
         if route.redirect:
             return None
-        return LeanAnswer(self, regular, request, kwargs["mode"], app, route, remembered[0], record_duration)
+        defaults = self._defaults if self._defaults is not None else self._take_defaults(request, kwargs)
+        return LeanAnswer(self, regular, request, kwargs["mode"], app, route, remembered[0], record_duration, defaults)
 
-    def defaults(self, answer: LeanAnswer) -> httputil.HTTPHeaders:
+    def _take_defaults(self, request: HTTPServerRequest, kwargs: dict[str, Any]) -> httputil.HTTPHeaders:
         """The headers a new proxy handler starts with (tornado's and the Jupyter server's
         defaults: they depend on the server's settings only), taken once from a real one,
         without those every proxied answer drops (``REPLACED_DEFAULTS``: removing them
         first or later leaves the same headers in the same order)."""
-        if self._defaults is None:
-            regular = answer.regular
-            handler = ProxyHandler(self.application, answer.request, **regular.handler_kwargs)
-            answer.request.connection.set_close_callback(None)  # type: ignore[union-attr]
-            defaults = httputil.HTTPHeaders(handler._headers)
-            for name in REPLACED_DEFAULTS:
-                if name in defaults:
-                    del defaults[name]
-            self._defaults = defaults
-        return self._defaults
+        handler = ProxyHandler(self.application, request, **kwargs)
+        request.connection.set_close_callback(None)  # type: ignore[union-attr]
+        defaults = httputil.HTTPHeaders(handler._headers)
+        for name in REPLACED_DEFAULTS:
+            if name in defaults:
+                del defaults[name]
+        self._defaults = defaults
+        return defaults
 
 
 class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
@@ -219,6 +218,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         route: Route,
         user: Any,
         record_duration: bool,
+        defaults: httputil.HTTPHeaders,
     ):
         self.router = router
         self.regular = regular  # tornado's delegate for the handler: the way to hand over
@@ -235,6 +235,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         self._bytes_in = self._bytes_out = no_count
         self._client_gone = False
         self._record_duration = record_duration  # metrics_only() for a 2xx or 304
+        self._defaults = defaults  # LeanRouter._take_defaults
         self._start_line: httputil.RequestStartLine | None = None
         self._request_headers: httputil.HTTPHeaders | None = None
 
@@ -302,7 +303,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
 
     def _compose(self, resp: UpstreamResponse) -> None:
         """The response head as the handler makes it: defaults, CORS, the app's head."""
-        self._headers = httputil.HTTPHeaders(self.router.defaults(self))
+        self._headers = httputil.HTTPHeaders(self._defaults)
         self._status_code, self._reason = 200, httputil.responses[200]
         self.set_cors_headers()
         self._apply_headers(resp)
