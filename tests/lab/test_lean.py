@@ -9,12 +9,15 @@ which requests the lean path answered, so each case proves which path it compare
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
+import re
 import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Iterator
 
 import pytest
 import requests
@@ -27,10 +30,10 @@ from tests.lab.labtools import BASE, UPSTREAM, wait_http
 HOST = "127.0.0.1:8888"
 
 
-@pytest.fixture(scope="module")
-def plain_lab(tmp_path_factory, lab):
-    """A second lab like the session's, its lean answers off; yields (port, token)."""
-    root = tmp_path_factory.mktemp("plainlab")
+@contextlib.contextmanager
+def _second_lab(root, token: str, extra: str) -> Iterator[int]:
+    """A lab with the session lab's token, ``extra`` config lines and the app echoapp;
+    yields its port."""
     port = free_port()
     cfg = root / "jupyter_server_config.py"
     cfg.write_text(
@@ -44,19 +47,19 @@ def plain_lab(tmp_path_factory, lab):
             c.ServerApp.root_dir = {str(root)!r}
             c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyterlab": False,
                                                 "jupyter_lsp": False, "notebook_shim": False}}
-            c.HPCGateLab.lean_answers = False
+            {extra}
             c.HPCGateLab.apps = {{"echoapp": {{"command": [{sys.executable!r}, {UPSTREAM!r}, "--port", "{{port}}"],
                                               "ready_check": {{"path": "/health", "status": 200}}}}}}
             """
         )
     )
-    env = dict(os.environ, JUPYTER_TOKEN=lab.token, JUPYTER_CONFIG_DIR=str(root / "cfgdir"),
+    env = dict(os.environ, JUPYTER_TOKEN=token, JUPYTER_CONFIG_DIR=str(root / "cfgdir"),
                JUPYTER_DATA_DIR=str(root / "data"), JUPYTER_RUNTIME_DIR=str(root / "runtime"))
     with open(root / "server.log", "wb") as log:
         proc = subprocess.Popen([os.path.join(os.path.dirname(sys.executable), "jupyter"), "server", f"--config={cfg}"],
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_http(f"http://127.0.0.1:{port}{BASE}api/status", timeout=60, headers=lab.auth)
+        wait_http(f"http://127.0.0.1:{port}{BASE}api/status", timeout=60, headers={"Authorization": f"token {token}"})
         yield port
     finally:
         proc.terminate()
@@ -64,6 +67,13 @@ def plain_lab(tmp_path_factory, lab):
             proc.wait(30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+@pytest.fixture(scope="module")
+def plain_lab(tmp_path_factory, lab):
+    """A second lab like the session's, its lean answers off; yields its port."""
+    with _second_lab(tmp_path_factory.mktemp("plainlab"), lab.token, "c.HPCGateLab.lean_answers = False") as port:
+        yield port
 
 
 class Browser:
@@ -184,3 +194,37 @@ def test_foreign_port_refused_on_the_lean_path(lab, other_user):
     finally:
         proc.terminate()  # runuser passes it on to the server
         proc.wait(30)
+
+
+def _hub_request_count(port: int, token: str) -> float:
+    """JupyterHub's request-duration histogram's count of the proxy's GETs answered 200."""
+    text = requests.get(f"http://127.0.0.1:{port}{BASE}metrics", headers={"Authorization": f"token {token}"}).text
+    labels = {"handler": "hpcgate.lab.proxy.handler.ProxyHandler", "method": "GET", "code": "200"}
+    return sum(
+        s.value for f in text_string_to_metric_families(text) for s in f.samples
+        if s.name == "jupyterhub_request_duration_seconds_count" and all(s.labels.get(k) == v for k, v in labels.items())
+    )
+
+
+def test_lean_answers_log_as_jupyterhub_singleuser_does(tmp_path_factory, lab, upstream):
+    """jupyterhub-singleuser logs every request at INFO and counts it in JupyterHub's
+    request-duration histogram: a lean answer gives the same line and the same count
+    (under the handler's name) as the handler's answer before it."""
+    root = tmp_path_factory.mktemp("hublog")
+    extra = "import jupyterhub.log; c.ServerApp.tornado_settings = {'log_function': jupyterhub.log.log_request}"
+    with _second_lab(root, lab.token, extra) as port:
+        browser = Browser(port, lab.token)
+        url = f"{BASE}proxy/{upstream}/x?hub=log"
+        before = _hub_request_count(port, lab.token)
+        answered = browser.lean_answers(lab.token)
+        assert browser.send("GET", url)[0] == 200  # the handler (the auth cache is filled)
+        assert browser.send("GET", url)[0] == 200  # a lean answer
+        assert browser.lean_answers(lab.token) == answered + 1
+        assert _hub_request_count(port, lab.token) == before + 2
+        deadline = time.monotonic() + 10
+        while True:
+            lines = [re.sub(r"[0-9.]+ms$", "Nms", line) for line in (root / "server.log").read_text().splitlines() if url in line]
+            if len(lines) >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert len(lines) == 2 and lines[0].split("]", 1)[1] == lines[1].split("]", 1)[1] and "200 GET" in lines[0], lines

@@ -18,9 +18,11 @@ Contracts:
   arguments tornado can decode, a ``proxy/<port>`` route (no callable host allowlist,
   no ``non_service_rewrite_response``) or a running app without static files,
   rewriters, raw sockets or a callable ``update_last_activity``; no output transforms;
-  the Jupyter server's own ``log_function`` with DEBUG shown nowhere.
+  a ``log_function`` that is the Jupyter server's or JupyterHub's (jupyterhub-singleuser's).
 * It answers only a 2xx or 304 with a body of at most ``SMALL_BODY`` bytes (or none),
-  whose log would be the request-duration metric only. The answer's headers are made
+  and logs it as the handler does: the request-duration metric alone where the Jupyter
+  server's log function would only add a DEBUG line nobody sees, else the log function
+  itself, given a stand-in of the handler. The answer's headers are made
   the handler's way: the server's default headers (taken once from a real handler:
   they depend on the settings only), CORS by the Jupyter server's own
   ``set_cors_headers``, the app's status and headers through the shared
@@ -40,11 +42,14 @@ Contracts:
 from __future__ import annotations
 
 import asyncio
+import functools
+import sys
 from typing import TYPE_CHECKING, Any
 
 from jupyter_server.auth.identity import IdentityProvider
 from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.base.handlers import log as jupyter_log
+from jupyter_server.log import log_request as jupyter_log_request
 from tornado import httputil
 from tornado.ioloop import IOLoop
 from tornado.iostream import StreamClosedError
@@ -67,6 +72,19 @@ if TYPE_CHECKING:
 
     from ..apps.manager import ManagedApp
     from ..context import LabContext
+
+
+def _reads_only_the_basics(log_function: Any) -> bool:
+    """Whether ``log_function`` is one known to read of a handler only what a log
+    stand-in has (:meth:`LeanAnswer._log_stand_in`): the Jupyter server's
+    ``log_request`` (with DEBUG shown) and JupyterHub's, which jupyterhub-singleuser
+    installs (an INFO line per request and its request-duration histogram)."""
+    func = log_function.func if isinstance(log_function, functools.partial) else log_function
+    if func is jupyter_log_request:
+        return True
+    # loaded wherever it is the log function (importing it costs half a second)
+    hub_log = sys.modules.get("jupyterhub.log")
+    return hub_log is not None and func is getattr(hub_log, "log_request", None)
 
 
 def _bodiless(status: int) -> bool:
@@ -150,9 +168,10 @@ class LeanRouter(Router):
             or type(provider).is_token_authenticated is not IdentityProvider.is_token_authenticated
         ):
             return None
-        # the same for every status a lean answer sends (2xx, 304)
-        record_duration = metrics_only(settings.get("log_function"), 200, jupyter_log())
-        if record_duration is None:
+        # the same for every status a lean answer sends (2xx, 304); None: the log function runs
+        log_function = settings.get("log_function")
+        record_duration = metrics_only(log_function, 200, jupyter_log())
+        if record_duration is None and not _reads_only_the_basics(log_function):
             return None
         name = kwargs.get("app")
         app = lab.manager.get(name) if name else None
@@ -217,7 +236,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         app: ManagedApp | None,
         route: Route,
         user: Any,
-        record_duration: bool,
+        record_duration: bool | None,
         defaults: httputil.HTTPHeaders,
     ):
         self.router = router
@@ -234,7 +253,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         self._last_touch = 0.0
         self._bytes_in = self._bytes_out = no_count
         self._client_gone = False
-        self._record_duration = record_duration  # metrics_only() for a 2xx or 304
+        self._record_duration = record_duration  # metrics_only() for a 2xx or 304 (None: log_function runs)
         self._defaults = defaults  # LeanRouter._take_defaults
         self._start_line: httputil.RequestStartLine | None = None
         self._request_headers: httputil.HTTPHeaders | None = None
@@ -349,11 +368,25 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
             conn.close()
 
     def _log(self) -> None:
-        """What the handler's ``_log`` records for this answer: the duration metric."""
-        if self._record_duration:
+        """What the handler's ``_log`` records for this answer: the duration metric, or
+        whatever the server's log function makes of the handler (a stand-in for it)."""
+        if self._record_duration is None:
+            self.router.application.log_request(self._log_stand_in())
+        elif self._record_duration:
             self.lab.metrics.observe_request_duration(
                 HANDLER_LABEL, self.request.method or "", self._status_code, self.request.request_time()
             )
+
+    def _log_stand_in(self) -> ProxyHandler:
+        """The handler as the known log functions read it: its class, application,
+        request, status and headers, and the user; made without tornado's ``__init__``
+        (nothing else of it is ever used)."""
+        handler = ProxyHandler.__new__(ProxyHandler)
+        handler.application = self.router.application
+        handler.request = self.request
+        handler._status_code, handler._reason, handler._headers = self._status_code, self._reason, self._headers
+        handler.current_user = self.current_user
+        return handler
 
     def _hand_over(self, handover: Handover) -> None:
         """Let the proxy's handler answer this request (it runs its whole path)."""
