@@ -1,9 +1,9 @@
-"""What HTTP and websocket proxying share: authentication, activity, the way to the app.
+"""What HTTP and websocket proxying share: authentication, errors, the way to the app.
 
 :class:`ProxyBase` is the base of :class:`~hpcgate.lab.proxy.handler.ProxyHandler`:
-the Jupyter server's authentication and origin checks, plain-text error pages,
-activity accounting, and the transport towards the app (connections, the request
-head with its forwarded and overridden headers).
+the Jupyter server's authentication and origin checks, plain-text error pages, the
+request's log, and the connections towards the app; the request head, activity and
+counters come from :class:`~.proxied.ProxiedRequest` (shared with :mod:`.lean`).
 """
 
 from __future__ import annotations
