@@ -6,7 +6,8 @@ with jupyter_server_proxy (hpcgate.lab disabled). Each row is measured against a
 three. Run: ``make bench ARGS=lab_proxy``; ``HPCGATE_BENCH_SECTIONS=small`` (a comma-separated
 subset of ``download,small,websocket``) runs only those tables (``small`` measures with
 Python's http.client and, if Debian's ``wrk`` is installed, with that C client); ``HPCGATE_BENCH_BASELINE=DIR``
-adds a row for the hpcgate in ``DIR/src`` (before/after in one run). The machine's load average
+adds a row for the hpcgate in ``DIR/src`` (before/after in one run); ``HPCGATE_BENCH_HUB_LOG=1``
+gives every Jupyter server the log function jupyterhub-singleuser installs. The machine's load average
 is printed beside the numbers: the machine may be shared.
 """
 
@@ -156,6 +157,10 @@ class Target:
         return {"Authorization": f"token {self.token}"} if self.token else {}
 
 
+#: HPCGATE_BENCH_HUB_LOG=1: every Jupyter server logs as under jupyterhub-singleuser
+HUB_LOG = "import jupyterhub.log\nc.ServerApp.tornado_settings = {'log_function': jupyterhub.log.log_request}\n"
+
+
 def _start_jupyter(
     tmp: Path, name: str, extensions: dict[str, bool], token: str, extra_config: str = "", pythonpath: str = ""
 ) -> tuple[subprocess.Popen, int]:
@@ -165,6 +170,9 @@ def _start_jupyter(
     root = tmp / name
     root.mkdir()
     cfg = root / "config.py"
+    if os.environ.get("HPCGATE_BENCH_HUB_LOG"):
+        # as jupyterhub-singleuser sets it: an INFO line and JupyterHub's histogram per request
+        extra_config = HUB_LOG + extra_config
     cfg.write_text(
         f"c.ServerApp.port = {port}\nc.ServerApp.ip = '127.0.0.1'\nc.ServerApp.open_browser = False\n"
         f"c.ServerApp.allow_root = True\nc.ServerApp.root_dir = {str(root)!r}\n"

@@ -58,6 +58,8 @@ class LabContext:
         self.auth_cache = AuthCache(ttl, ext.auth_cache_size)
         #: when (monotonic) the proxy last counted activity, per app name (None: proxy/<port>)
         self.activity_marks: dict[str | None, float] = {}
+        #: small GETs the auth cache knows answered without a tornado handler (proxy.lean)
+        self.lean_answers = bool(ext.lean_answers)
         #: Host values the Jupyter server's check_host accepted (proxy.base.ProxyBase._host_allowed)
         self.allowed_hosts: set[str] = set()
         #: the lab's Prometheus metrics (<base>/hpcgate/metrics)

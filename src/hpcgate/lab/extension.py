@@ -27,6 +27,7 @@ from .context import LabContext
 from .kernels import kernels_from_env, write_kernelspecs
 from .metrics import metrics_handlers
 from .proxy import PORT_ROUTES, proxy_handlers
+from .proxy.lean import LeanRouter
 from .security import DEFAULT_COOKIE_PATTERNS, private_socket_dir
 from .serverproxy.api import serverproxy_api_handlers
 from .serverproxy.config import ServerProxy
@@ -117,6 +118,17 @@ class HPCGateLab(ExtensionApp):
     auth_cache_size = Int(
         1024,
         help="""Most identities ``auth_cache_ttl`` keeps (least recently used dropped first).""",
+    ).tag(config=True)
+
+    lean_answers = Bool(
+        True,
+        help="""Answer small ``GET`` and ``HEAD`` requests to apps whose credentials the
+        ``auth_cache`` remembers without a tornado request handler per request: the same
+        answers (status, headers, body), activity and metrics as the proxy's handler
+        gives, with less work per request; anything else (errors, redirects, large or
+        streamed bodies, token-authenticated requests, apps with rewriters or static
+        files) still goes through the handler (see :mod:`hpcgate.lab.proxy.lean`).
+        False sends every request through the handler.""",
     ).tag(config=True)
 
     websocket_max_message_size = Int(
@@ -370,6 +382,8 @@ class HPCGateLab(ExtensionApp):
         self.handlers.extend(session_handlers())
         self.handlers.extend(routes[PORT_ROUTES:])
         self.handlers.extend(metrics_handlers(self.lab.metrics))
+        # before every route: small GETs that the auth cache knows (hpcgate.lab.proxy.lean)
+        LeanRouter(serverapp.web_app, self.lab).install()
         self.log.info("hpcgate.lab: %d app(s): %s", len(specs), ", ".join(sorted(specs)) or "none")
         self._install_kernels()
 

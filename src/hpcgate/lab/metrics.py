@@ -39,6 +39,7 @@ METRIC_NAMES = (
     "hpcgate_lab_app_failures_total",
     "hpcgate_lab_proxy_requests_total",
     "hpcgate_lab_proxy_bytes_total",
+    "hpcgate_lab_proxy_lean_answers_total",
 )
 
 
@@ -76,7 +77,14 @@ class LabMetrics:
             ["app", "direction"],
             registry=self.registry,
         )
+        self.lean_answers = Counter(
+            "hpcgate_lab_proxy_lean_answers",
+            "Requests among hpcgate_lab_proxy_requests answered without a tornado handler (hpcgate.lab.proxy.lean).",
+            ["app"],
+            registry=self.registry,
+        )
         self.registry.register(_RunningApps(running))
+        self._lean_counters: dict[str, Callable[[], None]] = {}
         self._app_counters: dict[str, tuple[Callable[[], None], Callable[[float], None], Callable[[float], None]]] = {}
         self._duration_children: dict[tuple[str, str, int], Any] = {}
 
@@ -93,6 +101,13 @@ class LabMetrics:
             counters = (self.requests.labels(app).inc, *self.byte_counters(app))
             self._app_counters[app] = counters
         return counters
+
+    def lean_counter(self, app: str) -> Callable[[], None]:
+        """The ``inc`` of ``app``'s lean-answer counter, looked up once per app."""
+        count = self._lean_counters.get(app)
+        if count is None:
+            count = self._lean_counters[app] = self.lean_answers.labels(app).inc
+        return count
 
     def observe_request_duration(self, handler: str, method: str, status: int, seconds: float) -> None:
         """What the Jupyter server's ``prometheus_log_method`` records for a request:

@@ -110,6 +110,11 @@ class HostAllowlist:
                     net = ipaddress.ip_network(normalize_ip(net.network_address))
                 self._networks.append(net)
 
+    @property
+    def calls_code(self) -> bool:
+        """Whether the allowlist is a callable (which gets the request handler)."""
+        return self._callable is not None
+
     def allows(self, host: str, handler: object = None) -> bool:
         """Whether the already :func:`parse_host`-normalised ``host`` may be reached."""
         if self._callable is not None:

@@ -20,10 +20,12 @@ Contracts:
 * Response headers are sent as soon as the app sends them (SSE, long polls).
 * Error pages are plain text and never contain the requested host or path.
 
-Modules: ``routing`` (which app, which path), ``base`` (authentication, activity, the
-connection and request head towards the app), ``http`` (HTTP streaming, rewriting),
-``splice`` (large bodies off the event loop), ``websocket``, ``wsrelay`` and
-``wsframes`` (websockets), ``handler`` (the tornado handler joining them).
+Modules: ``routing`` (which app, which path), ``base`` (authentication, errors, the
+connection towards the app), ``proxied`` (what the handler and lean answers share: the
+request head, activity, counters, the response's headers), ``http`` (HTTP streaming,
+rewriting), ``splice`` (large bodies off the event loop), ``websocket``, ``wsrelay`` and
+``wsframes`` (websockets), ``handler`` (the tornado handler joining them), ``lean``
+(small GETs the auth cache knows, answered below the handler with the same answers).
 """
 
 from __future__ import annotations

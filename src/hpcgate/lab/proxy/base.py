@@ -1,9 +1,9 @@
-"""What HTTP and websocket proxying share: authentication, activity, the way to the app.
+"""What HTTP and websocket proxying share: authentication, errors, the way to the app.
 
 :class:`ProxyBase` is the base of :class:`~hpcgate.lab.proxy.handler.ProxyHandler`:
-the Jupyter server's authentication and origin checks, plain-text error pages,
-activity accounting, and the transport towards the app (connections, the request
-head with its forwarded and overridden headers).
+the Jupyter server's authentication and origin checks, plain-text error pages, the
+request's log, and the connections towards the app; the request head, activity and
+counters come from :class:`~.proxied.ProxiedRequest` (shared with :mod:`.lean`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
@@ -21,22 +20,18 @@ from jupyter_server.base.handlers import JupyterHandler
 from jupyter_server.log import log_request as jupyter_log_request
 from tornado.websocket import WebSocketHandler
 
-from ...appspec import render
-from ..metrics import PORT_LABEL
-from ..security import scrub_request_headers
-from ..upstream import Connection, ForeignSocketError, Target, UpstreamError, encode_head, open_connection
+from ..upstream import Connection, ForeignSocketError, Target, UpstreamError, open_connection
 from .errors import ProxyError
+from .proxied import Handover, ProxiedRequest, no_count
 
 if TYPE_CHECKING:
     from ..apps.manager import ManagedApp
     from ..context import LabContext
 
-ACTIVITY_EVERY = 1.0  # seconds between activity updates of one stream, one app, the proxy/<port> routes
-_NEVER = float("-inf")
 #: Host header values whose check_host acceptance a lab remembers (ProxyBase._host_allowed)
 HOSTS_REMEMBERED = 64
-#: Headers telling an app its mount point: set by the proxy only, never passed from the browser.
-CONTEXT_HEADERS = frozenset({"x-forwarded-context", "x-proxycontextpath", "x-forwarded-prefix"})
+#: the ``handler`` label of the proxy's requests in the Jupyter server's request-duration histogram
+HANDLER_LABEL = "hpcgate.lab.proxy.handler.ProxyHandler"
 
 
 def _shows_debug(logger: logging.Logger | logging.LoggerAdapter) -> bool:
@@ -55,12 +50,35 @@ def _shows_debug(logger: logging.Logger | logging.LoggerAdapter) -> bool:
     return False
 
 
-class ProxyBase(WebSocketHandler, JupyterHandler):
+def metrics_only(log_function: Any, status: int, logger: logging.Logger | logging.LoggerAdapter) -> bool | None:
+    """What the Jupyter server's ``log_function`` would do for a proxied answer with ``status``.
+
+    None: it has to run (an error or redirect is logged above DEBUG, DEBUG is shown
+    somewhere, or the deployment set its own function). Otherwise it would only write
+    a DEBUG line nobody sees and record its Prometheus histogram (recorded as its
+    ``prometheus_log_method`` does: same histogram, same labels) if the result is True.
+    """
+    if (
+        (status < 300 or status == 304)
+        and isinstance(log_function, functools.partial)
+        and log_function.func is jupyter_log_request
+        and not log_function.args
+        and set(log_function.keywords) <= {"record_prometheus_metrics"}
+        and not _shows_debug(logger)
+    ):
+        # the Jupyter server's own setting: partial(log_request, record_prometheus_metrics=...)
+        return bool(log_function.keywords.get("record_prometheus_metrics", True))
+    return None
+
+
+class ProxyBase(WebSocketHandler, JupyterHandler, ProxiedRequest):
     """Proxies one request (HTTP or websocket) to one app: the shared part."""
 
-    def initialize(self, lab: LabContext, mode: str, app: str | None = None) -> None:  # type: ignore[override]
-        # mode: "strip" (proxy/<port>), "absolute" (proxy/absolute/<port>) or "app"
+    def initialize(self, lab: LabContext, mode: str, app: str | None = None, handover: Handover | None = None) -> None:  # type: ignore[override]
+        # mode: "strip" (proxy/<port>), "absolute" (proxy/absolute/<port>) or "app";
+        # handover: what a lean answer (.lean) left to this handler
         self.lab = lab
+        self.handover = handover
         self.mode = mode
         self.app: ManagedApp | None = lab.manager.get(app) if app else None
         self.target: Target | None = None
@@ -71,14 +89,8 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         self._client_gone = False
         self._websocket: bool | None = None  # whether this is an upgrade (read once)
         # hpcgate_lab_proxy_bytes_total of this request's app (set once the target is known)
-        self._bytes_in: Callable[[float], None] = _no_count
-        self._bytes_out: Callable[[float], None] = _no_count
-
-    def _count_request(self) -> None:
-        """One more request to this request's app (hpcgate.lab.metrics); its bytes from now on."""
-        label = self.app.spec.name if self.app is not None else PORT_LABEL
-        count, self._bytes_in, self._bytes_out = self.lab.metrics.app_counters(label)
-        count()
+        self._bytes_in: Callable[[float], None] = no_count
+        self._bytes_out: Callable[[float], None] = no_count
 
     # ------------------------------------------------------------ auth and errors
 
@@ -129,29 +141,18 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
 
         The Jupyter server's ``log_request`` writes successes at DEBUG level, formatting
         each line (and building a log record) even where no handler shows DEBUG. For a
-        proxied success that nobody would see, only the Prometheus metrics are recorded;
-        everything else (errors, a deployment's own ``log_function``, DEBUG logging on)
-        goes the usual way.
+        proxied success that nobody would see, only the Prometheus metrics are recorded
+        (:func:`metrics_only`); everything else (errors, a deployment's own
+        ``log_function``, DEBUG logging on) goes the usual way.
         """
         status = self.get_status()
-        log_function = self.settings.get("log_function")
-        if (
-            (status < 300 or status == 304)
-            and isinstance(log_function, functools.partial)
-            and log_function.func is jupyter_log_request
-            and not log_function.args
-            and set(log_function.keywords) <= {"record_prometheus_metrics"}
-            and not _shows_debug(self.log)
-        ):
-            # the Jupyter server's own setting: partial(log_request, record_prometheus_metrics=...);
-            # recorded as its prometheus_log_method does (same histogram, same labels)
-            if log_function.keywords.get("record_prometheus_metrics", True):
-                self.lab.metrics.observe_request_duration(
-                    f"{type(self).__module__}.{type(self).__name__}", self.request.method or "", status,
-                    self.request.request_time(),
-                )
-            return
-        super()._log()
+        record = metrics_only(self.settings.get("log_function"), status, self.log)
+        if record is None:
+            super()._log()
+        elif record:
+            self.lab.metrics.observe_request_duration(
+                HANDLER_LABEL, self.request.method or "", status, self.request.request_time()
+            )
 
     def _early_redirect(self, url: str) -> None:
         # Answered in prepare(), before tornado read the (streamed) body: the
@@ -180,6 +181,7 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
             # an identity whose check set a cookie (a token signed into a login cookie)
             # is not remembered: that answer needs the full path every time
             cache.put(key, self.current_user, bool(getattr(self, "_token_authenticated", False)))
+            self._remember_host()  # prepare() ran check_host and it accepted
         if self.current_user is None:
             if self.request.method in ("GET", "HEAD") and not self._is_websocket():
                 url = self.get_login_url()
@@ -216,55 +218,24 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
         every request. At most ``HOSTS_REMEMBERED`` values are remembered (the header is
         the client's to choose).
         """
-        host = self.request.host
-        known = self.lab.allowed_hosts
-        if host in known:
+        if self.request.host in self.lab.allowed_hosts:
             return True
         if not self.check_host():
             return False
+        self._remember_host()
+        return True
+
+    def _remember_host(self) -> None:
+        """Remember that check_host accepted this request's ``Host`` (see :meth:`_host_allowed`)."""
+        host = self.request.host
+        known = self.lab.allowed_hosts
         if "%" not in host and "/" not in host and len(known) < HOSTS_REMEMBERED:
             known.add(host)
-        return True
 
     def _is_websocket(self) -> bool:
         if self._websocket is None:
             self._websocket = self.request.headers.get("Upgrade", "").lower() == "websocket"
         return self._websocket
-
-    # ---------------------------------------------------------------- activity
-
-    def _touch(self) -> None:
-        """Count this request as user activity unless the app's spec excludes it.
-
-        At most once per ``ACTIVITY_EVERY`` per handler (long streams), and for apps
-        whose activity is counted unconditionally (the default) at most once per
-        ``ACTIVITY_EVERY`` per app: the idle culler reads minutes, not milliseconds.
-        A callable ``update_last_activity`` is still asked on every new request.
-        """
-        now = time.monotonic()
-        if now - self._last_touch < ACTIVITY_EVERY:
-            return
-        self._last_touch = now
-        app = self.app
-        marks = self.lab.activity_marks
-        if app is not None:
-            spec = app.spec
-            ula = spec.update_last_activity
-            if callable(ula):
-                # jupyter-server-proxy passes the request handler (``request.get_argument``...)
-                if not ula(self):
-                    return
-            elif not ula or any(p.match(self.request.path) for p in spec.exclude_last_activity_patterns):
-                return
-            elif now - marks.get(spec.name, _NEVER) < ACTIVITY_EVERY:
-                return
-            marks[spec.name] = now
-            app.touch()
-        elif now - marks.get(None, _NEVER) < ACTIVITY_EVERY:
-            return
-        else:
-            marks[None] = now
-        self.lab.record_activity()
 
     # ---------------------------------------------------------------- upstream
 
@@ -279,50 +250,3 @@ class ProxyBase(WebSocketHandler, JupyterHandler):
             raise ProxyError(403, reason="That port belongs to another user") from None
         except UpstreamError:
             raise ProxyError(502, reason="Could not connect to the app") from None
-
-    def _request_head(self, chunked: bool) -> bytes:
-        headers = self._scrubbed_headers()
-        if chunked:
-            headers.append(("Transfer-Encoding", "chunked"))
-        headers += self._forwarded_headers()
-        headers = self._override_headers(headers)
-        return encode_head(self.request.method or "GET", self.upstream_path, headers)
-
-    def _scrubbed_headers(self) -> list[tuple[str, str]]:
-        """The browser's headers without credentials, hop-by-hop headers or a claimed context path."""
-        headers = scrub_request_headers(self.request.headers.get_all(), self.lab.cookie_patterns)
-        return [(k, v) for k, v in headers if k.lower() not in CONTEXT_HEADERS]
-
-    def _forwarded_headers(self) -> list[tuple[str, str]]:
-        """X-Forwarded-For/-Proto/-Host, and where the app is mounted unless it sees full paths.
-
-        The path prefix goes as ``X-Forwarded-Prefix`` (werkzeug, Spring...),
-        ``X-Forwarded-Context`` and ``X-ProxyContextPath``, as jupyter-server-proxy sends it.
-        """
-        prior = self.request.headers.get("X-Forwarded-For")
-        client = self.request.remote_ip or ""
-        headers = [
-            ("X-Forwarded-For", f"{prior}, {client}" if prior else client),
-            ("X-Forwarded-Proto", self.request.headers.get("X-Forwarded-Proto", self.request.protocol)),
-            ("X-Forwarded-Host", self.request.headers.get("X-Forwarded-Host", self.request.host)),
-        ]
-        if self.prefix and self._strips_prefix():
-            headers += [("X-Forwarded-Context", self.prefix), ("X-Proxycontextpath", self.prefix), ("X-Forwarded-Prefix", self.prefix)]
-        return headers
-
-    def _strips_prefix(self) -> bool:
-        """Whether the app sees paths without its prefix (``proxy/<port>``, apps without ``absolute_url``)."""
-        if self.app is not None:
-            return not self.app.spec.absolute_url
-        return self.mode != "absolute"
-
-    def _override_headers(self, headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-        if self.app is None or not self.app.spec.request_headers_override:
-            return headers
-        override = render(self.app.spec.request_headers_override, self.app.template_args())
-        names = {k.lower() for k in override}
-        return [(k, v) for k, v in headers if k.lower() not in names] + [(str(k), str(v)) for k, v in override.items()]
-
-
-def _no_count(amount: float) -> None:
-    """Before the request's app is known nothing is counted."""

@@ -64,8 +64,19 @@ class ProxyHandler(WebSocketProxy, HTTPProxy):
 
     head = post = put = patch = delete = options = _other_method  # type: ignore[assignment]
 
+    def on_finish(self) -> None:
+        self._drop_handover()
+
+    def _drop_handover(self) -> None:
+        """Close the app's answer a lean answer handed over if this request never used it
+        (refused, redirected, or the browser left)."""
+        if self.handover is not None and self.handover.response is not None:
+            self.handover.response.conn.close()
+            self.handover.response = None
+
     def on_close(self) -> None:
         self._client_gone = True
+        self._drop_handover()
         if self.ws_conn is not None and not self._finished:
             self.ws_conn.close()  # browser left during the app's handshake
         if self.raw_conn is not None:

@@ -13,11 +13,9 @@ import asyncio
 import contextlib
 import copy
 import io
-import re
 import threading
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 from tornado.httpclient import HTTPRequest, HTTPResponse
 from tornado.httputil import HTTPHeaders, responses
@@ -30,6 +28,7 @@ from ..upstream import ChunkedWriter, UpstreamError, UpstreamResponse, read_resp
 from . import splice
 from .base import ProxyBase
 from .errors import ProxyError
+from .proxied import REPLACED_DEFAULTS
 
 SMALL_BODY = 64 * 1024
 
@@ -141,8 +140,15 @@ class HTTPProxy(ProxyBase):
             except UpstreamError:
                 self.conn.close()
                 raise ProxyError(502, reason="The app did not answer") from None
+        handover = self.handover
+        if handover is not None and handover.response is not None:
+            # a lean answer (.lean) sent the request and read the app's head already
+            resp, handover.response = handover.response, None
+            self.conn = resp.conn
+            return resp
         head = self._request_head(chunked=False)
-        for attempt in (0, 1):
+        # after a lean answer's pooled attempt failed, only the fresh connection is left
+        for attempt in (1,) if handover is not None else (0, 1):
             # A pooled keep-alive connection may have been closed by the app meanwhile:
             # a request without body is safe to send again on a fresh connection.
             conn = await self._connect(reuse=attempt == 0)
@@ -173,37 +179,6 @@ class HTTPProxy(ProxyBase):
             self.lab.pool.release(conn)
         else:
             conn.close()
-
-    # ---------------------------------------------------------------- response head
-
-    def _apply_headers(self, resp: UpstreamResponse) -> None:
-        self.set_status(resp.status, resp.reason or None)
-        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
-            self.clear_header(name)
-        rewrite = self._strips_prefix()
-        for name, value in drop_hop_by_hop(resp.headers):
-            lower = name.lower()
-            if lower == "content-length" and resp.framing not in ("length", "none"):
-                continue
-            if rewrite and lower == "location":
-                value = self._rewrite_location(value)
-            elif rewrite and lower == "set-cookie":
-                value = self._rewrite_cookie_path(value)
-            self.add_header(name, value)
-
-    def _rewrite_location(self, value: str) -> str:
-        if value.startswith("/") and not value.startswith("//"):
-            return self.prefix + value
-        parts = urlsplit(value)
-        if parts.scheme in ("http", "https") and self.target is not None and not self.target.unix_socket:
-            if parts.hostname in (self.target.host, "localhost", "127.0.0.1", "::1") and parts.port == self.target.port:
-                return self.prefix + (parts.path or "/") + ("?" + parts.query if parts.query else "") + ("#" + parts.fragment if parts.fragment else "")
-        return value
-
-    _COOKIE_PATH = re.compile(r"(;\s*path=)(/[^;]*)", re.IGNORECASE)
-
-    def _rewrite_cookie_path(self, value: str) -> str:
-        return self._COOKIE_PATH.sub(lambda m: m.group(1) + self.prefix + m.group(2), value)
 
     # ---------------------------------------------------------------- response body
 
@@ -312,7 +287,7 @@ class HTTPProxy(ProxyBase):
         for func in self._rewriters():
             rewritten = rewritten.apply_to_copy(lambda r, func=func: call_with_named_args(func, {"response": r, **args}))
         self.set_status(rewritten.code, rewritten.reason or None)
-        for name in ("Content-Type", "Server", "Date", "Content-Security-Policy"):
+        for name in REPLACED_DEFAULTS:
             self.clear_header(name)
         rewrite_location = self._strips_prefix()
         for name, value in rewritten.headers.get_all():
