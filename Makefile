@@ -62,8 +62,10 @@ demo: install
 	$(BIN)/hpcgate up $(ARGS)
 
 ## make test: install what the tests need, lint and type-check, start what they need, run them.
+## The 30 slowest set-ups, tests and teardowns are listed before the summary (where CI's time
+## goes); a later --durations in PYTEST_ARGS overrides it.
 test: install-test system-deps lint
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=30 --durations-min=1 $(PYTEST_ARGS)
 
 ## make lint: ruff (rules in pyproject.toml) and mypy where it pays (the hub side).
 lint: install-test

@@ -200,7 +200,19 @@ class Hub:
         for user in self.get("/hub/api/users").json():
             if user["servers"]:
                 self.request("DELETE", f"/hub/api/users/{user['name']}/server")
-        time.sleep(1)
+        self.settle_stops(1)
+
+    def settle_stops(self, at_most: float) -> None:
+        """After DELETEs of a teardown: return once no user has a server listed, or after
+        ``at_most`` s (whatever is still stopping then is the hub's to finish; no error)."""
+        deadline = time.monotonic() + at_most
+        while time.monotonic() < deadline:
+            try:
+                if not any(user["servers"] for user in self.get("/hub/api/users", timeout=5).json()):
+                    return
+            except (requests.RequestException, ValueError):
+                pass
+            time.sleep(0.1)
 
     def log_tail(self, nbytes: int = 6000) -> str:
         try:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import asyncssh
@@ -27,30 +27,52 @@ def cert_login_keys(log_text: str) -> dict[str, tuple[str, str]]:
 
 def files_holding(fingerprints: Iterable[str], *roots: Path, since: float = 0.0) -> list[Path]:
     """Files under ``roots`` (changed at ``since`` or later) holding the private key of
-    one of ``fingerprints``."""
+    one of ``fingerprints``.
+
+    A key made during a test can only be in a file written after it was made: pass the
+    test's start as ``since`` and a walk of a crowded /tmp reads almost nothing (one
+    stat per file, symlinked directories not followed).
+    """
     wanted = set(fingerprints)
     found = []
-    for root in roots:
-        for dirpath, _dirs, names in os.walk(root, onerror=lambda e: None):
-            for name in names:
-                path = Path(dirpath) / name
+    for path in _files_changed_since(roots, since):
+        try:
+            data = path.read_bytes()
+        except OSError:
+            continue
+        if b"PRIVATE KEY-----" not in data:
+            continue
+        for block in re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", data, re.S):
+            try:
+                key = asyncssh.import_private_key(block)
+            except (asyncssh.KeyImportError, ValueError):
+                continue
+            if key.get_fingerprint("sha256") in wanted:
+                found.append(path)
+    return found
+
+
+def _files_changed_since(roots: Iterable[Path], since: float) -> Iterator[Path]:
+    """Regular files of at most 1 MiB under ``roots`` whose mtime or ctime is ``since`` or later."""
+    stack = [str(root) for root in roots]
+    while stack:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
                 try:
-                    st = path.stat()
-                    if not path.is_file() or st.st_size > 1 << 20 or max(st.st_mtime, st.st_ctime) < since:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
                         continue
-                    data = path.read_bytes()
+                    if not entry.is_file():
+                        continue
+                    st = entry.stat()
                 except OSError:
                     continue
-                if b"PRIVATE KEY-----" not in data:
-                    continue
-                for block in re.findall(rb"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?-----END [A-Z ]*PRIVATE KEY-----", data, re.S):
-                    try:
-                        key = asyncssh.import_private_key(block)
-                    except (asyncssh.KeyImportError, ValueError):
-                        continue
-                    if key.get_fingerprint("sha256") in wanted:
-                        found.append(path)
-    return found
+                if st.st_size <= 1 << 20 and max(st.st_mtime, st.st_ctime) >= since:
+                    yield Path(entry.path)
 
 
 def private_key_lines(path: Path) -> dict[str, str]:

@@ -9,7 +9,6 @@ their cluster only through :mod:`hpcgate.sandbox`.
 from __future__ import annotations
 
 import os
-import time
 
 from hpcgate.hub.backends.slurm.parse import FINAL_STATES
 from hpcgate.sandbox import Sandbox, packages
@@ -84,7 +83,7 @@ def stop_hub_and_jobs(hub, sandbox, users: dict[str, str]) -> None:
         r = hub.get(f"/hub/api/users/{user}")
         if r.ok and r.json()["servers"]:
             hub.request("DELETE", f"/hub/api/users/{user}/server")
-    time.sleep(2)
+    hub.settle_stops(2)
     hub.stop()
     for account in users.values():
         for job in active_jobs(sandbox, account):

@@ -20,7 +20,9 @@ from harness.ops import local_catalog, run_hub
 from hpcgate.catalog import CatalogError, parse_catalog
 from hpcgate.hub.culling import limits_state, stop_sentence
 
-CATALOG = local_catalog({"quick": {"idle_timeout": 0.4}, "aged": {"max_age": 0.5}, "open": {}})
+#: seconds: the idle timeout of partition quick and the maximum age of partition aged
+IDLE, MAX_AGE = 15, 18
+CATALOG = local_catalog({"quick": {"idle_timeout": IDLE / 60}, "aged": {"max_age": MAX_AGE / 60}, "open": {}})
 EXTRA = """
 c.HPCGate.cull_every = 2
 c.Spawner.environment = {"JUPYTERHUB_ACTIVITY_INTERVAL": "2"}
@@ -77,7 +79,7 @@ def test_culler_honours_each_partitions_limits_and_says_why(hub):
     began = time.monotonic()
     # abe works in an app all along (requests proxied to it)
     app = launch("abe", "quick", "/user/abe/listing/")
-    # max is busy too, but 30 s is the maximum age of its partition
+    # max is busy too, but MAX_AGE is the maximum age of its partition
     aged = launch("max", "aged", "/user/max/listing/")
     # ivy's lab only has the Running-apps panel polling the lab's API
     panel = launch("ivy", "quick", "/user/ivy/hpcgate/api/apps")
@@ -86,14 +88,14 @@ def test_culler_honours_each_partitions_limits_and_says_why(hub):
     try:
         wait_for(lambda: gone(hub, "ivy"), 90, "ivy's idle server to be culled")
         assert 200 in panel.answers, panel.answers
-        assert "idle for 24 seconds" in stop_reason(hub, "ivy"), stop_reason(hub, "ivy")
+        assert f"idle for {IDLE} seconds" in stop_reason(hub, "ivy"), stop_reason(hub, "ivy")
         # ivy reads it on the hub's home page
         home = hub.login("ivy").get(hub.url + "/hub/home").text
-        assert "hpcgate-stop-reason" in home and "idle for 24 seconds" in home, home[-3000:]
+        assert "hpcgate-stop-reason" in home and f"idle for {IDLE} seconds" in home, home[-3000:]
         wait_for(lambda: gone(hub, "max"), 90, "max's server to reach its maximum age")
-        assert "maximum age of 30 seconds" in stop_reason(hub, "max"), stop_reason(hub, "max")
+        assert f"maximum age of {MAX_AGE} seconds" in stop_reason(hub, "max"), stop_reason(hub, "max")
         # more than twice the idle timeout after abe started working, abe's server still runs
-        while time.monotonic() - began < 55:
+        while time.monotonic() - began < 2 * IDLE + 7:
             time.sleep(1)
         assert running(hub, "abe"), "app traffic should keep abe's server alive"
         assert 200 in app.answers and set(app.answers) <= {200, 502, 503}, app.answers
@@ -102,7 +104,7 @@ def test_culler_honours_each_partitions_limits_and_says_why(hub):
             t.stop_event.set()
     # abe stops working: culled for idleness
     wait_for(lambda: gone(hub, "abe"), 90, "abe's server to be culled once idle")
-    assert "idle for 24 seconds" in stop_reason(hub, "abe")
+    assert f"idle for {IDLE} seconds" in stop_reason(hub, "abe")
     assert running(hub, "ned")
     assert stop_reason(hub, "ned") == ""
 

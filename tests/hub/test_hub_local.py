@@ -84,7 +84,7 @@ def hub(request, tmp_path_factory, catalog_path):
     for user in hub.get("/hub/api/users").json():
         if user["servers"]:
             hub.request("DELETE", f"/hub/api/users/{user['name']}/server")
-    time.sleep(1)
+    hub.settle_stops(1)
     hub.stop()
 
 

@@ -58,7 +58,7 @@ def hub(catalog_path, tmp_path_factory):
     yield hub
     for user in USERS:
         hub.request("DELETE", f"/hub/api/users/{user}/server")
-    time.sleep(2)
+    hub.settle_stops(2)
     hub.stop()
 
 

@@ -57,6 +57,9 @@ async def _slow_pre_spawn(spawner):
         await asyncio.sleep(1)
 
 c.Spawner.pre_spawn_hook = _slow_pre_spawn
+# JupyterHub polls each server every 30 s by default: a session's end at its runtime
+# (test_a_local_session_ends_at_its_runtime) is found by a poll, so poll often
+c.Spawner.poll_interval = 3
 """
 
 PER_SYSTEM = "You have 1 session(s) starting or running on login, the most it allows per user (1)."
@@ -165,7 +168,11 @@ def test_limits_cards_relaunch_and_the_lab_session(hub):
     assert r.status_code == 400 and TOTAL in r.text.replace("&#39;", "'")
 
 
-def test_a_local_session_ends_at_its_runtime(hub):
+@pytest.fixture(scope="module", autouse=True)
+def short_session(hub):
+    """rita's one-minute session on compute (test_a_local_session_ends_at_its_runtime,
+    the last test here), started and ready before this module's tests: its minute runs
+    while they do. Its only user is rita; no other test looks at her or at all users."""
     hub.create_user("rita")
     r = hub.request(
         "POST", "/hub/api/users/rita/servers/short",
@@ -173,12 +180,6 @@ def test_a_local_session_ends_at_its_runtime(hub):
     )
     assert r.status_code in (201, 202), r.text
     wait_for(lambda: hub.user_model("rita")["servers"].get("short", {}).get("ready"), 120, "rita's session")
-    # JupyterHub polls every 30 s; the hub ends the session once its minute is over
-    wait_for(lambda: "short" not in hub.user_model("rita")["servers"], 150, "the session to end at its runtime")
-    card = {s["name"]: s for s in hub.get("/hub/api/hpcgate/users/rita/sessions").json()["sessions"]}["short"]
-    assert card["state"] == "stopped"
-    assert "its runtime of 1 minutes was over" in card["stop_reason"]
-    assert time.time() - card["last_activity"] < 600
 
 
 def test_two_starts_at_once_pass_the_limit_once(hub):
@@ -217,3 +218,13 @@ def test_two_starts_at_once_pass_the_limit_once(hub):
     finally:
         for name in ("x", "y"):
             hub.request("DELETE", f"/hub/api/users/cory/servers/{name}")
+
+
+def test_a_local_session_ends_at_its_runtime(hub):
+    # (started by the short_session fixture) a poll (every 3 s here) after its minute
+    # is over ends the session
+    wait_for(lambda: "short" not in hub.user_model("rita")["servers"], 150, "the session to end at its runtime")
+    card = {s["name"]: s for s in hub.get("/hub/api/hpcgate/users/rita/sessions").json()["sessions"]}["short"]
+    assert card["state"] == "stopped"
+    assert "its runtime of 1 minutes was over" in card["stop_reason"]
+    assert time.time() - card["last_activity"] < 600

@@ -21,7 +21,7 @@ def hub(sandbox, slurm_catalog, tmp_path_factory):
     hub = Hub(tmp_path_factory.mktemp("sessions-slurm-hub"), catalog=str(slurm_catalog)).start()
     yield hub
     hub.request("DELETE", "/hub/api/users/alice/servers/queued")
-    time.sleep(2)
+    hub.settle_stops(2)
     hub.stop()
     for job in active_jobs(sandbox, "hpcg-alice"):
         sandbox.run_in("login", ["scancel", job["id"]], check=False)

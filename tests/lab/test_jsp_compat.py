@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -82,27 +83,49 @@ def outcomes(report: Path) -> dict[str, str]:
     return result
 
 
-def run_suite(root: Path, tmp_path: Path, name: str, lab_config: dict[str, object]) -> tuple[dict[str, str], str]:
-    """Their suite once, with ``lab_config`` as ``c.HPCGateLab``; outcomes and pytest's output."""
-    shim = tmp_path / "shim" / "jupyter_server_proxy"
-    shim.mkdir(parents=True, exist_ok=True)
-    (shim / "__init__.py").write_text(SHIM)
-    # Their CI runs as a user; tests here may run as root, which the server refuses
-    # without allow_root. A config dir of its own also keeps the user's config out.
-    # (jupyter_config.json: their --config replaces the jupyter_server_config files.)
-    config_dir = tmp_path / f"jupyter-config-{name}"
-    config_dir.mkdir()
-    config = {"ServerApp": {"allow_root": os.geteuid() == 0}, "HPCGateLab": lab_config}
-    (config_dir / "jupyter_config.json").write_text(json.dumps(config))
-    report = tmp_path / f"report-{name}.xml"
-    env = dict(os.environ, PYTHONPATH=str(shim.parent), JUPYTER_PLATFORM_DIRS="1", JUPYTER_CONFIG_DIR=str(config_dir))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "tests", "--ignore=tests/acceptance", "-o", "addopts=",
-         "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short", "--continue-on-collection-errors", f"--junitxml={report}"],
-        cwd=root, env=env, capture_output=True, text=True, timeout=900,
-    )
-    assert report.is_file(), f"their suite did not run:\n{proc.stdout[-4000:]}{proc.stderr[-4000:]}"
-    return outcomes(report), proc.stdout
+class Suite:
+    """Their suite running once, with ``lab_config`` as ``c.HPCGateLab`` (started by the
+    constructor; :meth:`result` waits for it). ``own_network``: in a network namespace of
+    its own (root only), so that two runs at once can both bind the fixed ports of their
+    server config (54321, 54323)."""
+
+    def __init__(self, root: Path, tmp_path: Path, name: str, lab_config: dict[str, object], own_network: bool = False):
+        shim = tmp_path / "shim" / "jupyter_server_proxy"
+        shim.mkdir(parents=True, exist_ok=True)
+        (shim / "__init__.py").write_text(SHIM)
+        # Their CI runs as a user; tests here may run as root, which the server refuses
+        # without allow_root. A config dir of its own also keeps the user's config out.
+        # (jupyter_config.json: their --config replaces the jupyter_server_config files.)
+        config_dir = tmp_path / f"jupyter-config-{name}"
+        config_dir.mkdir()
+        config = {"ServerApp": {"allow_root": os.geteuid() == 0}, "HPCGateLab": lab_config}
+        (config_dir / "jupyter_config.json").write_text(json.dumps(config))
+        self.report = tmp_path / f"report-{name}.xml"
+        self.output = tmp_path / f"output-{name}.txt"
+        env = dict(os.environ, PYTHONPATH=str(shim.parent), JUPYTER_PLATFORM_DIRS="1", JUPYTER_CONFIG_DIR=str(config_dir))
+        argv = [sys.executable, "-m", "pytest", "tests", "--ignore=tests/acceptance", "-o", "addopts=",
+                "-p", "no:cacheprovider", "-q", "-rfE", "--tb=short", "--continue-on-collection-errors",
+                f"--junitxml={self.report}"]
+        if own_network:
+            argv = ["unshare", "--net", "sh", "-c", 'ip link set lo up && exec "$@"', "sh", *argv]
+        with open(self.output, "wb") as out:
+            self.proc = subprocess.Popen(argv, cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT)
+
+    def result(self) -> tuple[dict[str, str], str]:
+        """Outcomes and pytest's output, once the run ended."""
+        try:
+            self.proc.wait(900)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        output = self.output.read_text(errors="replace")
+        assert self.report.is_file(), f"their suite did not run:\n{output[-8000:]}"
+        return outcomes(self.report), output
+
+
+def own_network_possible() -> bool:
+    """A second run can have a network namespace of its own (root, unshare and ip here)."""
+    return os.geteuid() == 0 and bool(shutil.which("unshare")) and bool(shutil.which("ip"))
 
 
 def check(got: dict[str, str], expected_failures: set[str], output: str, label: str, timing: set[str]) -> None:
@@ -130,8 +153,14 @@ def test_jupyter_server_proxy_suite_passes_on_hpcgate_lab(tmp_path: Path) -> Non
     deliberate: dict[str, str] = listed["deliberate"]
     assert set(deliberate.values()) <= set(listed["reasons"]), "every entry names one of the reasons"
     timing = set(listed["timing"])
-    got, output = run_suite(root, tmp_path, "defaults", {})
+    # The token tests must fail for the token alone: with it forwarded they pass. Both
+    # runs at once where the second can have its own network (their fixed ports).
+    parallel = own_network_possible()
+    defaults = Suite(root, tmp_path, "defaults", {})
+    if not parallel:
+        defaults_result = defaults.result()
+    forwarded = Suite(root, tmp_path, "token-forwarded", {"forward_token_query": True}, own_network=parallel)
+    got, output = defaults.result() if parallel else defaults_result
     check(got, set(deliberate), output, "defaults", timing)
-    # The token tests must fail for the token alone: with it forwarded they pass.
-    got, output = run_suite(root, tmp_path, "token-forwarded", {"forward_token_query": True})
+    got, output = forwarded.result()
     check(got, {t for t, why in deliberate.items() if why != "token"}, output, "forward_token_query=True", timing)

@@ -225,7 +225,8 @@ async def test_tunnels_and_servers_work_with_certificates_and_no_key_is_written(
     backend, catalog = make_backend(sshd, tmp_path, ssh=identity)
     assert backend.system.ssh.identity.mode == "certificate"
     manager = TunnelManager(state_dir=str(tmp_path), reconnect_min_delay=0.2, reconnect_max_delay=1.0)
-    offset = sshd.log.stat().st_size
+    # the keys of this test's logins are made after this: only files written since can hold them
+    offset, started = sshd.log.stat().st_size, time.time() - 1
     handle = await backend.submit(spec_for(catalog, USERS[0]))
     try:
         host, port = await wait_address(backend, handle)
@@ -241,7 +242,7 @@ async def test_tunnels_and_servers_work_with_certificates_and_no_key_is_written(
     # certificate are in no file on the hub side
     logins = cert_login_keys(sshd_log_since(sshd, offset))
     assert {account for account, _ in logins.values()} == {USERS[0], "hpcgt-tun"}
-    assert files_holding(logins, tmp_path, Path(tempfile.gettempdir())) == []
+    assert files_holding(logins, tmp_path, Path(tempfile.gettempdir()), since=started) == []
     # the scan would see one: a certificate key that logged in, then written to a file
     key, cert = certs.issue(certs.load_ca(sshd.ca_key), USERS[1], "hpcgate/ben@login", 60)
     offset = sshd.log.stat().st_size
