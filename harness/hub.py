@@ -101,6 +101,15 @@ def hub_leaks(server_env: dict[str, str], hub_pid: int, allowed: set[str] | froz
 LOGIN_SHARED = frozenset({"SHELL", "LANG", "LANGUAGE", "TZ", "TERM", "SHLVL"})
 
 
+def _ended(pid: int) -> bool:
+    """Whether ``pid`` is gone or a zombie (an orphan waits for init to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[0] == "Z"
+
+
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
     """Poll ``predicate`` until it returns a truthy value; fail naming ``what``."""
     deadline = time.monotonic() + timeout
@@ -194,6 +203,21 @@ class Hub:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+        self._end_orphaned_proxy(timeout)
+
+    def _end_orphaned_proxy(self, timeout: float) -> None:
+        """A hub that was killed (a test's SIGKILL) leaves its proxy running, as JupyterHub
+        means it to (a restarted hub takes it over); the test run started it, so end it."""
+        pid_file = self.state_dir / "proxy.pid"
+        try:
+            pid = int(pid_file.read_text())
+            command = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"configurable-http-proxy" not in command and b"traefik" not in command:
+            return  # the PID is someone else's by now
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: _ended(pid), timeout, "the orphaned proxy to end")
 
     def stop_every_server(self) -> None:
         """Ask the hub to stop every user's default server (a fixture's teardown)."""

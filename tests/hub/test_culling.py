@@ -163,7 +163,12 @@ def test_the_culler_ends_with_a_killed_hub(tmp_path):
             lambda: next((p for p in children(app) if "jupyterhub_idle_culler" in cmdline(p)), None),
             60, "the hub's idle culler",
         )
+        proxy = int((hub.state_dir / "proxy.pid").read_text())
         os.kill(app, signal.SIGKILL)
         wait_for(lambda: "jupyterhub_idle_culler" not in cmdline(culler), 30, "the culler to end with the hub")
+        # JupyterHub leaves its proxy running for a restarted hub to take over
+        assert "configurable-http-proxy" in cmdline(proxy)
     finally:
         hub.stop()
+    # ... and the harness ends what the test run started
+    assert "configurable-http-proxy" not in cmdline(proxy)
