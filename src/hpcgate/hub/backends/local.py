@@ -32,13 +32,17 @@ from .base import Backend, JobHandle, JobSpec, JobState, JobStatus, SubmitError
 
 
 def _start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat)."""
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/PID/stat);
+    None if there is no such process or it has ended and waits to be reaped (a zombie:
+    a server killed after a hub restart left it to init, which reaps it when it gets to it)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) may contain spaces and parentheses: split after it
     fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":
+        return None
     return int(fields[19])
 
 
