@@ -5,6 +5,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
+MLFLOW_VENV := $(VENV)/apps/mlflow
 NODE_BIN := $(CURDIR)/node_modules/.bin
 export PATH := $(CURDIR)/$(BIN):$(NODE_BIN):$(PATH)
 ARGS ?=
@@ -52,7 +53,15 @@ node_modules/.installed: package.json package-lock.json
 
 install: labext $(VENV)/.installed node_modules/.installed
 
-install-test: install $(VENV)/.installed-test
+install-test: install $(VENV)/.installed-test $(MLFLOW_VENV)/.installed
+
+## MLflow for the mlflow recipe's test, in an environment of its own (about 850 MB with
+## pandas, scikit-learn, matplotlib: kept out of the lab's), as a site offers it as a module;
+## the tests put its bin/ on the lab's PATH (tests/lab/apps/apptools.py).
+$(MLFLOW_VENV)/.installed: | $(BIN)/python
+	$(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/pip install -q 'mlflow>=3.5'
+	touch $@
 
 system-deps:
 	./scripts/install-system-deps.sh

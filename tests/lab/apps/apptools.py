@@ -18,6 +18,8 @@ from harness.hub import wait_for
 from hpcgate.net import free_port
 
 BASE = "/user/alice/"
+#: MLflow's own environment (`make test` installs it, Makefile MLFLOW_VENV): on the lab's PATH
+MLFLOW_BIN = Path(sys.executable).parent.parent / "apps" / "mlflow" / "bin"
 
 
 def alive(pid: int) -> bool:
@@ -192,7 +194,7 @@ def start_lab(root: Path) -> Lab:
         JUPYTER_RUNTIME_DIR=str(root / "jrt"),
         JUPYTER_REMOTE_DESKTOP_PROXY_XSTARTUP=str(root / "xstartup"),
     )
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env["PATH"]])
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), str(MLFLOW_BIN), env["PATH"]])
     with open(root / "server.log", "wb") as log:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "jupyter"), "server", f"--config={cfg}"],
@@ -201,6 +203,7 @@ def start_lab(root: Path) -> Lab:
     lab = Lab(root, port, token, proc)
     lab.home = home
     lab.runtime = runtime
+    lab.path = env["PATH"]  # the lab's PATH, where it looks for the apps' programs
 
     def up():
         assert proc.poll() is None, (root / "server.log").read_text()

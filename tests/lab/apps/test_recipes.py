@@ -12,10 +12,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from harness.hub import wait_for
-from tests.lab.apps.apptools import alive, family_pids, start_lab, stop_lab, tcp_listeners, write_scalars
+from harness.missing import not_installed
+from tests.lab.apps.apptools import MLFLOW_BIN, alive, family_pids, start_lab, stop_lab, tcp_listeners, write_scalars
 
 DESKTOP_PORTS = range(5800, 6000)
 
@@ -57,7 +56,7 @@ def test_catalog_lists_recipes_plugins_and_generic_apps(lab_apps):
     missing = apps["notthere"]["missing"]
     assert not apps["notthere"]["available"]
     assert missing == [{"program": "hpcgate-no-such-program", "install": "load the NoSuch module (module load nosuch)"}]
-    assert apps["mlflow"]["available"] == bool(shutil.which("mlflow") or (Path(os.sys.executable).parent / "mlflow").exists())
+    assert apps["mlflow"]["available"] == bool(shutil.which("mlflow", path=lab_apps.path))
     assert apps["tboard"]["parameters"]["logdir"]["kind"] == "directory"
     assert apps["xpra"]["launcher_entry"]["title"] == "Xpra Desktop"
     r = lab_apps.s.get(lab_apps.url("hpcgate/api/apps/xpra/icon"))
@@ -232,9 +231,7 @@ def test_jupyter_server_proxy_plugins_served_by_hpcgate(lab_apps):
 
 def test_mlflow_recipe(lab_apps):
     if not lab_apps.apps()["mlflow"]["available"]:
-        reason = "mlflow is not installed (about 850 MB); the recipe is listed as unavailable, checked above"
-        print("SKIP reason:", reason)
-        pytest.skip(reason)
+        not_installed(f"mlflow is not installed in {MLFLOW_BIN.parent} (the Makefile's MLFLOW_VENV)")
     info = start(lab_apps, "mlflow")
     assert lab_apps.s.get(lab_apps.url("mlflow/health")).status_code == 200
     assert (lab_apps.home / "mlruns" / "mlflow.db").exists()
