@@ -3,6 +3,7 @@ file, not by these tests), upstream apps as real processes, a throwaway Unix use
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -11,6 +12,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -99,6 +101,45 @@ def upstream():
     proc.wait()
 
 
+def server_config(port: int, root_dir: Path, extensions_off: tuple[str, ...], base: str = BASE) -> str:
+    """The lines a test lab's jupyter_server_config.py starts with: 127.0.0.1:``port``
+    under ``base``, serving ``root_dir``, as root if need be, the server extensions
+    ``extensions_off`` disabled (hpcgate's own stays on)."""
+    return textwrap.dedent(
+        f"""
+        c.ServerApp.port = {port}
+        c.ServerApp.ip = "127.0.0.1"
+        c.ServerApp.open_browser = False
+        c.ServerApp.allow_root = True
+        c.ServerApp.base_url = {base!r}
+        c.ServerApp.root_dir = {str(root_dir)!r}
+        c.ServerApp.jpserver_extensions = {dict.fromkeys(extensions_off, False)!r}
+        """
+    )
+
+
+#: what the proxy tests' labs leave off: hpcgate's proxy serves jupyter-server-proxy's plugins
+PROXY_LAB_EXTENSIONS_OFF = ("jupyter_server_proxy", "jupyterlab", "jupyter_lsp", "notebook_shim")
+
+
+@contextlib.contextmanager
+def http_server_of(user: str) -> Iterator[int]:
+    """Python's http.server on 127.0.0.1 run by the Unix account ``user``; yields its
+    port once it answers, and stops it by its PID (runuser passes SIGTERM on)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        ["runuser", "-u", user, "--", "/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/", timeout=20)
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 @pytest.fixture(scope="session")
 def other_user():
     """A throwaway Unix user (removed afterwards); needs root."""
@@ -151,17 +192,10 @@ def lab(tmp_path_factory):
     up = UPSTREAM
     cfg = root / "jupyter_server_config.py"
     cfg.write_text(
-        textwrap.dedent(
+        server_config(port, root, PROXY_LAB_EXTENSIONS_OFF)
+        + textwrap.dedent(
             f"""
             import sys
-            c.ServerApp.port = {port}
-            c.ServerApp.ip = "127.0.0.1"
-            c.ServerApp.open_browser = False
-            c.ServerApp.allow_root = True
-            c.ServerApp.base_url = {BASE!r}
-            c.ServerApp.root_dir = {str(root)!r}
-            c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyterlab": False,
-                                                "jupyter_lsp": False, "notebook_shim": False}}
             up = [{py!r}, {up!r}]
             c.HPCGateLab.stop_grace_period = 3
             c.HPCGateLab.websocket_max_message_size = 48 * 1024 * 1024  # test_websocket: over it, 1009

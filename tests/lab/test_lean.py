@@ -24,7 +24,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from hpcgate.net import free_port
-from tests.lab.labtools import BASE, UPSTREAM, wait_http
+from tests.lab.labtools import BASE, PROXY_LAB_EXTENSIONS_OFF, UPSTREAM, http_server_of, server_config, wait_http
 
 #: the Host both labs are asked by: the login cookie's name depends on it
 HOST = "127.0.0.1:8888"
@@ -37,16 +37,9 @@ def _second_lab(root, token: str, extra: str) -> Iterator[int]:
     port = free_port()
     cfg = root / "jupyter_server_config.py"
     cfg.write_text(
-        textwrap.dedent(
+        server_config(port, root, PROXY_LAB_EXTENSIONS_OFF)
+        + textwrap.dedent(
             f"""
-            c.ServerApp.port = {port}
-            c.ServerApp.ip = "127.0.0.1"
-            c.ServerApp.open_browser = False
-            c.ServerApp.allow_root = True
-            c.ServerApp.base_url = {BASE!r}
-            c.ServerApp.root_dir = {str(root)!r}
-            c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyterlab": False,
-                                                "jupyter_lsp": False, "notebook_shim": False}}
             {extra}
             c.HPCGateLab.apps = {{"echoapp": {{"command": [{sys.executable!r}, {UPSTREAM!r}, "--port", "{{port}}"],
                                               "ready_check": {{"path": "/health", "status": 200}}}}}}
@@ -179,21 +172,11 @@ def test_lean_answers_count_as_activity(lab, upstream):
 
 def test_foreign_port_refused_on_the_lean_path(lab, other_user):
     """A port of another Unix user: 403 with remembered credentials as well."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["runuser", "-u", other_user, "--", "/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/", timeout=20)
+    with http_server_of(other_user) as port:
         browser = Browser(lab.port, lab.token)
         for _ in range(3):  # the first fills the auth cache, the others are remembered
             status, _, _, body = browser.send("GET", f"{BASE}proxy/{port}/")
             assert status == 403 and body == b"403 That port belongs to another user\n"
-    finally:
-        proc.terminate()  # runuser passes it on to the server
-        proc.wait(30)
 
 
 def _hub_request_count(port: int, token: str) -> float:

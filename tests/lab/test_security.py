@@ -12,7 +12,7 @@ from tornado.httpclient import HTTPClientError, HTTPRequest
 from tornado.websocket import websocket_connect
 
 from hpcgate.net import free_port
-from tests.lab.labtools import wait_http
+from tests.lab.labtools import http_server_of, wait_http
 
 
 def test_http_needs_authentication(lab, upstream):
@@ -99,21 +99,11 @@ def test_ipv6_loopback_forms_allowed(lab):
 
 def test_port_of_another_user_refused(lab, other_user):
     """A TCP port whose socket belongs to another Unix user is refused (HTTP and websocket)."""
-    port = free_port()
-    proc = subprocess.Popen(
-        ["runuser", "-u", other_user, "--", "/usr/bin/python3", "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", "/"],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        wait_http(f"http://127.0.0.1:{port}/", timeout=20)
+    with http_server_of(other_user) as port:
         assert requests.get(f"http://127.0.0.1:{port}/").status_code == 200  # it is really there
         for path in (f"proxy/{port}/", f"proxy/absolute/{port}/", f"proxy/localhost:{port}/"):
             r = lab.s.get(lab.url(path))
             assert r.status_code == 403, path
-    finally:
-        subprocess.run(["pkill", "-u", other_user], check=False)
-        proc.wait()
 
 
 async def test_websocket_to_another_users_port_refused(lab, other_user):

@@ -16,6 +16,7 @@ import requests
 
 from harness.hub import wait_for
 from hpcgate.net import free_port
+from tests.lab.labtools import server_config
 
 BASE = "/user/alice/"
 #: MLflow's own environment (`make test` installs it, Makefile MLFLOW_VENV): on the lab's PATH
@@ -161,16 +162,10 @@ def start_lab(root: Path) -> Lab:
     token = secrets.token_hex(16)
     cfg = root / "jupyter_server_config.py"
     cfg.write_text(
-        textwrap.dedent(
+        # hpcgate serves the jupyter-server-proxy plugins; its own extension stays off
+        server_config(port, home, ("jupyter_server_proxy", "jupyter_lsp"), base=BASE)
+        + textwrap.dedent(
             f"""
-            c.ServerApp.port = {port}
-            c.ServerApp.ip = "127.0.0.1"
-            c.ServerApp.open_browser = False
-            c.ServerApp.allow_root = True
-            c.ServerApp.base_url = {BASE!r}
-            c.ServerApp.root_dir = {str(home)!r}
-            # hpcgate serves the jupyter-server-proxy plugins; its own extension stays off
-            c.ServerApp.jpserver_extensions = {{"jupyter_server_proxy": False, "jupyter_lsp": False}}
             c.HPCGateLab.stop_grace_period = 5
             c.HPCGateLab.apps_file = {str(root / "apps.yaml")!r}
             c.HPCGateLab.app_setup = ["export HPCGATE_TEST_SETUP=global-setup-ran"]
