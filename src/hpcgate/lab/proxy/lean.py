@@ -307,10 +307,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
         try:
             await self._send(resp)
         except Exception:
-            # not expected; never leave the browser waiting
-            conn.close()
-            if not self._client_gone:
-                self.request.connection.close()  # type: ignore[union-attr]
+            self._cut(conn)  # not expected; never leave the browser waiting
             raise
 
     def _answerable(self, resp: UpstreamResponse) -> bool:
@@ -339,10 +336,7 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
             try:
                 body = await resp.read_all(SMALL_BODY)
             except UpstreamError:
-                # as the handler: the app's connection closed, the browser's cut
-                conn.close()
-                if not self._client_gone:
-                    self.request.connection.close()  # type: ignore[union-attr]
+                self._cut(conn)  # as the handler does when the app's answer breaks off
                 self._log()
                 return
             self._bytes_out(len(body))
@@ -366,6 +360,12 @@ class LeanAnswer(httputil.HTTPMessageDelegate, ProxiedRequest):
             self.lab.pool.release(conn)
         else:
             conn.close()
+
+    def _cut(self, conn: Connection) -> None:
+        """Close the app's connection and the browser's (if it is still there)."""
+        conn.close()
+        if not self._client_gone:
+            self.request.connection.close()  # type: ignore[union-attr]
 
     def _log(self) -> None:
         """What the handler's ``_log`` records for this answer: the duration metric, or
